@@ -1,0 +1,1 @@
+"""itonami: a durable, event-sourced workflow engine with a Rust core."""
