@@ -22,6 +22,7 @@ __all__ = [
     "CorruptStorageError",
     "DecodeError",
     "ExecutionNotFoundError",
+    "ExecutionNotRunningError",
     "HostNotAllowedError",
     "InputValidationError",
     "IntegrityError",
@@ -101,6 +102,15 @@ class ExecutionNotFoundError(ItonamiError, KeyError):
 
     def __str__(self) -> str:  # KeyError would repr() the message
         return str(self.args[0])
+
+
+class ExecutionNotRunningError(ItonamiError):
+    """A signal or cancel for an execution that has already finished."""
+
+    def __init__(self, message: str, *, execution_id: str, status: str) -> None:
+        super().__init__(message)
+        self.execution_id = execution_id
+        self.status = status
 
 
 class WorkflowNotFoundError(ItonamiError, KeyError):

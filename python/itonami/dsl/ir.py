@@ -855,7 +855,8 @@ class WorkflowIR:
         Every declared input is present in the result (a missing optional
         input without default is ``None``). Raises
         :class:`InputValidationError` listing every problem: missing required
-        inputs, wrong types, undeclared names.
+        inputs, wrong types, undeclared names. A workflow that declares no
+        inputs takes any object as it is.
         """
         if inputs is None:
             inputs = {}
@@ -863,6 +864,8 @@ class WorkflowIR:
             raise InputValidationError(
                 [Problem("inputs", f"expected an object, got {_json_type(inputs)}")]
             )
+        if not self.inputs:
+            return dict(inputs)
         problems: list[Problem] = []
         declared = {spec.name: spec for spec in self.inputs}
         out: dict[str, Any] = {}

@@ -1,0 +1,630 @@
+"""The workflow engine: definitions, executions, signals, events, queries.
+
+``WorkflowEngine`` ties the layers together: the DSL gives it a validated
+strategy tree, the activity registry gives it code to run, the Rust core's
+``VersionStore`` applies every event through the one reducer (and hashes it
+into the Merkle chain), and a storage backend makes each event durable before
+the interpreter acts on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import struct
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .. import _core
+from ..activities import ActivityRegistry
+from ..dsl import WorkflowIR
+from ..errors import (
+    ExecutionNotFoundError,
+    ExecutionNotRunningError,
+    ItonamiError,
+    WaitTimeoutError,
+    WorkflowDefinitionError,
+    WorkflowFailedError,
+    WorkflowNotFoundError,
+)
+from ..retry import RetryPolicy
+from ..storage import Storage, default_storage_url, open_storage
+from .clock import Clock, SystemClock
+from .runtime import TERMINAL, EventWaiter, Run
+
+__all__ = ["Execution", "WorkflowEngine", "WorkflowEngineBuilder"]
+
+log = logging.getLogger("itonami.engine")
+
+
+@dataclass(frozen=True)
+class Execution:
+    """A read-only view of an execution at one version."""
+
+    execution_id: str
+    workflow_id: str
+    workflow_version: str
+    status: str
+    inputs: Any
+    outputs: Any
+    error: Any
+    version: int
+    tx: int
+    created_at: float
+    updated_at: float
+    parent: Any
+
+    @property
+    def finished(self) -> bool:
+        """Whether the execution reached a terminal status."""
+        return self.status in TERMINAL
+
+    @classmethod
+    def from_state(cls, state: Any) -> Execution:
+        d = state.to_dict()
+        return cls(
+            execution_id=d.get("execution_id", ""),
+            workflow_id=d.get("workflow_id") or "",
+            workflow_version=d.get("workflow_version") or "",
+            status=d.get("status", "pending"),
+            inputs=d.get("inputs"),
+            outputs=d.get("outputs"),
+            error=d.get("error"),
+            version=d.get("version", 0),
+            tx=d.get("tx", 0),
+            created_at=(d.get("created_at") or 0) / 1e6,
+            updated_at=(d.get("updated_at") or 0) / 1e6,
+            parent=d.get("parent"),
+        )
+
+
+class WorkflowEngineBuilder:
+    """Fluent configuration of a :class:`WorkflowEngine`."""
+
+    def __init__(self) -> None:
+        self._storage: str | Storage | None = None
+        self._activities = ActivityRegistry()
+        self._workflows: list[WorkflowIR] = []
+        self._clock: Clock = SystemClock()
+        self._snapshot_every = 0
+        self._snapshot_retention = 2
+        self._max_payload = 4 * 1024 * 1024
+        self._seed: int | None = None
+        self._storage_options: dict[str, Any] = {}
+
+    def with_storage(self, storage: str | Storage, **options: Any) -> WorkflowEngineBuilder:
+        """``"memory"``, ``"sqlite:///file.db"``, ``"postgresql://…"`` or a Storage."""
+        self._storage = storage
+        self._storage_options = options
+        return self
+
+    def with_activities(self, registry: ActivityRegistry) -> WorkflowEngineBuilder:
+        """The activities workflows may call (merged with any given before)."""
+        self._activities = self._activities.merge(registry) if len(self._activities) else registry
+        return self
+
+    def with_workflows(self, workflows: Iterable[WorkflowIR]) -> WorkflowEngineBuilder:
+        """Definitions registered at start (what ``subworkflow`` refs resolve to)."""
+        self._workflows.extend(workflows)
+        return self
+
+    def with_clock(self, clock: Clock) -> WorkflowEngineBuilder:
+        """The time source (a :class:`~itonami.TestClock` in tests)."""
+        self._clock = clock
+        return self
+
+    def with_snapshots(self, every: int, retention: int = 2) -> WorkflowEngineBuilder:
+        """Snapshot each execution every ``every`` events, keeping ``retention``."""
+        if every < 0 or retention < 1:
+            raise ValueError("snapshot every must be >= 0 and retention >= 1")
+        self._snapshot_every = every
+        self._snapshot_retention = retention
+        return self
+
+    def with_max_payload(self, nbytes: int) -> WorkflowEngineBuilder:
+        """Largest event payload (inputs, results) accepted, in bytes."""
+        self._max_payload = nbytes
+        return self
+
+    def with_random_seed(self, seed: int) -> WorkflowEngineBuilder:
+        """Seed the retry jitter (for reproducible tests)."""
+        self._seed = seed
+        return self
+
+    def build(self) -> WorkflowEngine:
+        """The engine; it opens storage and resumes executions on first use."""
+        storage = self._storage
+        if storage is None:
+            storage = default_storage_url()
+        if isinstance(storage, str):
+            storage = open_storage(storage, **self._storage_options)
+        return WorkflowEngine(
+            storage=storage,
+            activities=self._activities,
+            workflows=self._workflows,
+            clock=self._clock,
+            snapshot_every=self._snapshot_every,
+            snapshot_retention=self._snapshot_retention,
+            max_payload_bytes=self._max_payload,
+            seed=self._seed,
+        )
+
+    def build_sync(self) -> Any:
+        """A blocking facade over the engine, for scripts (see ``SyncWorkflowEngine``)."""
+        from .sync import SyncWorkflowEngine
+
+        return SyncWorkflowEngine(self.build())
+
+
+class WorkflowEngine:
+    """Runs declarative workflows durably. Use :meth:`builder` to make one.
+
+    All methods are coroutines; ``async with engine:`` opens storage,
+    resumes unfinished executions and closes cleanly.
+    """
+
+    def __init__(
+        self,
+        *,
+        storage: Storage,
+        activities: ActivityRegistry,
+        workflows: Sequence[WorkflowIR] = (),
+        clock: Clock | None = None,
+        snapshot_every: int = 0,
+        snapshot_retention: int = 2,
+        max_payload_bytes: int = 4 * 1024 * 1024,
+        seed: int | None = None,
+    ) -> None:
+        self.storage = storage
+        self.activities = activities
+        self.clock: Clock = clock or SystemClock()
+        self.snapshot_every = snapshot_every
+        self.snapshot_retention = snapshot_retention
+        self.rng = random.Random(seed)
+        self.core = _core.VersionStore(max_payload_bytes=max_payload_bytes)
+        self._definitions: dict[tuple[str, str], WorkflowIR] = {}
+        self._by_hash: dict[str, WorkflowIR] = {}
+        self._latest: dict[str, WorkflowIR] = {}
+        self._initial = list(workflows)
+        self._runs: dict[str, Run] = {}
+        self._event_waiters: dict[str, list[EventWaiter]] = {}
+        self._started = False
+        self._start_lock: asyncio.Lock | None = None
+        self._closed = False
+
+    @staticmethod
+    def builder() -> WorkflowEngineBuilder:
+        """Start configuring an engine."""
+        return WorkflowEngineBuilder()
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> WorkflowEngine:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        """Open storage, register definitions and resume unfinished executions."""
+        if self._started:
+            return
+        if self._start_lock is None:
+            self._start_lock = asyncio.Lock()
+        async with self._start_lock:
+            if self._started:
+                return
+            await self.storage.open()
+            self.core.advance_tx(await self.storage.max_tx())
+            for ir in self._initial:
+                await self._register(ir)
+            self._started = True
+            await self._recover()
+
+    async def close(self) -> None:
+        """Stop running executions (they resume on the next start) and close storage."""
+        if self._closed:
+            return
+        self._closed = True
+        runs = [r for r in self._runs.values() if r.task is not None]
+        for r in runs:
+            r.task.cancel()  # type: ignore[union-attr]
+        if runs:
+            await asyncio.gather(*(r.task for r in runs), return_exceptions=True)  # type: ignore[misc]
+        if self._started:
+            await self.storage.close()
+
+    async def _recover(self) -> None:
+        for eid in await self.storage.unfinished_executions():
+            if eid in self._runs:
+                continue
+            try:
+                await self._load(eid)
+                state = self.core.state(eid)
+                d = state.to_dict()
+                ir = await self._definition_for(d)
+                run = Run(
+                    self,
+                    ir,
+                    eid,
+                    d.get("inputs") or {},
+                    version=d["version"],
+                    recorded=d,
+                    parent=d.get("parent"),
+                )
+                run.status = d["status"]
+                self._launch(run, start=False)
+            except ItonamiError as e:
+                log.error("cannot resume execution %s: %s", eid, e)
+
+    async def _definition_for(self, state: Mapping[str, Any]) -> WorkflowIR:
+        h = state.get("definition_hash")
+        ir = self._by_hash.get(h) if h else None
+        if ir is None and h:
+            doc = await self.storage.get_definition_by_hash(h)
+            if doc is not None:
+                ir = WorkflowIR.from_json(doc)
+                self._remember(ir)
+        if ir is None:
+            raise WorkflowNotFoundError(
+                f"definition {state.get('workflow_id')!r} (hash {h}) of execution "
+                f"{state.get('execution_id')!r} is not stored",
+                workflow_id=str(state.get("workflow_id")),
+                version=state.get("workflow_version"),
+            )
+        return ir
+
+    async def _ensure_started(self) -> None:
+        if not self._started:
+            await self.start()
+
+    # ------------------------------------------------------------ definitions
+
+    def _remember(self, ir: WorkflowIR) -> None:
+        self._definitions[(ir.id, ir.version)] = ir
+        self._by_hash[ir.content_hash] = ir
+        self._latest[ir.id] = ir
+
+    async def _register(self, ir: WorkflowIR) -> None:
+        problems = ir.check(activities=self.activities, workflows=self._workflow_known)
+        if problems:
+            raise WorkflowDefinitionError(problems, source=f"{ir.id}@{ir.version}")
+        known = self._definitions.get((ir.id, ir.version))
+        if known is not None and known.content_hash != ir.content_hash:
+            raise WorkflowDefinitionError(
+                [
+                    _problem(
+                        "workflow.version",
+                        f"{ir.id} version {ir.version} is already registered with "
+                        "different content; give the changed definition a new version",
+                    )
+                ],
+                source=f"{ir.id}@{ir.version}",
+            )
+        await self.storage.put_definition(ir.id, ir.version, ir.content_hash, _document(ir))
+        self._remember(ir)
+
+    def _workflow_known(self, workflow_id: str, version: str | None) -> bool:
+        if version is None:
+            return workflow_id in self._latest or any(
+                ir.id == workflow_id for ir in self._initial
+            )
+        return (workflow_id, version) in self._definitions or any(
+            ir.id == workflow_id and ir.version == version for ir in self._initial
+        )
+
+    async def register_workflow(self, ir: WorkflowIR) -> None:
+        """Make a definition known by ``id`` and ``version`` (for sub-workflows)."""
+        await self._ensure_started()
+        await self._register(ir)
+
+    def resolve_workflow(self, workflow_id: str, version: str | None = None) -> WorkflowIR:
+        """The registered definition for a reference (newest when no version)."""
+        ir = self._latest.get(workflow_id) if version is None else self._definitions.get(
+            (workflow_id, version)
+        )
+        if ir is None:
+            known = ", ".join(sorted(f"{i}@{v}" for i, v in self._definitions)) or "none"
+            raise WorkflowNotFoundError(
+                f"no workflow {workflow_id!r}"
+                + (f" version {version!r}" if version else "")
+                + f" is registered (known: {known})",
+                workflow_id=workflow_id,
+                version=version,
+            )
+        return ir
+
+    def activity_defaults(self, name: str) -> tuple[RetryPolicy | None, float | None]:
+        if name in self.activities:
+            return self.activities.defaults_for(name)
+        return None, None
+
+    # ------------------------------------------------------------ executions
+
+    async def start_workflow(
+        self,
+        workflow: WorkflowIR | str,
+        inputs: Mapping[str, Any] | None = None,
+        execution_id: str | None = None,
+        *,
+        version: str | None = None,
+    ) -> str:
+        """Start an execution and return its id once ``workflow_started`` is durable.
+
+        ``workflow`` is a definition or the id of a registered one. A given
+        ``execution_id`` is an idempotency key: starting again with the same
+        id returns it without starting anything.
+        """
+        await self._ensure_started()
+        if isinstance(workflow, str):
+            ir = self.resolve_workflow(workflow, version)
+        else:
+            ir = workflow
+            if self._by_hash.get(ir.content_hash) is None:
+                await self._register(ir)
+        clean = ir.validate_inputs(dict(inputs or {}))
+        eid = execution_id or str(uuid.uuid4())
+        await self._start(ir, clean, eid, parent=None)
+        return eid
+
+    async def _start(
+        self,
+        ir: WorkflowIR,
+        inputs: dict[str, Any],
+        execution_id: str,
+        parent: dict[str, Any] | None,
+    ) -> None:
+        if execution_id in self._runs or await self._exists(execution_id):
+            return
+        run = Run(self, ir, execution_id, inputs, parent=parent)
+        self._runs[execution_id] = run
+        first = asyncio.get_running_loop().create_future()
+        self._launch(run, start=True, started=first)
+        await first
+
+    async def _exists(self, execution_id: str) -> bool:
+        if self.core.contains(execution_id):
+            return True
+        return await self.storage.get_execution(execution_id) is not None
+
+    def _launch(
+        self, run: Run, *, start: bool, started: asyncio.Future[None] | None = None
+    ) -> None:
+        self._runs[run.execution_id] = run
+
+        async def main() -> None:
+            if started is not None:
+                try:
+                    await run.emit_started()
+                except BaseException as exc:
+                    self._runs.pop(run.execution_id, None)
+                    self.core.evict(run.execution_id)
+                    if not started.done():
+                        started.set_exception(exc)
+                    return
+                started.set_result(None)
+            await run.drive()
+
+        run.task = asyncio.ensure_future(main())
+
+    def _run_finished(self, run: Run) -> None:
+        if self._runs.get(run.execution_id) is run:
+            del self._runs[run.execution_id]
+
+    def _log_crash(self, run: Run, exc: BaseException) -> None:
+        log.error("execution %s stopped: %r", run.execution_id, exc, exc_info=exc)
+
+    async def wait_for_completion(
+        self, execution_id: str, timeout: float | None = None
+    ) -> dict[str, Any]:
+        """The outputs of a completed execution; waits while it runs.
+
+        Raises :class:`WorkflowFailedError` for any other terminal status
+        (failed, cancelled, timed_out, compensated) and
+        :class:`WaitTimeoutError` when ``timeout`` (real seconds) passes first.
+        """
+        await self._ensure_started()
+        try:
+            status, outputs, error = await asyncio.wait_for(
+                self._await_terminal(execution_id), timeout
+            )
+        except asyncio.TimeoutError:
+            raise WaitTimeoutError(
+                f"execution {execution_id!r} did not finish within {timeout} s",
+                execution_id=execution_id,
+            ) from None
+        if status != "completed":
+            message = (error or {}).get("message") if isinstance(error, dict) else error
+            raise WorkflowFailedError(
+                f"execution {execution_id!r} ended {status}: {message}",
+                execution_id=execution_id,
+                status=status,
+                error=error,
+            )
+        return outputs if isinstance(outputs, dict) else {"result": outputs}
+
+    async def _await_terminal(self, execution_id: str) -> tuple[str, Any, Any]:
+        run = self._runs.get(execution_id)
+        if run is not None:
+            await asyncio.shield(run.done)
+            if run.crash is not None:
+                raise run.crash
+        state = await self._state(execution_id)
+        if state.status not in TERMINAL:
+            raise ExecutionNotRunningError(
+                f"execution {execution_id!r} is {state.status} but not running here",
+                execution_id=execution_id,
+                status=state.status,
+            )
+        return state.status, state.outputs, state.error
+
+    async def _load(self, execution_id: str) -> None:
+        """Bring an execution from storage into the core (verifying its chain)."""
+        if self.core.contains(execution_id):
+            return
+        snap = await self.storage.load_snapshot(execution_id)
+        base = snap[0] if snap else 0
+        events = await self.storage.read_events(execution_id, from_version=base)
+        if not events and snap is None:
+            raise ExecutionNotFoundError(
+                f"no execution {execution_id!r}", execution_id=execution_id
+            )
+        history = b"".join(struct.pack("<I", len(e.encoded)) + e.encoded for e in events)
+        hashes = b"".join(e.hash for e in events)
+        txs = [e.tx for e in events]
+        await asyncio.to_thread(
+            self.core.load,
+            execution_id,
+            history,
+            hashes,
+            txs,
+            snap[1] if snap else None,
+        )
+
+    async def _state(self, execution_id: str) -> Any:
+        await self._ensure_started()
+        await self._load(execution_id)
+        return self.core.state(execution_id)
+
+    async def get_execution(self, execution_id: str) -> Execution:
+        """The execution's current view (any status)."""
+        return Execution.from_state(await self._state(execution_id))
+
+    async def query(self, execution_id: str) -> dict[str, Any]:
+        """The whole current state (steps, timers, signals, …) as a dict."""
+        state: dict[str, Any] = (await self._state(execution_id)).to_dict()
+        return state
+
+    async def list_executions(
+        self,
+        *,
+        status: str | Sequence[str] | None = None,
+        workflow_id: str | None = None,
+        limit: int = 1000,
+        offset: int = 0,
+    ) -> list[Any]:
+        """Executions by status and/or workflow id (index records)."""
+        await self._ensure_started()
+        return await self.storage.list_executions(
+            status=status, workflow_id=workflow_id, limit=limit, offset=offset
+        )
+
+    async def signal(self, execution_id: str, name: str, payload: Any = None) -> None:
+        """Deliver a signal; it is durable when this returns.
+
+        A signal sent before the execution reaches its ``wait`` is kept and
+        consumed when the wait starts.
+        """
+        run = await self._live(execution_id)
+        await run.deliver_signal(name, payload)
+
+    async def _live(self, execution_id: str) -> Run:
+        await self._ensure_started()
+        run = self._runs.get(execution_id)
+        if run is not None:
+            return run
+        state = await self._state(execution_id)
+        raise ExecutionNotRunningError(
+            f"execution {execution_id!r} is {state.status}; it takes no more signals",
+            execution_id=execution_id,
+            status=state.status,
+        )
+
+    async def send_event(self, event_type: str, payload: Any = None) -> list[str]:
+        """Route an external event to every execution waiting for it whose filter
+        matches; returns their ids (each delivery is durable on return)."""
+        await self._ensure_started()
+        delivered: list[str] = []
+        for waiter in list(self._event_waiters.get(event_type, ())):
+            if waiter.future.done():
+                continue
+            try:
+                matched = waiter.matches(payload)
+            except ItonamiError as e:
+                log.warning("event filter at %s failed: %s", waiter.node.path, e)
+                continue
+            if not matched:
+                continue
+            self._remove_event_waiter(waiter)
+            await waiter.run.emit(
+                "external_event_received",
+                waiter.node.path,
+                0,
+                {"event_type": event_type, "payload": payload},
+            )
+            if not waiter.future.done():
+                waiter.future.set_result(payload)
+            delivered.append(waiter.run.execution_id)
+        return delivered
+
+    def _add_event_waiter(self, waiter: EventWaiter) -> None:
+        self._event_waiters.setdefault(waiter.node.event_type or "", []).append(waiter)
+
+    def _remove_event_waiter(self, waiter: EventWaiter) -> None:
+        waiters = self._event_waiters.get(waiter.node.event_type or "", [])
+        if waiter in waiters:
+            waiters.remove(waiter)
+
+    async def cancel(self, execution_id: str, reason: str = "cancelled") -> bool:
+        """Cancel a running execution (and its children); False if it had finished."""
+        await self._ensure_started()
+        run = self._runs.get(execution_id)
+        if run is None or run.task is None:
+            await self._state(execution_id)  # raises for an unknown id
+            return False
+        if run.cancel_requested is None:
+            run.cancel_requested = reason
+            run.task.cancel()
+        await asyncio.shield(run.done)
+        return True
+
+    # ------------------------------------------------------------ history
+
+    async def get_event_history(self, execution_id: str) -> list[Any]:
+        """Every event of the execution, in order (``itonami.Event`` objects)."""
+        await self._state(execution_id)
+        events: list[Any] = self.core.events(execution_id)
+        return events
+
+    async def rebuild_execution_from_events(self, execution_id: str) -> Execution:
+        """Replay the stored history through the reducer (ignoring cached state).
+
+        The result equals the live state; the chain is verified on the way.
+        """
+        await self._ensure_started()
+        events = await self.storage.read_events(execution_id)
+        if not events:
+            raise ExecutionNotFoundError(f"no execution {execution_id!r}", execution_id=execution_id)
+        history = b"".join(struct.pack("<I", len(e.encoded)) + e.encoded for e in events)
+        state = await asyncio.to_thread(_core.replay, execution_id, history)
+        return Execution.from_state(state)
+
+    async def get_execution_at_tx(self, execution_id: str, tx: int) -> Execution:
+        """The execution as it was at transaction ``tx`` (MVCC read)."""
+        await self._state(execution_id)
+        return Execution.from_state(self.core.state_at_tx(execution_id, tx))
+
+    async def get_execution_history(self, execution_id: str) -> list[Any]:
+        """Every version: ``(version, tx, timestamp, kind, hash)`` records."""
+        await self._state(execution_id)
+        history: list[Any] = self.core.history(execution_id)
+        return history
+
+    async def verify(self, execution_id: str) -> Any:
+        """Recompute the Merkle chain; raises ``IntegrityError`` at the first bad node."""
+        await self._state(execution_id)
+        return await asyncio.to_thread(self.core.verify, execution_id)
+
+
+def _problem(path: str, message: str) -> Any:
+    from ..errors import Problem
+
+    return Problem(path, message)
+
+
+def _document(ir: WorkflowIR) -> bytes:
+    return ir.to_json()
