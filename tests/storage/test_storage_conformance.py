@@ -1,0 +1,333 @@
+"""The conformance suite: every backend must behave the same."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from storage_helpers import StoreFactory, event, request
+
+from itonami.errors import ConflictError, StorageError
+from itonami.storage import AppendRequest, Storage
+
+
+async def test_append_and_read_in_order(store: Storage, factory: StoreFactory) -> None:
+    first = request(factory, "e1", 0, 3)
+    await store.append(first)
+    second = request(factory, "e1", 3, 2)
+    await store.append(second)
+    got = await store.read_events("e1")
+    assert got == first.events + second.events
+    assert [e.version for e in got] == [1, 2, 3, 4, 5]
+    assert await store.read_events("e1", 3) == second.events
+    assert await store.read_events("e1", 5) == []
+    assert await store.read_events("nope") == []
+    assert await store.get_execution("nope") is None
+
+
+async def test_execution_record(store: Storage, factory: StoreFactory) -> None:
+    req = request(factory, "child", 0, 2, workflow_id="orders", parent_id="parent-1")
+    req.workflow_version = "1.2"
+    await store.append(req)
+    rec = await store.get_execution("child")
+    assert rec is not None
+    assert (rec.workflow_id, rec.workflow_version, rec.parent_id) == ("orders", "1.2", "parent-1")
+    assert (rec.status, rec.version) == ("running", 2)
+    assert rec.created_at == req.events[0].timestamp
+    assert rec.updated_at == req.events[-1].timestamp
+    later = AppendRequest(
+        "child", 2, [event("child", 3, factory.next_tx(), ts=9_000_000)], "completed"
+    )
+    await store.append(later)
+    rec2 = await store.get_execution("child")
+    assert rec2 is not None
+    assert (rec2.status, rec2.version, rec2.updated_at) == ("completed", 3, 9_000_000)
+    assert (rec2.created_at, rec2.workflow_id) == (rec.created_at, "orders")
+
+
+@pytest.mark.parametrize("expected", [0, 1, 3, 7])
+async def test_stale_version_conflicts_and_writes_nothing(
+    store: Storage, factory: StoreFactory, expected: int
+) -> None:
+    await store.append(request(factory, "e", 0, 2, timers_set={"0/1": 50}))
+    before = await store.read_events("e")
+    stale = request(factory, "e", expected, 1, status="failed", timers_cleared=["0/1"])
+    stale.workflow_id = "wf"
+    with pytest.raises(ConflictError) as info:
+        await store.append(stale)
+    assert (info.value.execution_id, info.value.expected, info.value.actual) == ("e", expected, 2)
+    assert await store.read_events("e") == before
+    rec = await store.get_execution("e")
+    assert rec is not None and (rec.status, rec.version) == ("running", 2)
+    assert await store.all_timers() == [("e", "0/1", 50)]
+    assert await store.max_tx() == max(e.tx for e in before)
+
+
+async def test_append_to_unknown_execution_with_nonzero_expected_conflicts(
+    store: Storage, factory: StoreFactory
+) -> None:
+    req = request(factory, "ghost", 4, 1)
+    req.workflow_id = "wf"
+    with pytest.raises(ConflictError) as info:
+        await store.append(req)
+    assert info.value.actual == 0
+    assert await store.get_execution("ghost") is None
+    assert await store.read_events("ghost") == []
+
+
+async def test_malformed_requests_are_refused(store: Storage, factory: StoreFactory) -> None:
+    no_workflow = request(factory, "e", 0, 1)
+    no_workflow.workflow_id = None
+    with pytest.raises(StorageError, match="workflow_id"):
+        await store.append(no_workflow)
+    gap = AppendRequest("e", 0, [event("e", 2, 99)], "running", workflow_id="wf")
+    with pytest.raises(StorageError, match="version 2, expected 1"):
+        await store.append(gap)
+    assert await store.get_execution("e") is None
+
+
+async def test_duplicate_tx_fails_only_its_own_request(
+    store: Storage, factory: StoreFactory
+) -> None:
+    await store.append(request(factory, "a", 0, 1))
+    used_tx = (await store.read_events("a"))[0].tx
+    clash = AppendRequest("b", 0, [event("b", 1, used_tx)], "running", workflow_id="wf")
+    fine = [request(factory, f"ok{i}", 0, 2) for i in range(5)]
+    results = await asyncio.gather(
+        *(store.append(r) for r in [*fine[:2], clash, *fine[2:]]), return_exceptions=True
+    )
+    assert isinstance(results[2], StorageError)
+    assert [r for i, r in enumerate(results) if i != 2] == [None] * 5
+    assert await store.get_execution("b") is None
+    for r in fine:
+        assert await store.read_events(r.execution_id) == r.events
+
+
+async def test_empty_append_updates_status_only(store: Storage, factory: StoreFactory) -> None:
+    await store.append(request(factory, "e", 0, 1))
+    await store.append(AppendRequest("e", 1, [], "paused"))
+    rec = await store.get_execution("e")
+    assert rec is not None and (rec.status, rec.version) == ("paused", 1)
+    with pytest.raises(ConflictError):
+        await store.append(AppendRequest("e", 0, [], "running", workflow_id="wf"))
+
+
+async def test_concurrent_appends_all_land_and_are_group_committed(
+    store: Storage, factory: StoreFactory
+) -> None:
+    executions, rounds = 40, 6
+
+    async def drive(i: int) -> list[int]:
+        version = 0
+        for _ in range(rounds):
+            req = request(factory, f"c{i}", version, 2)
+            await store.append(req)
+            version += 2
+        return [version]
+
+    commits0, appends0 = store.commits, store.appends
+    await asyncio.gather(*(drive(i) for i in range(executions)))
+    for i in range(executions):
+        got = await store.read_events(f"c{i}")
+        assert [e.version for e in got] == list(range(1, 2 * rounds + 1))
+        rec = await store.get_execution(f"c{i}")
+        assert rec is not None and rec.version == 2 * rounds
+    appended = store.appends - appends0
+    assert appended == executions * rounds
+    if factory.kind != "memory":
+        # Appends queued while a commit is in flight share the next commit.
+        assert store.commits - commits0 < appended
+    assert await store.integrity_check() == []
+
+
+async def test_same_expected_version_exactly_one_wins(
+    store: Storage, factory: StoreFactory
+) -> None:
+    await store.append(request(factory, "race", 0, 1))
+    for base in (1, 2, 3):
+        contenders = [request(factory, "race", base, 1) for _ in range(5)]
+        results = await asyncio.gather(
+            *(store.append(r) for r in contenders), return_exceptions=True
+        )
+        winners = [i for i, r in enumerate(results) if r is None]
+        assert len(winners) == 1
+        losers = [r for r in results if r is not None]
+        assert all(isinstance(r, ConflictError) and r.actual == base + 1 for r in losers)
+        assert (await store.read_events("race", base)) == contenders[winners[0]].events
+
+
+async def test_new_execution_race_exactly_one_wins(store: Storage, factory: StoreFactory) -> None:
+    contenders = [request(factory, "fresh", 0, 2) for _ in range(4)]
+    results = await asyncio.gather(*(store.append(r) for r in contenders), return_exceptions=True)
+    assert sum(r is None for r in results) == 1
+    assert all(isinstance(r, ConflictError) for r in results if r is not None)
+
+
+async def test_snapshots(store: Storage, factory: StoreFactory) -> None:
+    assert await store.load_snapshot("e") is None
+    for v in (3, 1, 5, 2, 4):
+        await store.save_snapshot("e", v, f"snap{v}".encode())
+    await store.save_snapshot("other", 9, b"x")
+    assert await store.load_snapshot("e") == (5, b"snap5")
+    await store.save_snapshot("e", 5, b"snap5-again")
+    assert await store.load_snapshot("e") == (5, b"snap5-again")
+    assert await store.prune_snapshots("e", 2) == 3
+    assert await store.load_snapshot("e") == (5, b"snap5-again")
+    assert await store.prune_snapshots("e", 1) == 1
+    assert await store.load_snapshot("e") == (5, b"snap5-again")
+    assert await store.prune_snapshots("e", 0) == 1
+    assert await store.load_snapshot("e") is None
+    assert await store.load_snapshot("other") == (9, b"x")
+    with pytest.raises(StorageError):
+        await store.prune_snapshots("e", -1)
+
+
+async def test_listing(store: Storage, factory: StoreFactory) -> None:
+    specs = [
+        ("x1", "alpha", "running", 100),
+        ("x2", "beta", "completed", 200),
+        ("x3", "alpha", "failed", 300),
+        ("x4", "alpha", "running", 400),
+        ("x5", "beta", "waiting", 500),
+    ]
+    for eid, wf, status, ts in specs:
+        req = AppendRequest(eid, 0, [event(eid, 1, factory.next_tx(), ts=ts)], status, wf)
+        await store.append(req)
+
+    def ids(records: list) -> list[str]:
+        return [r.execution_id for r in records]
+
+    assert ids(await store.list_executions()) == ["x1", "x2", "x3", "x4", "x5"]
+    assert ids(await store.list_executions(status="running")) == ["x1", "x4"]
+    assert ids(await store.list_executions(status=["failed", "waiting"])) == ["x3", "x5"]
+    assert ids(await store.list_executions(status=[])) == []
+    assert ids(await store.list_executions(workflow_id="alpha")) == ["x1", "x3", "x4"]
+    assert ids(await store.list_executions(status="running", workflow_id="beta")) == []
+    assert ids(await store.list_executions(limit=2, offset=1)) == ["x2", "x3"]
+    assert ids(await store.list_executions(limit=0)) == []
+    assert await store.unfinished_executions() == ["x1", "x4", "x5"]
+    with pytest.raises(StorageError):
+        await store.list_executions(limit=-1)
+
+
+async def test_timers(store: Storage, factory: StoreFactory) -> None:
+    await store.append(request(factory, "t1", 0, 1, timers_set={"0/1": 300, "0/2": 100}))
+    await store.append(request(factory, "t2", 0, 1, timers_set={"0": 200}))
+    assert await store.all_timers() == [("t1", "0/2", 100), ("t2", "0", 200), ("t1", "0/1", 300)]
+    assert await store.due_timers(99) == []
+    assert await store.due_timers(200) == [("t1", "0/2", 100), ("t2", "0", 200)]
+    # move one, clear one (cleared applies before set within a request)
+    await store.append(
+        request(
+            factory, "t1", 1, 1, timers_set={"0/1": 50, "0/3": 70}, timers_cleared=["0/2", "0/3"]
+        )
+    )
+    assert await store.all_timers() == [
+        ("t1", "0/1", 50),
+        ("t1", "0/3", 70),
+        ("t2", "0", 200),
+    ]
+    # a terminal status drops every timer of the execution
+    await store.append(request(factory, "t1", 2, 1, status="completed"))
+    assert await store.all_timers() == [("t2", "0", 200)]
+
+
+async def test_definitions(store: Storage) -> None:
+    assert await store.get_definition("wf") is None
+    await store.put_definition("wf", "1", "h1", b"doc-1")
+    await store.put_definition("wf", "1", "h1", b"doc-1")  # idempotent
+    await store.put_definition("wf", "3", "h3", b"doc-3")
+    await store.put_definition("wf", "2", "h2", b"doc-2")  # registered last = newest
+    await store.put_definition("other", "1", "ho", b"doc-o")
+    assert await store.get_definition("wf", "1") == b"doc-1"
+    assert await store.get_definition("wf", "3") == b"doc-3"
+    assert await store.get_definition("wf") == b"doc-2"
+    assert await store.get_definition("wf", "9") is None
+    assert await store.get_definition_by_hash("h3") == b"doc-3"
+    assert await store.get_definition_by_hash("nope") is None
+    with pytest.raises(StorageError, match=r"wf version 1 .*h1"):
+        await store.put_definition("wf", "1", "other-hash", b"changed")
+    assert await store.get_definition("wf", "1") == b"doc-1"
+
+
+async def test_max_tx(store: Storage, factory: StoreFactory) -> None:
+    assert await store.max_tx() == 0
+    await store.append(
+        AppendRequest("a", 0, [event("a", 1, 41), event("a", 2, 77)], "running", "w")
+    )
+    await store.append(AppendRequest("b", 0, [event("b", 1, 50)], "running", "w"))
+    assert await store.max_tx() == 77
+
+
+async def test_persists_across_close_and_reopen(factory: StoreFactory) -> None:
+    if not factory.durable:
+        pytest.skip(f"{factory.kind} keeps nothing across close")
+    s = factory.make()
+    await s.open()
+    req = request(factory, "p", 0, 3, timers_set={"0": 123})
+    await s.append(req)
+    await s.save_snapshot("p", 2, b"snap")
+    await s.put_definition("wf", "1", "h", b"doc")
+    await s.close()
+    again = factory.make()
+    await again.open()
+    try:
+        assert await again.read_events("p") == req.events
+        assert await again.load_snapshot("p") == (2, b"snap")
+        assert await again.all_timers() == [("p", "0", 123)]
+        assert await again.get_definition("wf") == b"doc"
+        assert await again.max_tx() == req.events[-1].tx
+        assert await again.unfinished_executions() == ["p"]
+        with pytest.raises(ConflictError):
+            await again.append(request(factory, "p", 2, 1))
+        await again.append(request(factory, "p", 3, 1))
+        assert await again.integrity_check() == []
+    finally:
+        await again.close()
+
+
+async def test_closed_store_refuses_work(factory: StoreFactory) -> None:
+    s = factory.make()
+    await s.open()
+    await s.close()
+    await s.close()  # twice is fine
+    with pytest.raises(StorageError, match="not open"):
+        await s.read_events("e")
+    with pytest.raises(StorageError, match="not open"):
+        await s.append(request(factory, "e", 0, 1))
+
+
+async def test_integrity_check_clean(store: Storage, factory: StoreFactory) -> None:
+    assert await store.integrity_check() == []
+    await store.append(request(factory, "e", 0, 4))
+    await store.save_snapshot("e", 4, b"s")
+    assert await store.integrity_check() == []
+
+
+async def test_two_writers_on_the_same_data_cannot_both_win(factory: StoreFactory) -> None:
+    """Separate store instances (separate connections, as separate processes would have)."""
+    if not factory.durable:
+        pytest.skip(f"{factory.kind} data cannot be shared between instances")
+    a, b = factory.make(), factory.make()
+    await a.open()
+    await b.open()
+    try:
+        first = await asyncio.gather(
+            a.append(request(factory, "shared", 0, 1)),
+            b.append(request(factory, "shared", 0, 1)),
+            return_exceptions=True,
+        )
+        assert sum(r is None for r in first) == 1
+        for base in range(1, 8):
+            results = await asyncio.gather(
+                a.append(request(factory, "shared", base, 1)),
+                b.append(request(factory, "shared", base, 1)),
+                return_exceptions=True,
+            )
+            assert sum(r is None for r in results) == 1
+            assert all(isinstance(r, ConflictError) for r in results if r is not None)
+        assert [e.version for e in await b.read_events("shared")] == list(range(1, 9))
+        assert await a.integrity_check() == []
+    finally:
+        await a.close()
+        await b.close()

@@ -1,0 +1,299 @@
+"""SQLite-only behaviour: files, schema versions, corruption, durability, URLs."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+from storage_helpers import StoreFactory, event, request
+
+from itonami.errors import CorruptStorageError, StorageError
+from itonami.storage import (
+    AppendRequest,
+    MemoryStorage,
+    SqliteStorage,
+    default_storage_url,
+    open_storage,
+)
+from itonami.storage.sqlite import SCHEMA_VERSION
+
+
+@pytest.fixture
+def sq(tmp_path: Path) -> StoreFactory:
+    return StoreFactory("sqlite", tmp_path)
+
+
+async def _filled(sq: StoreFactory, executions: int = 3, events: int = 4) -> dict[str, list]:
+    s = sq.make()
+    await s.open()
+    written = {}
+    for i in range(executions):
+        req = request(sq, f"e{i}", 0, events)
+        await s.append(req)
+        written[req.execution_id] = req.events
+    await s.close()
+    return written
+
+
+def _raw(path: Path) -> sqlite3.Connection:
+    return sqlite3.connect(path, isolation_level=None)
+
+
+# The schema of version 1, written out by hand as a released itonami wrote it.
+V1_SCHEMA = [
+    "CREATE TABLE schema_version (version INTEGER NOT NULL)",
+    "INSERT INTO schema_version VALUES (1)",
+    "CREATE TABLE executions (execution_id TEXT PRIMARY KEY, workflow_id TEXT NOT NULL,"
+    " workflow_version TEXT NOT NULL, status TEXT NOT NULL, parent_id TEXT,"
+    " created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL, version INTEGER NOT NULL)",
+    "CREATE TABLE events (execution_id TEXT NOT NULL, version INTEGER NOT NULL,"
+    " tx INTEGER NOT NULL UNIQUE, timestamp INTEGER NOT NULL, kind TEXT NOT NULL,"
+    " hash BLOB NOT NULL, encoded BLOB NOT NULL, PRIMARY KEY (execution_id, version))"
+    " WITHOUT ROWID",
+    "CREATE TABLE snapshots (execution_id TEXT NOT NULL, version INTEGER NOT NULL,"
+    " data BLOB NOT NULL, PRIMARY KEY (execution_id, version)) WITHOUT ROWID",
+    "CREATE TABLE definitions (workflow_id TEXT NOT NULL, version TEXT NOT NULL,"
+    " content_hash TEXT NOT NULL, document BLOB NOT NULL, seq INTEGER NOT NULL,"
+    " PRIMARY KEY (workflow_id, version))",
+    "CREATE INDEX definitions_hash ON definitions (content_hash)",
+]
+
+
+async def test_v1_store_is_migrated(sq: StoreFactory) -> None:
+    conn = _raw(sq.path)
+    for stmt in V1_SCHEMA:
+        conn.execute(stmt)
+    conn.execute("INSERT INTO executions VALUES ('old', 'wf', '1', 'running', NULL, 10, 20, 1)")
+    conn.execute(
+        "INSERT INTO events VALUES ('old', 1, 5, 10, 'workflow_started', ?, ?)", (b"h", b"enc")
+    )
+    conn.execute("INSERT INTO definitions VALUES ('wf', '1', 'hh', ?, 1)", (b"doc",))
+    conn.close()
+
+    s = sq.make()
+    await s.open()
+    try:
+        assert [e.encoded for e in await s.read_events("old")] == [b"enc"]
+        assert await s.get_definition("wf") == b"doc"
+        # timers arrived with version 2
+        await s.append(
+            AppendRequest("old", 1, [event("old", 2, 6)], "waiting", timers_set={"0": 99})
+        )
+        assert await s.all_timers() == [("old", "0", 99)]
+        assert await s.integrity_check() == []
+    finally:
+        await s.close()
+    conn = _raw(sq.path)
+    assert conn.execute("SELECT version FROM schema_version").fetchone()[0] == SCHEMA_VERSION
+    indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+    assert {"executions_status", "executions_workflow", "timers_fire_at"} <= indexes
+    conn.close()
+
+
+async def test_newer_schema_is_refused(sq: StoreFactory) -> None:
+    await _filled(sq)
+    conn = _raw(sq.path)
+    conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION + 1,))
+    conn.close()
+    s = sq.make()
+    with pytest.raises(StorageError, match=rf"schema version {SCHEMA_VERSION + 1}.*newer"):
+        await s.open()
+    with pytest.raises(StorageError, match="not open"):
+        await s.read_events("e0")
+
+
+async def test_foreign_database_is_refused(sq: StoreFactory) -> None:
+    conn = _raw(sq.path)
+    conn.execute("CREATE TABLE customers (id INTEGER)")
+    conn.close()
+    with pytest.raises(StorageError, match="not an itonami store"):
+        await sq.make().open()
+
+
+async def test_file_that_is_not_sqlite(sq: StoreFactory) -> None:
+    sq.path.write_bytes(b"this is a text file, certainly not a database\n" * 40)
+    with pytest.raises(CorruptStorageError, match=str(sq.path)):
+        await sq.make().open()
+
+
+@pytest.mark.parametrize("fraction", [0.2, 0.6, 0.95])
+async def test_truncated_file(sq: StoreFactory, fraction: float) -> None:
+    await _filled(sq, executions=30, events=6)
+    size = sq.path.stat().st_size
+    assert not Path(f"{sq.path}-wal").exists() or Path(f"{sq.path}-wal").stat().st_size == 0
+    with open(sq.path, "r+b") as fh:
+        fh.truncate(int(size * fraction))
+    s = sq.make()
+    with pytest.raises(CorruptStorageError, match=str(sq.path)):
+        await s.open()
+        try:
+            for i in range(30):
+                await s.read_events(f"e{i}")
+        finally:
+            await s.close()
+
+
+@pytest.mark.parametrize("offset", [0.3, 0.5, 0.8])
+async def test_garbled_pages_are_reported(sq: StoreFactory, offset: float) -> None:
+    written = await _filled(sq, executions=30, events=6)
+    size = sq.path.stat().st_size
+    with open(sq.path, "r+b") as fh:
+        fh.seek(int(size * offset) // 4096 * 4096)
+        fh.write(b"\xa5" * 8192)
+    s = sq.make()
+    await s.open()
+    try:
+        problems = await s.integrity_check()
+        assert problems and all(p.startswith("sqlite:") for p in problems)
+        # every execution reads back intact or raises naming it: never wrong data
+        for eid, events in written.items():
+            try:
+                got = await s.read_events(eid)
+            except CorruptStorageError as exc:
+                assert exc.execution_id == eid
+            else:
+                assert got == events
+    finally:
+        await s.close()
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "bad_version"),
+    [
+        ("tx", "not-a-number", 2),
+        ("timestamp", 1.5, 2),
+        ("hash", "text instead of bytes", 2),
+        ("encoded", 12345, 2),
+        ("kind", b"\xff\xfe", 2),
+    ],
+)
+async def test_wrong_typed_row(
+    sq: StoreFactory, column: str, value: object, bad_version: int
+) -> None:
+    await _filled(sq)
+    conn = _raw(sq.path)
+    if column == "kind":  # invalid UTF-8 stored as TEXT
+        conn.execute(
+            "UPDATE events SET kind = CAST(? AS TEXT) WHERE execution_id='e1' AND version=2",
+            (value,),
+        )
+    else:
+        conn.execute(
+            f"UPDATE events SET {column} = ? WHERE execution_id = 'e1' AND version = 2", (value,)
+        )
+    conn.close()
+    s = sq.make()
+    await s.open()
+    try:
+        with pytest.raises(CorruptStorageError) as info:
+            await s.read_events("e1")
+        assert (info.value.execution_id, info.value.version) == ("e1", bad_version)
+        assert "e1" in str(info.value)
+        assert len(await s.read_events("e0")) == 4
+        assert len(await s.read_events("e2")) == 4
+        if column != "kind":  # typeof() sees TEXT for the bad UTF-8 too
+            assert any("e1" in p and "wrong-typed" in p for p in await s.integrity_check())
+    finally:
+        await s.close()
+
+
+async def test_missing_rows_are_reported(sq: StoreFactory) -> None:
+    await _filled(sq)
+    conn = _raw(sq.path)
+    conn.execute("DELETE FROM events WHERE execution_id = 'e1' AND version = 3")
+    conn.execute("DELETE FROM events WHERE execution_id = 'e2' AND version = 4")
+    conn.close()
+    s = sq.make()
+    await s.open()
+    try:
+        with pytest.raises(CorruptStorageError) as gap:
+            await s.read_events("e1")
+        assert (gap.value.execution_id, gap.value.version) == ("e1", 3)
+        with pytest.raises(CorruptStorageError) as tail:
+            await s.read_events("e2")  # the tail is gone: the execution row says 4
+        assert (tail.value.execution_id, tail.value.version) == ("e2", 4)
+        assert [e.version for e in await s.read_events("e1", 3)] == [4]
+        assert len(await s.read_events("e0")) == 4
+        problems = await s.integrity_check()
+        assert any("e1" in p and "version 3 missing" in p for p in problems)
+        assert any("e2" in p and "says version 4" in p for p in problems)
+    finally:
+        await s.close()
+
+
+@pytest.mark.parametrize(("durability", "level"), [("full", 2), ("normal", 1)])
+async def test_durability_setting(sq: StoreFactory, durability: str, level: int) -> None:
+    s = open_storage(f"sqlite:///{sq.path}?durability={durability}")
+    assert isinstance(s, SqliteStorage)
+    await s.open()
+    try:
+        got = await s._write(lambda conn: conn.execute("PRAGMA synchronous").fetchone()[0])
+        assert got == level
+    finally:
+        await s.close()
+    conn = _raw(sq.path)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    conn.close()
+    with pytest.raises(ValueError, match="durability"):
+        SqliteStorage(str(sq.path), durability="sometimes")
+
+
+async def test_open_reader_does_not_block_the_writer(sq: StoreFactory) -> None:
+    s = sq.make()
+    await s.open()
+    try:
+        await s.append(request(sq, "e", 0, 1))
+        reader = _raw(sq.path)
+        reader.execute("BEGIN")
+        assert reader.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 1
+        await asyncio.wait_for(s.append(request(sq, "e", 1, 1)), timeout=5)
+        # the old snapshot is still what the open transaction sees
+        assert reader.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 1
+        reader.execute("COMMIT")
+        assert reader.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 2
+        reader.close()
+    finally:
+        await s.close()
+
+
+def test_open_storage_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert isinstance(open_storage("memory"), MemoryStorage)
+    rel = open_storage("sqlite:///data/x.db")
+    assert isinstance(rel, SqliteStorage) and rel.path == "data/x.db"
+    absolute = open_storage(f"sqlite:///{tmp_path}/y.db", readers=3)
+    assert isinstance(absolute, SqliteStorage) and absolute.path == f"{tmp_path}/y.db"
+    mem = open_storage("sqlite:///:memory:")
+    assert isinstance(mem, SqliteStorage) and mem.path == ":memory:"
+    with pytest.raises(ValueError, match=r"supported are .*sqlite.*postgresql"):
+        open_storage("mysql://localhost/db")
+    with pytest.raises(ValueError, match="unknown SQLite option 'journal'"):
+        open_storage("sqlite:///x.db?journal=off")
+
+
+def test_default_storage_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ITONAMI_DB", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    assert default_storage_url() == f"sqlite:///{tmp_path}/xdg/itonami/itonami.db"
+    monkeypatch.delenv("XDG_DATA_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_storage_url() == f"sqlite:///{tmp_path}/home/.local/share/itonami/itonami.db"
+    monkeypatch.setenv("ITONAMI_DB", "postgresql://u@h/db")
+    assert default_storage_url() == "postgresql://u@h/db"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ITONAMI_DB", "local.db")
+    url = default_storage_url()
+    assert url == f"sqlite:///{tmp_path}/local.db"
+    s = open_storage(url)
+    assert isinstance(s, SqliteStorage) and s.path == f"{tmp_path}/local.db"
+
+
+async def test_store_in_a_new_folder(tmp_path: Path) -> None:
+    path = tmp_path / "deep" / "er" / "store.db"
+    s = open_storage(f"sqlite:///{path}")
+    await s.open()
+    await s.close()
+    assert path.exists()
+    os.remove(path)
