@@ -44,7 +44,8 @@ async def eventually(predicate: Callable[[], Any], what: str = "condition") -> A
 class Harness:
     """An engine plus its clock and registry, built lazily so tests can add activities."""
 
-    def __init__(self, storage: str = "memory") -> None:
+    def __init__(self, storage: str = "memory", **storage_options: Any) -> None:
+        self.storage_options = storage_options
         self.clock = TestClock()
         self.registry = ActivityRegistry()
         self.storage = storage
@@ -56,7 +57,7 @@ class Harness:
         if self._engine is None:
             self._engine = (
                 WorkflowEngine.builder()
-                .with_storage(self.storage)
+                .with_storage(self.storage, **self.storage_options)
                 .with_activities(self.registry)
                 .with_workflows(self.workflows)
                 .with_clock(self.clock)

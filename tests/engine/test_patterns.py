@@ -196,7 +196,11 @@ async def test_non_retryable_error_fails_at_once(h: Harness) -> None:
         calls += 1
         raise PaymentDeclined("declined")
 
-    ir = wf(act("pay", retry_policy={"maximum_attempts": 5, "non_retryable_errors": ["PaymentDeclined"]}))
+    ir = wf(
+        act(
+            "pay", retry_policy={"maximum_attempts": 5, "non_retryable_errors": ["PaymentDeclined"]}
+        )
+    )
     with pytest.raises(WorkflowFailedError) as info:
         await h.run(ir)
     assert calls == 1
@@ -226,7 +230,9 @@ async def test_start_to_close_timeout_on_test_clock(h: Harness) -> None:
         started += 1
         await asyncio.Event().wait()
 
-    ir = wf(act("hang", timeout="PT10S", retry_policy={"maximum_attempts": 2, "initial_interval": 0}))
+    ir = wf(
+        act("hang", timeout="PT10S", retry_policy={"maximum_attempts": 2, "initial_interval": 0})
+    )
     eid = await h.engine.start_workflow(ir, {})
     await eventually(lambda: started == 1, "first attempt")
     await h.clock.advance(10)
@@ -387,8 +393,14 @@ async def test_decision_takes_the_first_true_branch(h: Harness, amount: int, tak
         {
             "op": "decision",
             "conditions": [
-                {"condition": "inputs.amount > 1000", "branch": act("label", input_mapping={"name": "big"})},
-                {"condition": "inputs.amount > 0", "branch": act("label", input_mapping={"name": "small"})},
+                {
+                    "condition": "inputs.amount > 1000",
+                    "branch": act("label", input_mapping={"name": "big"}),
+                },
+                {
+                    "condition": "inputs.amount > 0",
+                    "branch": act("label", input_mapping={"name": "small"}),
+                },
             ],
             "default_branch": act("label", input_mapping={"name": "zero"}),
         }
@@ -416,7 +428,10 @@ async def test_decision_on_previous_step_output(h: Harness) -> None:
                 {
                     "op": "decision",
                     "conditions": [
-                        {"condition": "steps.validate.output.ok", "branch": act("label", input_mapping={"name": "yes"})}
+                        {
+                            "condition": "steps.validate.output.ok",
+                            "branch": act("label", input_mapping={"name": "yes"}),
+                        }
                     ],
                     "default_branch": act("label", input_mapping={"name": "no"}),
                 },
@@ -431,7 +446,15 @@ async def test_timer_wait_is_durable_and_fires_on_the_clock(h: Harness) -> None:
     def after() -> dict:
         return {"done": True}
 
-    ir = wf({"op": "seq", "strategies": [{"op": "wait", "condition": {"type": "timer", "duration": "P1D"}}, act("after")]})
+    ir = wf(
+        {
+            "op": "seq",
+            "strategies": [
+                {"op": "wait", "condition": {"type": "timer", "duration": "P1D"}},
+                act("after"),
+            ],
+        }
+    )
     eid = await h.engine.start_workflow(ir, {})
     await eventually(lambda: h.clock.pending == 1, "timer armed")
     state = await h.engine.query(eid)
@@ -448,7 +471,10 @@ SIGNAL_WF = {
     "op": "seq",
     "strategies": [
         {"op": "wait", "id": "approval", "condition": {"type": "signal", "signal_name": "approve"}},
-        act("finish", input_mapping={"by": "$.steps.approval.output.by", "sig": "$.signals.approve.by"}),
+        act(
+            "finish",
+            input_mapping={"by": "$.steps.approval.output.by", "sig": "$.signals.approve.by"},
+        ),
     ],
 }
 
@@ -465,7 +491,10 @@ async def test_signal_after_the_wait_started(h: Harness) -> None:
     await eventually(lambda: "0/0" in h.engine._runs[eid].recorded_waits or True, "wait")
     await eventually(lambda: bool(h.engine._runs[eid].signal_waiters.get("approve")), "waiting")
     await h.engine.signal(eid, "approve", {"by": "alice"})
-    assert await h.engine.wait_for_completion(eid, timeout=10) == {"approved_by": "alice", "sig": "alice"}
+    assert await h.engine.wait_for_completion(eid, timeout=10) == {
+        "approved_by": "alice",
+        "sig": "alice",
+    }
 
 
 async def test_signal_before_the_wait_starts_is_kept(h: Harness) -> None:
@@ -480,7 +509,10 @@ async def test_signal_before_the_wait_starts_is_kept(h: Harness) -> None:
     eid = await h.engine.start_workflow(ir, {})
     await h.engine.signal(eid, "approve", {"by": "bob"})
     gate.set()
-    assert await h.engine.wait_for_completion(eid, timeout=10) == {"approved_by": "bob", "sig": "bob"}
+    assert await h.engine.wait_for_completion(eid, timeout=10) == {
+        "approved_by": "bob",
+        "sig": "bob",
+    }
     state = await h.engine.query(eid)
     assert state["signals"]["approve"] == [{"by": "bob"}]
     assert state["signal_cursor"]["approve"] == 1
@@ -501,7 +533,11 @@ async def test_external_events_are_routed_by_filter(h: Harness) -> None:
         {
             "op": "wait",
             "id": "paid",
-            "condition": {"type": "event", "event_type": "payment", "filter": "event.order == inputs.order"},
+            "condition": {
+                "type": "event",
+                "event_type": "payment",
+                "filter": "event.order == inputs.order",
+            },
         }
     )
     a = await h.engine.start_workflow(ir, {"order": "A"})
@@ -539,7 +575,15 @@ def saga_wf() -> WorkflowIR:
             "main_flow": {
                 "op": "seq",
                 "strategies": [
-                    act("reserve", "reserve", compensation={"op": "activity", "activity_ref": "undo_reserve", "input_mapping": {"what": "$.step.output.did"}}),
+                    act(
+                        "reserve",
+                        "reserve",
+                        compensation={
+                            "op": "activity",
+                            "activity_ref": "undo_reserve",
+                            "input_mapping": {"what": "$.step.output.did"},
+                        },
+                    ),
                     act("charge", "charge", compensation="undo_charge"),
                     act("ship", "ship", compensation="undo_ship"),
                 ],
@@ -579,14 +623,24 @@ async def test_subworkflows_nest_and_propagate_failure(h: Harness) -> None:
             raise NonRetryableError("negative")
         return {"y": 2 * x}
 
-    leaf = wf(act("double", input_mapping={"x": "$.inputs.x"}), id="leaf", inputs=[{"name": "x", "type": "integer", "required": True}])
+    leaf = wf(
+        act("double", input_mapping={"x": "$.inputs.x"}),
+        id="leaf",
+        inputs=[{"name": "x", "type": "integer", "required": True}],
+    )
     middle = wf(
         {"op": "subworkflow", "workflow_ref": "leaf", "input_mapping": {"x": "$.inputs.x"}},
         id="middle",
         inputs=[{"name": "x", "type": "integer", "required": True}],
     )
     top = wf(
-        {"op": "sub_workflow", "id": "child", "workflow_ref": "middle", "version": "1", "input_mapping": {"x": "$.inputs.x"}},
+        {
+            "op": "sub_workflow",
+            "id": "child",
+            "workflow_ref": "middle",
+            "version": "1",
+            "input_mapping": {"x": "$.inputs.x"},
+        },
         id="top",
         inputs=[{"name": "x", "type": "integer", "required": True}],
     )
@@ -594,7 +648,11 @@ async def test_subworkflows_nest_and_propagate_failure(h: Harness) -> None:
         await h.engine.register_workflow(ir)
     eid = await h.engine.start_workflow(top, {"x": 21})
     assert await h.engine.wait_for_completion(eid, timeout=10) == {"y": 42}
-    children = [e.data["child_execution_id"] for e in await h.engine.get_event_history(eid) if e.kind == "child_workflow_started"]
+    children = [
+        e.data["child_execution_id"]
+        for e in await h.engine.get_event_history(eid)
+        if e.kind == "child_workflow_started"
+    ]
     assert len(children) == 1
     child = await h.engine.get_execution(children[0])
     assert child.status == "completed" and child.parent["execution_id"] == eid
@@ -619,7 +677,16 @@ async def test_cancel_mid_flight_cancels_children(h: Harness) -> None:
     gates = gated_registry(h)
     child = wf(act("gate", input_mapping={"name": "child"}), id="child")
     await h.engine.register_workflow(child)
-    ir = wf({"op": "parallel", "branches": [act("gate", input_mapping={"name": "own"}), {"op": "subworkflow", "workflow_ref": "child"}]}, id="parent")
+    ir = wf(
+        {
+            "op": "parallel",
+            "branches": [
+                act("gate", input_mapping={"name": "own"}),
+                {"op": "subworkflow", "workflow_ref": "child"},
+            ],
+        },
+        id="parent",
+    )
     eid = await h.engine.start_workflow(ir, {})
     await eventually(lambda: "own" in gates and "child" in gates, "both running")
     assert await h.engine.cancel(eid, reason="user asked") is True
@@ -698,7 +765,8 @@ async def test_oversized_result_is_rejected_and_history_kept() -> None:
         return "x" * 10_000
 
     h._engine = (
-        __import__("itonami").WorkflowEngine.builder()
+        __import__("itonami")
+        .WorkflowEngine.builder()
         .with_storage("memory")
         .with_activities(h.registry)
         .with_clock(h.clock)

@@ -22,6 +22,7 @@ from .. import _core
 from ..activities import ActivityRegistry
 from ..dsl import WorkflowIR
 from ..errors import (
+    ConflictError,
     ExecutionNotFoundError,
     ExecutionNotRunningError,
     ItonamiError,
@@ -239,27 +240,37 @@ class WorkflowEngine:
             await self.storage.close()
 
     async def _recover(self) -> None:
+        """Resume every unfinished execution: snapshot + later events, then run.
+
+        All runs are registered before any is launched, so a parent that
+        resumes first finds its resuming children.
+        """
+        runs: list[Run] = []
         for eid in await self.storage.unfinished_executions():
             if eid in self._runs:
                 continue
             try:
-                await self._load(eid)
-                state = self.core.state(eid)
-                d = state.to_dict()
+                await self._load(eid, in_thread=False)
+                d = self.core.state(eid).to_dict()
                 ir = await self._definition_for(d)
-                run = Run(
-                    self,
-                    ir,
-                    eid,
-                    d.get("inputs") or {},
-                    version=d["version"],
-                    recorded=d,
-                    parent=d.get("parent"),
-                )
-                run.status = d["status"]
-                self._launch(run, start=False)
             except ItonamiError as e:
+                # Damage to one execution must not keep the others from resuming.
                 log.error("cannot resume execution %s: %s", eid, e)
+                continue
+            run = Run(
+                self,
+                ir,
+                eid,
+                d.get("inputs") or {},
+                version=d["version"],
+                recorded=d,
+                parent=d.get("parent"),
+            )
+            run.status = d["status"]
+            self._runs[eid] = run
+            runs.append(run)
+        for run in runs:
+            self._launch(run)
 
     async def _definition_for(self, state: Mapping[str, Any]) -> WorkflowIR:
         h = state.get("definition_hash")
@@ -310,9 +321,7 @@ class WorkflowEngine:
 
     def _workflow_known(self, workflow_id: str, version: str | None) -> bool:
         if version is None:
-            return workflow_id in self._latest or any(
-                ir.id == workflow_id for ir in self._initial
-            )
+            return workflow_id in self._latest or any(ir.id == workflow_id for ir in self._initial)
         return (workflow_id, version) in self._definitions or any(
             ir.id == workflow_id and ir.version == version for ir in self._initial
         )
@@ -324,8 +333,10 @@ class WorkflowEngine:
 
     def resolve_workflow(self, workflow_id: str, version: str | None = None) -> WorkflowIR:
         """The registered definition for a reference (newest when no version)."""
-        ir = self._latest.get(workflow_id) if version is None else self._definitions.get(
-            (workflow_id, version)
+        ir = (
+            self._latest.get(workflow_id)
+            if version is None
+            else self._definitions.get((workflow_id, version))
         )
         if ir is None:
             known = ", ".join(sorted(f"{i}@{v}" for i, v in self._definitions)) or "none"
@@ -381,35 +392,30 @@ class WorkflowEngine:
         if execution_id in self._runs or await self._exists(execution_id):
             return
         run = Run(self, ir, execution_id, inputs, parent=parent)
-        self._runs[execution_id] = run
-        first = asyncio.get_running_loop().create_future()
-        self._launch(run, start=True, started=first)
-        await first
+        try:
+            run.record_started()
+        except BaseException:
+            self.core.evict(execution_id)
+            raise
+        self._launch(run)
+        # Let the run reach its first durability barrier, so that its first
+        # commit carries workflow_started together with the first step.
+        await asyncio.sleep(0)
+        try:
+            await run.flush()
+        except ConflictError as e:
+            if e.expected == 0:
+                return  # started concurrently by another engine: idempotent
+            raise
 
     async def _exists(self, execution_id: str) -> bool:
         if self.core.contains(execution_id):
             return True
         return await self.storage.get_execution(execution_id) is not None
 
-    def _launch(
-        self, run: Run, *, start: bool, started: asyncio.Future[None] | None = None
-    ) -> None:
+    def _launch(self, run: Run) -> None:
         self._runs[run.execution_id] = run
-
-        async def main() -> None:
-            if started is not None:
-                try:
-                    await run.emit_started()
-                except BaseException as exc:
-                    self._runs.pop(run.execution_id, None)
-                    self.core.evict(run.execution_id)
-                    if not started.done():
-                        started.set_exception(exc)
-                    return
-                started.set_result(None)
-            await run.drive()
-
-        run.task = asyncio.ensure_future(main())
+        run.task = asyncio.ensure_future(run.drive())
 
     def _run_finished(self, run: Run) -> None:
         if self._runs.get(run.execution_id) is run:
@@ -462,7 +468,7 @@ class WorkflowEngine:
             )
         return state.status, state.outputs, state.error
 
-    async def _load(self, execution_id: str) -> None:
+    async def _load(self, execution_id: str, *, in_thread: bool = True) -> None:
         """Bring an execution from storage into the core (verifying its chain)."""
         if self.core.contains(execution_id):
             return
@@ -476,14 +482,12 @@ class WorkflowEngine:
         history = b"".join(struct.pack("<I", len(e.encoded)) + e.encoded for e in events)
         hashes = b"".join(e.hash for e in events)
         txs = [e.tx for e in events]
-        await asyncio.to_thread(
-            self.core.load,
-            execution_id,
-            history,
-            hashes,
-            txs,
-            snap[1] if snap else None,
-        )
+        args = (execution_id, history, hashes, txs, snap[1] if snap else None)
+        if in_thread and len(history) > 256 * 1024:
+            # Long histories verify off the event loop (the core releases the GIL).
+            await asyncio.to_thread(self.core.load, *args)
+        else:
+            self.core.load(*args)
 
     async def _state(self, execution_id: str) -> Any:
         await self._ensure_started()
@@ -598,7 +602,9 @@ class WorkflowEngine:
         await self._ensure_started()
         events = await self.storage.read_events(execution_id)
         if not events:
-            raise ExecutionNotFoundError(f"no execution {execution_id!r}", execution_id=execution_id)
+            raise ExecutionNotFoundError(
+                f"no execution {execution_id!r}", execution_id=execution_id
+            )
         history = b"".join(struct.pack("<I", len(e.encoded)) + e.encoded for e in events)
         state = await asyncio.to_thread(_core.replay, execution_id, history)
         return Execution.from_state(state)

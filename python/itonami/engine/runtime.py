@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from .._failpoints import hit
 from ..activities import ActivityContext, describe_error, make_idempotency_key, run_activity
 from ..dsl import (
     ActivityNode,
@@ -159,9 +160,7 @@ class Run:
 
     # ------------------------------------------------------------------ events
 
-    def append_local(
-        self, kind: str, step: str = "", attempt: int = 0, data: Any = None
-    ) -> Any:
+    def append_local(self, kind: str, step: str = "", attempt: int = 0, data: Any = None) -> Any:
         """Apply one event through the core's reducer; durable after :meth:`flush`."""
         if self._broken is not None:
             raise self._broken
@@ -243,20 +242,26 @@ class Run:
             await self._snapshot()
 
     async def _snapshot(self) -> None:
+        # Only a durable version may be snapshotted: a snapshot that covered
+        # events the log lacks would resurrect them after a crash.
+        if self.status in TERMINAL or self.engine.core.version(self.execution_id) != (
+            self.durable_version
+        ):
+            return
         data = self.engine.core.snapshot(self.execution_id)
         version = self.durable_version
+        hit("snapshot.during")
         await self.engine.storage.save_snapshot(self.execution_id, version, data)
         await self.engine.storage.prune_snapshots(self.execution_id, self.engine.snapshot_retention)
         self._last_snapshot = version
-        if self.status not in TERMINAL or self.engine.core.version(self.execution_id) == version:
-            # Recorded in the history too; rides with the next commit.
-            self.append_local("snapshot_taken", "", 0, {"version": version})
+        # Recorded in the history too; rides with the next commit.
+        self.append_local("snapshot_taken", "", 0, {"version": version})
 
     # ------------------------------------------------------------------ driver
 
-    async def emit_started(self) -> None:
-        """Record ``workflow_started``; durable when this returns."""
-        await self.emit(
+    def record_started(self) -> None:
+        """Append ``workflow_started`` (durable with the run's first commit)."""
+        self.append_local(
             "workflow_started",
             "",
             0,
@@ -395,7 +400,7 @@ class Run:
         input_ = rec["input"] if rec is not None and "input" in rec else None
         if input_ is None:
             input_ = node.input_mapping.evaluate(scope.context())
-        first_at = (rec or {}).get("scheduled_at")
+        first_at = (rec or {}).get("started_at")
         overall = None
         if node.schedule_to_close_timeout is not None:
             overall = (first_at / 1e6 if first_at else clock.now()) + node.schedule_to_close_timeout
@@ -407,6 +412,8 @@ class Run:
                 attempt,
                 {"activity": node.activity_ref, "input": input_},
             )
+            # The durability barrier before a side effect: everything recorded so
+            # far (the previous step's result included) is committed first.
             await self.emit("activity_started", node.path, attempt, {})
             ok, outcome = await self._attempt(node, input_, attempt, timeout, overall)
             if ok:
@@ -426,7 +433,7 @@ class Run:
                 )
                 await clock.sleep_until(retry_at)
                 continue
-            await self.emit("activity_failed", node.path, attempt, {"error": error})
+            self.append_local("activity_failed", node.path, attempt, {"error": error})
             scope.record(node, "failed", error=error)
             raise StepFailure(error)
 
@@ -459,23 +466,23 @@ class Run:
             info={"workflow_version": self.ir.version},
         )
         try:
-            result = await race_deadline(
-                clock, run_activity(activity, input_, ctx, None), deadline
-            )
+            result = await race_deadline(clock, run_activity(activity, input_, ctx, None), deadline)
         except DeadlineExceeded:
             which = "start-to-close" if deadline != overall else "schedule-to-close"
             return False, describe_error(
                 ActivityTimeoutError(
-                    f"activity {node.activity_ref!r} at {node.path} exceeded its "
-                    f"{which} timeout",
+                    f"activity {node.activity_ref!r} at {node.path} exceeded its {which} timeout",
                     activity=node.activity_ref,
                     retryable=which == "start-to-close",
                 )
             )
         except ItonamiError as e:
             return False, describe_error(e)
+        hit("activity.after_effect")
         try:
-            a = await self.emit("activity_completed", node.path, attempt, {"result": result})
+            # Not flushed here: the next side effect's barrier (or the
+            # workflow's end) commits it, with whatever else was recorded.
+            a = self.append_local("activity_completed", node.path, attempt, {"result": result})
         except (TypeError, orjson.JSONEncodeError) as e:
             return False, _error(
                 "ResultNotSerializable",
@@ -634,6 +641,7 @@ class Run:
             else:
                 fire_at = fire_at_us / 1e6
             await clock.sleep_until(fire_at)
+            hit("timer.fire")
             self.clear_timer(node.path)
             self.append_local("timer_fired", node.path, 0, {})
             await self.emit("step_completed", node.path, 0, {"output": None})
@@ -668,7 +676,9 @@ class Run:
                 if node.kind == "signal"
                 else f"event {node.event_type!r}"
             )
-            error = _error("WaitTimeout", f"no {what} arrived at {node.path} within {node.timeout} s")
+            error = _error(
+                "WaitTimeout", f"no {what} arrived at {node.path} within {node.timeout} s"
+            )
             await self.emit("step_failed", node.path, 0, {"error": error})
             scope.record(node, "failed", error=error)
             raise StepFailure(error) from None
@@ -754,7 +764,9 @@ class Run:
 
     async def _compensate(self, node: SagaNode, scope: Scope, error: dict[str, Any]) -> None:
         state = self.engine.core.state(self.execution_id).to_dict()
-        done = set(((state.get("compensations") or {}).get(node.path) or {}).get("compensated") or [])
+        done = set(
+            ((state.get("compensations") or {}).get(node.path) or {}).get("compensated") or []
+        )
         prefix = node.main_flow.path + "/"
         completed = [
             (step.get("completed_version") or 0, path)
@@ -769,10 +781,15 @@ class Run:
             if path in done:
                 continue
             step_ctx = scope.context()
-            step_ctx["step"] = {"input": state["steps"][path].get("input"),
-                                "output": state["steps"][path].get("result")}
+            step_ctx["step"] = {
+                "input": state["steps"][path].get("input"),
+                "output": state["steps"][path].get("result"),
+            }
             try:
-                result = await self.run_node(target.compensation, _FixedScope(self, scope, step_ctx))
+                result = await self.run_node(
+                    target.compensation, _FixedScope(self, scope, step_ctx)
+                )
+                hit("compensation.during")
             except StepFailure as f:
                 await self.emit(
                     "compensation_failed", node.path, 0, {"error": f.error, "step": path}

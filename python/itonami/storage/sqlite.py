@@ -38,6 +38,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from itonami._failpoints import hit
 from itonami.errors import CorruptStorageError, StorageError
 from itonami.storage.base import (
     TERMINAL_STATUSES,
@@ -336,7 +337,9 @@ class SqliteStorage(Storage):
                 else:
                     conn.execute("RELEASE op")
                     outcomes.append((op, result, None))
+            hit("storage.mid_commit")
             conn.execute("COMMIT")
+            hit("storage.after_commit")
         except BaseException as exc:
             if conn.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
