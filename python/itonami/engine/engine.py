@@ -195,6 +195,9 @@ class WorkflowEngine:
         self._started = False
         self._start_lock: asyncio.Lock | None = None
         self._closed = False
+        # Executions whose core copy starts at a snapshot (history queries
+        # read the full durable history instead).
+        self._partial: set[str] = set()
 
     @staticmethod
     def builder() -> WorkflowEngineBuilder:
@@ -483,6 +486,10 @@ class WorkflowEngine:
         hashes = b"".join(e.hash for e in events)
         txs = [e.tx for e in events]
         args = (execution_id, history, hashes, txs, snap[1] if snap else None)
+        if snap:
+            self._partial.add(execution_id)
+        else:
+            self._partial.discard(execution_id)
         if in_thread and len(history) > 256 * 1024:
             # Long histories verify off the event loop (the core releases the GIL).
             await asyncio.to_thread(self.core.load, *args)
@@ -588,10 +595,35 @@ class WorkflowEngine:
 
     # ------------------------------------------------------------ history
 
+    async def _full(self, execution_id: str) -> Any:
+        """A version store holding the execution's whole history.
+
+        Usually the engine's own; for an execution resumed from a snapshot,
+        a scratch store loaded (and verified) from the full durable history.
+        """
+        await self._state(execution_id)
+        if execution_id not in self._partial:
+            return self.core
+        run = self._runs.get(execution_id)
+        if run is not None:
+            await run.flush()
+        events = await self.storage.read_events(execution_id)
+        scratch = _core.VersionStore()
+        history = b"".join(struct.pack("<I", len(e.encoded)) + e.encoded for e in events)
+        await asyncio.to_thread(
+            scratch.load,
+            execution_id,
+            history,
+            b"".join(e.hash for e in events),
+            [e.tx for e in events],
+            None,
+        )
+        return scratch
+
     async def get_event_history(self, execution_id: str) -> list[Any]:
         """Every event of the execution, in order (``itonami.Event`` objects)."""
-        await self._state(execution_id)
-        events: list[Any] = self.core.events(execution_id)
+        store = await self._full(execution_id)
+        events: list[Any] = store.events(execution_id)
         return events
 
     async def rebuild_execution_from_events(self, execution_id: str) -> Execution:
@@ -611,19 +643,19 @@ class WorkflowEngine:
 
     async def get_execution_at_tx(self, execution_id: str, tx: int) -> Execution:
         """The execution as it was at transaction ``tx`` (MVCC read)."""
-        await self._state(execution_id)
-        return Execution.from_state(self.core.state_at_tx(execution_id, tx))
+        store = await self._full(execution_id)
+        return Execution.from_state(store.state_at_tx(execution_id, tx))
 
     async def get_execution_history(self, execution_id: str) -> list[Any]:
         """Every version: ``(version, tx, timestamp, kind, hash)`` records."""
-        await self._state(execution_id)
-        history: list[Any] = self.core.history(execution_id)
+        store = await self._full(execution_id)
+        history: list[Any] = store.history(execution_id)
         return history
 
     async def verify(self, execution_id: str) -> Any:
         """Recompute the Merkle chain; raises ``IntegrityError`` at the first bad node."""
-        await self._state(execution_id)
-        return await asyncio.to_thread(self.core.verify, execution_id)
+        store = await self._full(execution_id)
+        return await asyncio.to_thread(store.verify, execution_id)
 
 
 def _problem(path: str, message: str) -> Any:

@@ -397,6 +397,23 @@ class Run:
             attempt = int(rec.get("attempts") or 0)
             if rec.get("status") == "retrying" and rec.get("retry_at"):
                 await clock.sleep_until(rec["retry_at"] / 1e6)
+            elif rec.get("status") in ("scheduled", "running"):
+                # The process running this attempt stopped before its outcome
+                # was recorded: record that, then run the activity again
+                # (at-least-once; the idempotency key stays the same).
+                self.append_local(
+                    "activity_retry_scheduled",
+                    node.path,
+                    attempt,
+                    {
+                        "error": _error(
+                            "AttemptInterrupted",
+                            f"the process running attempt {attempt} of {node.path} stopped",
+                            retryable=True,
+                        ),
+                        "retry_at": to_micros(clock.now()),
+                    },
+                )
         input_ = rec["input"] if rec is not None and "input" in rec else None
         if input_ is None:
             input_ = node.input_mapping.evaluate(scope.context())
@@ -855,8 +872,9 @@ class Run:
             )
             status, outputs, error = await engine._await_terminal(child_id)
         except asyncio.CancelledError:
-            with contextlib.suppress(ItonamiError):
-                await asyncio.shield(engine.cancel(child_id, reason="parent step cancelled"))
+            if not engine._closed:  # an engine shutting down leaves children to resume
+                with contextlib.suppress(ItonamiError):
+                    await asyncio.shield(engine.cancel(child_id, reason="parent step cancelled"))
             raise
         except ItonamiError as e:
             status, outputs, error = "failed", None, describe_error(e)
