@@ -225,6 +225,24 @@ async def run_activity(
     if remaining is not None:
         limit = remaining if limit is None else min(limit, remaining)
 
+    if limit is None:
+        # No timer to race: run the attempt in the caller's task. The context
+        # variable is set and reset around the await, which keeps it local to
+        # this attempt because a task runs one await chain at a time.
+        token = _CURRENT.set(ctx)
+        try:
+            result = await activity.execute(dict(input), ctx)
+        except asyncio.CancelledError:
+            if _cancelling():
+                raise
+            raise _wrap(asyncio.CancelledError(), name) from None
+        except Exception as exc:
+            raise _wrap(exc, name) from exc
+        finally:
+            _CURRENT.reset(token)
+        _check_json(result, name)
+        return result
+
     task = asyncio.ensure_future(_attempt(activity, dict(input), ctx))
     try:
         done, _ = await asyncio.wait({task}, timeout=limit)
@@ -250,6 +268,12 @@ async def run_activity(
         raise _wrap(exc, name) from exc
     _check_json(result, name)
     return result
+
+
+def _cancelling() -> bool:
+    """Whether the current task is being cancelled (not an activity cancelling itself)."""
+    task = asyncio.current_task()
+    return task is None or task.cancelling() > 0 if hasattr(task, "cancelling") else True
 
 
 def describe_error(exc: BaseException) -> dict[str, Any]:

@@ -420,6 +420,11 @@ class WorkflowEngine:
         self._runs[run.execution_id] = run
         run.task = asyncio.ensure_future(run.drive())
 
+    def _forget(self, execution_id: str) -> None:
+        """Drop the core's copy (it is ahead of, or disagrees with, storage)."""
+        self.core.evict(execution_id)
+        self._partial.discard(execution_id)
+
     def _run_finished(self, run: Run) -> None:
         if self._runs.get(run.execution_id) is run:
             del self._runs[run.execution_id]

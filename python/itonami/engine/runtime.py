@@ -133,6 +133,7 @@ class Run:
         self._timers_set: dict[str, int] = {}
         self._timers_cleared: list[str] = []
         self._flushing: asyncio.Future[None] | None = None
+        self._flush_target = version
         self._broken: BaseException | None = None
         self._last_snapshot = version
         state = recorded or {}
@@ -200,17 +201,25 @@ class Run:
 
         Events of one execution appended while a commit is in flight ride in
         the next commit together (group commit within the execution; the
-        storage groups commits across executions).
+        storage groups commits across executions). A waiter that is cancelled
+        does not cancel the commit.
         """
-        target = self.version
-        while self.durable_version < target:
+        while self.durable_version < self.version:
             if self._broken is not None:
                 raise self._broken
-            if self._flushing is None:
-                self._flushing = asyncio.ensure_future(self._flush_once())
-            await asyncio.shield(self._flushing)
+            fut = self._flushing
+            if fut is None:
+                fut = self._submit()
+                if fut.done():  # the memory backend commits on the spot
+                    self._committed(fut)
+                    continue
+            await asyncio.shield(fut)
+        if self._broken is not None:
+            raise self._broken
+        if self._snapshot_due():
+            await self._snapshot()
 
-    async def _flush_once(self) -> None:
+    def _submit(self) -> asyncio.Future[None]:
         events, self._pending = self._pending, []
         timers_set, self._timers_set = self._timers_set, {}
         timers_cleared, self._timers_cleared = self._timers_cleared, []
@@ -226,20 +235,33 @@ class Run:
             timers_set=timers_set,
             timers_cleared=timers_cleared,
         )
+        self._flush_target = events[-1].version
         try:
-            await self.engine.storage.append(req)
+            fut = self.engine.storage.submit(req)
         except BaseException as exc:
+            fut = asyncio.get_running_loop().create_future()
+            fut.set_exception(exc)
+        self._flushing = fut
+        if not fut.done():
+            fut.add_done_callback(self._committed)
+        return fut
+
+    def _committed(self, fut: asyncio.Future[None]) -> None:
+        if self._flushing is not fut:
+            return
+        self._flushing = None
+        exc = fut.exception()
+        if exc is not None:
             # The core holds events the store does not: forget them, so the
             # next reader reloads what is durable, and stop this run.
             self._broken = exc
-            self.engine.core.evict(self.execution_id)
-            raise
-        finally:
-            self._flushing = None
-        self.durable_version = events[-1].version
+            self.engine._forget(self.execution_id)
+            return
+        self.durable_version = self._flush_target
+
+    def _snapshot_due(self) -> bool:
         every = self.engine.snapshot_every
-        if every and self.durable_version - self._last_snapshot >= every:
-            await self._snapshot()
+        return bool(every) and self.durable_version - self._last_snapshot >= every
 
     async def _snapshot(self) -> None:
         # Only a durable version may be snapshotted: a snapshot that covered

@@ -27,6 +27,8 @@ checks each of them):
 
 from __future__ import annotations
 
+import asyncio
+
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -279,6 +281,15 @@ class Storage(ABC):
     @abstractmethod
     async def append(self, req: AppendRequest) -> None:
         """Append ``req.events`` atomically and durably, or raise ConflictError."""
+
+    def submit(self, req: AppendRequest) -> asyncio.Future[None]:
+        """Start appending ``req`` now; the future resolves once it is durable.
+
+        The append goes ahead even if nobody awaits the future (await it
+        through ``asyncio.shield`` when the waiter may be cancelled). Backends
+        override this to queue the request without creating a task.
+        """
+        return asyncio.ensure_future(self.append(req))
 
     @abstractmethod
     async def read_events(self, execution_id: str, from_version: int = 0) -> list[StoredEvent]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from collections.abc import Sequence
 from dataclasses import replace
 
@@ -54,6 +56,20 @@ class MemoryStorage(Storage):
 
     async def append(self, req: AppendRequest) -> None:
         """Apply the request, or raise ConflictError and change nothing."""
+        self._apply(req)
+
+    def submit(self, req: AppendRequest) -> asyncio.Future[None]:
+        """Apply the request at once; the future is already resolved."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        try:
+            self._apply(req)
+        except BaseException as exc:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(None)
+        return fut
+
+    def _apply(self, req: AppendRequest) -> None:
         self._check_open()
         check_request(req)
         eid = req.execution_id

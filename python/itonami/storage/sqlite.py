@@ -458,8 +458,18 @@ class SqliteStorage(Storage):
 
     async def append(self, req: AppendRequest) -> None:
         """Append under optimistic concurrency; group-committed with concurrent appends."""
+        await self.submit(req)
+
+    def submit(self, req: AppendRequest) -> asyncio.Future[None]:
+        """Queue the append for the writer thread's next group commit."""
+        self._check_open()
         check_request(req)
-        await self._write(lambda conn: self._append_tx(conn, req), is_append=True)
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        self._queue.put(
+            _Op(lambda conn: self._append_tx(conn, req), fut, loop, write=True, is_append=True)
+        )
+        return fut
 
     def _append_tx(self, conn: sqlite3.Connection, req: AppendRequest) -> None:
         eid = req.execution_id
