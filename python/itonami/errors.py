@@ -84,9 +84,7 @@ class IntegrityError(ItonamiError):
 class ConflictError(ItonamiError):
     """An optimistic-concurrency append whose expected version is stale."""
 
-    def __init__(
-        self, message: str, *, execution_id: str, expected: int, actual: int
-    ) -> None:
+    def __init__(self, message: str, *, execution_id: str, expected: int, actual: int) -> None:
         super().__init__(message)
         self.execution_id = execution_id
         self.expected = expected
@@ -236,9 +234,7 @@ class WorkflowFailedError(ItonamiError):
     ``type`` and ``message``.
     """
 
-    def __init__(
-        self, message: str, *, execution_id: str, status: str, error: Any = None
-    ) -> None:
+    def __init__(self, message: str, *, execution_id: str, status: str, error: Any = None) -> None:
         super().__init__(message)
         self.execution_id = execution_id
         self.status = status

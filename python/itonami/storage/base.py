@@ -28,7 +28,6 @@ checks each of them):
 from __future__ import annotations
 
 import asyncio
-
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
