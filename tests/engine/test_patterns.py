@@ -488,8 +488,7 @@ def finish_registry(h: Harness) -> None:
 async def test_signal_after_the_wait_started(h: Harness) -> None:
     finish_registry(h)
     eid = await h.engine.start_workflow(wf(SIGNAL_WF), {})
-    await eventually(lambda: "0/0" in h.engine._runs[eid].recorded_waits or True, "wait")
-    await eventually(lambda: bool(h.engine._runs[eid].signal_waiters.get("approve")), "waiting")
+    await eventually(lambda: eid in h.engine._parked, "parked on the signal wait")
     await h.engine.signal(eid, "approve", {"by": "alice"})
     assert await h.engine.wait_for_completion(eid, timeout=10) == {
         "approved_by": "alice",

@@ -94,6 +94,7 @@ class WorkflowEngineBuilder:
         self._snapshot_retention = 2
         self._max_payload = 4 * 1024 * 1024
         self._seed: int | None = None
+        self._park = True
         self._storage_options: dict[str, Any] = {}
 
     def with_storage(self, storage: str | Storage, **options: Any) -> WorkflowEngineBuilder:
@@ -130,6 +131,11 @@ class WorkflowEngineBuilder:
         self._max_payload = nbytes
         return self
 
+    def with_parking(self, enabled: bool = True) -> WorkflowEngineBuilder:
+        """Whether executions idle on a signal wait leave memory (default on)."""
+        self._park = enabled
+        return self
+
     def with_random_seed(self, seed: int) -> WorkflowEngineBuilder:
         """Seed the retry jitter (for reproducible tests)."""
         self._seed = seed
@@ -151,6 +157,7 @@ class WorkflowEngineBuilder:
             snapshot_retention=self._snapshot_retention,
             max_payload_bytes=self._max_payload,
             seed=self._seed,
+            park_idle=self._park,
         )
 
     def build_sync(self) -> Any:
@@ -178,6 +185,7 @@ class WorkflowEngine:
         snapshot_retention: int = 2,
         max_payload_bytes: int = 4 * 1024 * 1024,
         seed: int | None = None,
+        park_idle: bool = True,
     ) -> None:
         self.storage = storage
         self.activities = activities
@@ -198,6 +206,11 @@ class WorkflowEngine:
         # Executions whose core copy starts at a snapshot (history queries
         # read the full durable history instead).
         self._partial: set[str] = set()
+        # Executions parked on a signal wait: no task, no Run, only their
+        # stored state; and who waits for them to finish.
+        self._parked: set[str] = set()
+        self._wakeups: dict[str, asyncio.Future[None]] = {}
+        self.park_idle = park_idle
 
     @staticmethod
     def builder() -> WorkflowEngineBuilder:
@@ -420,6 +433,36 @@ class WorkflowEngine:
         self._runs[run.execution_id] = run
         run.task = asyncio.ensure_future(run.drive())
 
+    def _park(self, run: Run) -> None:
+        """The run waits for a signal: keep its id, drop everything else."""
+        self._parked.add(run.execution_id)
+        if self.storage.durable:
+            self._forget(run.execution_id)
+
+    async def _unpark(self, execution_id: str) -> Run | None:
+        """Bring a parked execution back as a live run (not yet launched)."""
+        if execution_id not in self._parked:
+            return None
+        self._parked.discard(execution_id)
+        await self._load(execution_id)
+        d = self.core.state(execution_id).to_dict()
+        ir = await self._definition_for(d)
+        run = Run(
+            self,
+            ir,
+            execution_id,
+            d.get("inputs") or {},
+            version=d["version"],
+            recorded=d,
+            parent=d.get("parent"),
+        )
+        run.status = d["status"]
+        self._runs[execution_id] = run
+        wake = self._wakeups.pop(execution_id, None)
+        if wake is not None and not wake.done():
+            wake.set_result(None)
+        return run
+
     def _forget(self, execution_id: str) -> None:
         """Drop the core's copy (it is ahead of, or disagrees with, storage)."""
         self.core.evict(execution_id)
@@ -462,11 +505,20 @@ class WorkflowEngine:
         return outputs if isinstance(outputs, dict) else {"result": outputs}
 
     async def _await_terminal(self, execution_id: str) -> tuple[str, Any, Any]:
-        run = self._runs.get(execution_id)
-        if run is not None:
-            await asyncio.shield(run.done)
-            if run.crash is not None:
-                raise run.crash
+        while True:
+            run = self._runs.get(execution_id)
+            if run is not None:
+                await asyncio.shield(run.done)
+                if run.crash is not None:
+                    raise run.crash
+                continue  # finished, or parked: look again
+            if execution_id in self._parked:
+                wake = self._wakeups.get(execution_id)
+                if wake is None:
+                    wake = self._wakeups[execution_id] = asyncio.get_running_loop().create_future()
+                await asyncio.shield(wake)
+                continue
+            break
         state = await self._state(execution_id)
         if state.status not in TERMINAL:
             raise ExecutionNotRunningError(
@@ -535,6 +587,12 @@ class WorkflowEngine:
         A signal sent before the execution reaches its ``wait`` is kept and
         consumed when the wait starts.
         """
+        parked = await self._unpark(execution_id)
+        if parked is not None:
+            # Record the signal first, then resume: the wait finds it buffered.
+            await parked.deliver_signal(name, payload)
+            self._launch(parked)
+            return
         run = await self._live(execution_id)
         await run.deliver_signal(name, payload)
 
@@ -588,6 +646,10 @@ class WorkflowEngine:
     async def cancel(self, execution_id: str, reason: str = "cancelled") -> bool:
         """Cancel a running execution (and its children); False if it had finished."""
         await self._ensure_started()
+        parked = await self._unpark(execution_id)
+        if parked is not None:
+            self._launch(parked)
+            await asyncio.sleep(0)  # let it start, so the cancellation reaches its code
         run = self._runs.get(execution_id)
         if run is None or run.task is None:
             await self._state(execution_id)  # raises for an unknown id

@@ -58,6 +58,14 @@ class Compensated(StepFailure):
     """A saga that failed and was compensated; ``error`` is the original error."""
 
 
+class Parked(Exception):  # noqa: N818 - a control-flow signal, not an error
+    """The run waits for a signal with nothing else to do: it leaves memory.
+
+    The wait is durable; ``WorkflowEngine.signal`` resumes the execution from
+    its recorded state (the same path as recovery after a crash).
+    """
+
+
 class BranchCancelled(Exception):
     """A branch that a previous run of this execution recorded as cancelled."""
 
@@ -324,6 +332,8 @@ class Run:
                 await self.finish("workflow_cancelled", {"reason": self.cancel_requested})
             except ItonamiError as e:
                 await self.finish("workflow_failed", {"error": describe_error(e)})
+        except Parked:
+            self.engine._park(self)
         except Exception as exc:
             # Storage failure or a bug: the execution stays unfinished in the
             # store and resumes when an engine next starts; waiters see why.
@@ -735,6 +745,9 @@ class Run:
                     "step_completed", node.path, 0, {"output": payload, "consume_signal": name}
                 )
                 return payload
+            if self._parkable(node):
+                await self.flush()
+                raise Parked(node.path)
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self.signal_waiters.setdefault(name, []).append(fut)
             try:
@@ -743,6 +756,16 @@ class Run:
                 waiters = self.signal_waiters.get(name, [])
                 if fut in waiters:
                     waiters.remove(fut)
+
+    def _parkable(self, node: WaitNode) -> bool:
+        """Only a run whose whole tree is this one wait, with no timer, parks."""
+        return (
+            self.engine.park_idle
+            and node.timeout is None
+            and not self.ir.timeout
+            and not self.children
+            and asyncio.current_task() is self.task
+        )
 
     async def deliver_signal(self, name: str, payload: Any) -> None:
         """Record a signal durably, then wake a wait on it (if any)."""

@@ -256,6 +256,8 @@ class Storage(ABC):
     url: str
     commits: int
     appends: int
+    #: Whether what it holds survives the process (False for ``memory``).
+    durable: bool = True
 
     def __init__(self, url: str) -> None:
         self.url = url

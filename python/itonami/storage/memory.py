@@ -29,6 +29,8 @@ __all__ = ["MemoryStorage"]
 class MemoryStorage(Storage):
     """Everything in dicts; lost when the process ends. Each append is one "commit"."""
 
+    durable = False
+
     def __init__(self, url: str = "memory") -> None:
         super().__init__(url)
         self._events: dict[str, list[StoredEvent]] = {}
