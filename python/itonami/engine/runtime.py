@@ -58,7 +58,7 @@ class Compensated(StepFailure):
     """A saga that failed and was compensated; ``error`` is the original error."""
 
 
-class Parked(Exception):  # noqa: N818 - a control-flow signal, not an error
+class Parked(Exception):
     """The run waits for a signal with nothing else to do: it leaves memory.
 
     The wait is durable; ``WorkflowEngine.signal`` resumes the execution from
