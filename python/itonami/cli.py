@@ -450,6 +450,11 @@ async def _cmd_run(args: argparse.Namespace) -> int:
     if args.execution_id:
         resume, stored = await plan_resume(url, {args.execution_id}, registry)
         children += stored
+    if not len(registry) and ir.activity_refs():
+        raise UsageError(
+            f"{args.file} calls activities ({', '.join(sorted(ir.activity_refs()))}); "
+            "pass --activities MODULE"
+        )
     async with _engine(url, registry, [*children, ir], resume) as engine:
         eid = await engine.start_workflow(ir, inputs, execution_id=args.execution_id)
         if not args.json:

@@ -276,3 +276,44 @@ async def test_long_history_recovers_from_snapshot(r: Restartable) -> None:
     # The restored state is the state a full replay gives (checked on close too).
     full = await h.engine.rebuild_execution_from_events(eid)
     assert full.version == (await h.engine.get_execution(eid)).version
+
+
+async def test_storage_outage_is_survived_and_the_run_resumes() -> None:
+    from itonami.errors import StorageError
+    from itonami.storage import MemoryStorage
+
+    class Flaky(MemoryStorage):
+        failures = 0
+
+        def submit(self, req):  # type: ignore[no-untyped-def]
+            if self.failures:
+                self.failures -= 1
+                raise StorageError("connection lost")
+            return super().submit(req)
+
+    store = Flaky("memory")
+    h = Harness()
+    h.storage = store  # type: ignore[assignment]
+    calls: list[str] = []
+
+    @h.registry.activity()
+    async def step(name: str) -> dict:
+        calls.append(name)
+        if calls == ["a"]:
+            store.failures = 3  # the next three commits fail
+        return {"name": name}
+
+    ir = wf({"op": "seq", "strategies": [s("a"), s("b")]})
+    try:
+        eid = await h.engine.start_workflow(ir, {})
+        assert await h.engine.wait_for_completion(eid, timeout=10) == {"name": "b"}
+        # a's result never became durable: a ran again once the store answered.
+        assert calls == ["a", "a", "b"]
+        interrupted = [
+            e.data["error"]["type"]
+            for e in await h.engine.get_event_history(eid)
+            if e.kind == "activity_retry_scheduled"
+        ]
+        assert interrupted == ["AttemptInterrupted"]
+    finally:
+        await h.close()

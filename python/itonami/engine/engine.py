@@ -26,6 +26,7 @@ from ..errors import (
     ExecutionNotFoundError,
     ExecutionNotRunningError,
     ItonamiError,
+    StorageError,
     WaitTimeoutError,
     WorkflowDefinitionError,
     WorkflowFailedError,
@@ -210,6 +211,7 @@ class WorkflowEngine:
         # stored state; and who waits for them to finish.
         self._parked: set[str] = set()
         self._wakeups: dict[str, asyncio.Future[None]] = {}
+        self._resuming: dict[str, asyncio.Future[None]] = {}
         self.park_idle = park_idle
 
     @staticmethod
@@ -247,6 +249,8 @@ class WorkflowEngine:
         if self._closed:
             return
         self._closed = True
+        for fut in list(self._resuming.values()):
+            fut.cancel()
         runs = [r for r in self._runs.values() if r.task is not None]
         for r in runs:
             r.task.cancel()  # type: ignore[union-attr]
@@ -266,27 +270,31 @@ class WorkflowEngine:
             if eid in self._runs:
                 continue
             try:
-                await self._load(eid, in_thread=False)
-                d = self.core.state(eid).to_dict()
-                ir = await self._definition_for(d)
+                runs.append(await self._revive(eid, in_thread=False))
             except ItonamiError as e:
                 # Damage to one execution must not keep the others from resuming.
                 log.error("cannot resume execution %s: %s", eid, e)
-                continue
-            run = Run(
-                self,
-                ir,
-                eid,
-                d.get("inputs") or {},
-                version=d["version"],
-                recorded=d,
-                parent=d.get("parent"),
-            )
-            run.status = d["status"]
-            self._runs[eid] = run
-            runs.append(run)
         for run in runs:
             self._launch(run)
+
+    async def _revive(self, execution_id: str, *, in_thread: bool = True) -> Run:
+        """A run rebuilt from stored state (snapshot + later events), registered
+        but not launched."""
+        await self._load(execution_id, in_thread=in_thread)
+        d = self.core.state(execution_id).to_dict()
+        ir = await self._definition_for(d)
+        run = Run(
+            self,
+            ir,
+            execution_id,
+            d.get("inputs") or {},
+            version=d["version"],
+            recorded=d,
+            parent=d.get("parent"),
+        )
+        run.status = d["status"]
+        self._runs[execution_id] = run
+        return run
 
     async def _definition_for(self, state: Mapping[str, Any]) -> WorkflowIR:
         h = state.get("definition_hash")
@@ -418,7 +426,7 @@ class WorkflowEngine:
         # commit carries workflow_started together with the first step.
         await asyncio.sleep(0)
         try:
-            await run.flush()
+            await run.flush(upto=1)
         except ConflictError as e:
             if e.expected == 0:
                 return  # started concurrently by another engine: idempotent
@@ -444,20 +452,7 @@ class WorkflowEngine:
         if execution_id not in self._parked:
             return None
         self._parked.discard(execution_id)
-        await self._load(execution_id)
-        d = self.core.state(execution_id).to_dict()
-        ir = await self._definition_for(d)
-        run = Run(
-            self,
-            ir,
-            execution_id,
-            d.get("inputs") or {},
-            version=d["version"],
-            recorded=d,
-            parent=d.get("parent"),
-        )
-        run.status = d["status"]
-        self._runs[execution_id] = run
+        run = await self._revive(execution_id)
         wake = self._wakeups.pop(execution_id, None)
         if wake is not None and not wake.done():
             wake.set_result(None)
@@ -474,6 +469,30 @@ class WorkflowEngine:
 
     def _log_crash(self, run: Run, exc: BaseException) -> None:
         log.error("execution %s stopped: %r", run.execution_id, exc, exc_info=exc)
+        if isinstance(exc, StorageError) and not self._closed:
+            # The store failed (a restarted database, a full disk): what it
+            # holds is intact, so resume from it once it answers again.
+            eid = run.execution_id
+            self._resuming[eid] = asyncio.ensure_future(self._resume_after_outage(eid))
+
+    async def _resume_after_outage(self, execution_id: str) -> None:
+        delay = 0.05
+        try:
+            while not self._closed:
+                await asyncio.sleep(delay)
+                try:
+                    self._forget(execution_id)
+                    run = await self._revive(execution_id)
+                except StorageError as e:
+                    delay = min(delay * 2, 5.0)
+                    log.warning(
+                        "storage still failing for %s (%s); retry in %.2fs", execution_id, e, delay
+                    )
+                    continue
+                self._launch(run)
+                return
+        finally:
+            self._resuming.pop(execution_id, None)
 
     async def wait_for_completion(
         self, execution_id: str, timeout: float | None = None
@@ -510,8 +529,15 @@ class WorkflowEngine:
             if run is not None:
                 await asyncio.shield(run.done)
                 if run.crash is not None:
-                    raise run.crash
-                continue  # finished, or parked: look again
+                    resuming = self._resuming.get(execution_id)
+                    if resuming is None:
+                        raise run.crash
+                    await asyncio.shield(resuming)
+                continue  # finished, parked or resumed: look again
+            resuming = self._resuming.get(execution_id)
+            if resuming is not None:
+                await asyncio.shield(resuming)
+                continue
             if execution_id in self._parked:
                 wake = self._wakeups.get(execution_id)
                 if wake is None:

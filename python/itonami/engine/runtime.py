@@ -32,7 +32,13 @@ from ..dsl import (
     SubworkflowNode,
     WaitNode,
 )
-from ..errors import ActivityTimeoutError, ItonamiError, UnknownActivityError
+from ..errors import (
+    ActivityTimeoutError,
+    ConflictError,
+    ItonamiError,
+    StorageError,
+    UnknownActivityError,
+)
 from ..retry import DEFAULT_RETRY_POLICY
 from ..storage import AppendRequest, StoredEvent
 from .clock import DeadlineExceeded, race_deadline, to_micros
@@ -204,15 +210,17 @@ class Run:
             self._timers_set.pop(path, None)
             self._timers_cleared.append(path)
 
-    async def flush(self) -> None:
-        """Return once every event appended so far is durable.
+    async def flush(self, upto: int | None = None) -> None:
+        """Return once every event appended so far (or up to version ``upto``)
+        is durable.
 
         Events of one execution appended while a commit is in flight ride in
         the next commit together (group commit within the execution; the
         storage groups commits across executions). A waiter that is cancelled
         does not cancel the commit.
         """
-        while self.durable_version < self.version:
+        target = self.version if upto is None else upto
+        while self.durable_version < target:
             if self._broken is not None:
                 raise self._broken
             fut = self._flushing
@@ -222,7 +230,7 @@ class Run:
                     self._committed(fut)
                     continue
             await asyncio.shield(fut)
-        if self._broken is not None:
+        if upto is None and self._broken is not None:
             raise self._broken
         if self._snapshot_due():
             await self._snapshot()
@@ -330,6 +338,8 @@ class Run:
                     raise  # the engine is stopping: the execution resumes later
                 await self.cancel_children(self.cancel_requested)
                 await self.finish("workflow_cancelled", {"reason": self.cancel_requested})
+            except (StorageError, ConflictError):
+                raise  # not the workflow's failure: the store's (see below)
             except ItonamiError as e:
                 await self.finish("workflow_failed", {"error": describe_error(e)})
         except Parked:
@@ -920,6 +930,8 @@ class Run:
             if not engine._closed:  # an engine shutting down leaves children to resume
                 with contextlib.suppress(ItonamiError):
                     await asyncio.shield(engine.cancel(child_id, reason="parent step cancelled"))
+            raise
+        except (StorageError, ConflictError):
             raise
         except ItonamiError as e:
             status, outputs, error = "failed", None, describe_error(e)
