@@ -1,0 +1,70 @@
+# One task runner for people and CI. `make help` lists the targets.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+EXAMPLE_INPUT := {"orderId": "ORD-1001", "customerId": "CUST-7", "amount": 249.5}
+
+.PHONY: help
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+$(VENV)/.deps: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip "maturin>=1.7,<2"
+	touch $@
+
+.PHONY: wheel
+wheel: $(VENV)/.deps ## build the release abi3 wheel into dist/
+	rm -rf dist
+	$(VENV)/bin/maturin build --release --strip -o dist -q
+
+.PHONY: install
+install: wheel ## install the built wheel into the virtualenv
+	$(PIP) install -q "$$(ls dist/itonami-*.whl)[dev]"
+	$(PIP) install -q --force-reinstall --no-deps dist/itonami-*.whl
+
+.PHONY: example
+example: install ## run the order-processing example on the embedded SQLite store
+	cd examples && ../$(VENV)/bin/itonami --db ../.itonami/example.db run order_processing.kotoba \
+		--activities order_activities.py --input '$(EXAMPLE_INPUT)'
+
+.PHONY: test
+test: ## every test: cargo test, then pytest against the installed wheel (+ PostgreSQL)
+	bash .ci/test.sh
+
+.PHONY: test-rust
+test-rust: ## the Rust core's tests
+	cargo test -p itonami-core --release
+
+.PHONY: test-py
+test-py: install pytest ## pytest against the freshly installed wheel
+
+.PHONY: pytest
+pytest: ## pytest against what the virtualenv has installed (no rebuild)
+	cd tests && ../$(PY) -m pytest -q -p no:cacheprovider --rootdir=.. -c ../pyproject.toml . $(PYTEST_ARGS)
+
+.PHONY: lint
+lint: $(VENV)/.deps ## ruff, mypy stubtest, cargo fmt and clippy
+	$(VENV)/bin/ruff check python tests benches examples
+	$(VENV)/bin/ruff format --check python tests benches examples
+	cargo fmt --all -- --check
+	cargo clippy --all-targets -- -D warnings
+	$(PY) -m mypy.stubtest itonami._core
+
+.PHONY: bench
+bench: install ## run the benchmarks and print a table
+	cd benches && ../$(PY) -m pytest -q -p no:cacheprovider --rootdir=.. -c ../pyproject.toml . \
+		--benchmark-enable --benchmark-only --benchmark-columns=min,median,mean,ops,rounds \
+		--benchmark-sort=name
+
+.PHONY: torture
+torture: install ## long crash-test run (many SIGKILLs)
+	cd tests && ITONAMI_TORTURE_KILLS=500 ../$(PY) -m pytest -q -p no:cacheprovider \
+		--rootdir=.. -c ../pyproject.toml -m crash --timeout 3600 .
+
+.PHONY: clean
+clean: ## remove build outputs and the virtualenv
+	rm -rf target dist $(VENV) .itonami
