@@ -807,8 +807,8 @@ class Run:
             try:
                 out = await self.run_node(node.main_flow, scope)
             except StepFailure as failure:
-                if isinstance(failure, Compensated):
-                    raise  # an inner saga already compensated its part
+                # An inner saga that compensated its own part still leaves this
+                # saga's other completed steps to undo.
                 error = failure.error
                 await self.emit("compensation_started", node.path, 0, {"error": error})
             else:
