@@ -1,0 +1,461 @@
+//! Events: the kind table, the canonical versioned encoding and history framing.
+//!
+//! Decoding never trusts its input: every length is checked against the bytes
+//! that remain, and every failure names the byte offset and the event index.
+
+use std::fmt;
+
+use serde_json::value::RawValue;
+
+/// The only encoding format version this crate writes and reads.
+pub const FORMAT_VERSION: u8 = 1;
+
+/// Bytes of the fixed part of an encoded event, before the step bytes.
+const FIXED_HEADER: usize = 1 + 2 + 8 + 4 + 4;
+
+macro_rules! kinds {
+    ($($variant:ident = $code:literal, $name:literal;)*) => {
+        /// What happened. The numeric codes are stable and never reused.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        #[repr(u16)]
+        pub enum EventKind {
+            $(
+                #[doc = $name]
+                $variant = $code,
+            )*
+        }
+
+        impl EventKind {
+            /// Every kind, in code order.
+            pub const ALL: &'static [EventKind] = &[$(EventKind::$variant,)*];
+
+            /// The kind with this stable code.
+            pub fn from_code(code: u16) -> Option<Self> {
+                match code {
+                    $($code => Some(EventKind::$variant),)*
+                    _ => None,
+                }
+            }
+
+            /// The kind with this snake_case name.
+            pub fn from_name(name: &str) -> Option<Self> {
+                match name {
+                    $($name => Some(EventKind::$variant),)*
+                    _ => None,
+                }
+            }
+
+            /// The snake_case name of this kind.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(EventKind::$variant => $name,)*
+                }
+            }
+        }
+    };
+}
+
+kinds! {
+    WorkflowStarted = 1, "workflow_started";
+    WorkflowCompleted = 2, "workflow_completed";
+    WorkflowFailed = 3, "workflow_failed";
+    WorkflowCancelled = 4, "workflow_cancelled";
+    WorkflowTimedOut = 5, "workflow_timed_out";
+    ActivityScheduled = 6, "activity_scheduled";
+    ActivityStarted = 7, "activity_started";
+    ActivityCompleted = 8, "activity_completed";
+    ActivityFailed = 9, "activity_failed";
+    ActivityRetryScheduled = 10, "activity_retry_scheduled";
+    DecisionMade = 11, "decision_made";
+    TimerScheduled = 12, "timer_scheduled";
+    TimerFired = 13, "timer_fired";
+    TimerCancelled = 14, "timer_cancelled";
+    SignalReceived = 15, "signal_received";
+    ExternalEventReceived = 16, "external_event_received";
+    ChildWorkflowStarted = 17, "child_workflow_started";
+    ChildWorkflowCompleted = 18, "child_workflow_completed";
+    ChildWorkflowFailed = 19, "child_workflow_failed";
+    CompensationStarted = 20, "compensation_started";
+    CompensationStepCompleted = 21, "compensation_step_completed";
+    CompensationCompleted = 22, "compensation_completed";
+    SnapshotTaken = 23, "snapshot_taken";
+    StepStarted = 24, "step_started";
+    StepCompleted = 25, "step_completed";
+    StepFailed = 26, "step_failed";
+    StepCancelled = 27, "step_cancelled";
+    CompensationFailed = 28, "compensation_failed";
+    WorkflowCompensated = 29, "workflow_compensated";
+    WaitStarted = 30, "wait_started";
+}
+
+impl EventKind {
+    /// The stable numeric code.
+    pub fn code(self) -> u16 {
+        self as u16
+    }
+
+    /// Whether this kind ends the workflow.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            EventKind::WorkflowCompleted
+                | EventKind::WorkflowFailed
+                | EventKind::WorkflowCancelled
+                | EventKind::WorkflowTimedOut
+                | EventKind::WorkflowCompensated
+        )
+    }
+}
+
+impl fmt::Display for EventKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Why bytes could not be decoded (or a payload could not be encoded).
+///
+/// `offset` is the absolute byte offset in the input where decoding failed and
+/// `index` the position of the event in the history or batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DecodeError {
+    pub message: String,
+    pub offset: Option<u64>,
+    pub index: Option<u64>,
+}
+
+impl DecodeError {
+    /// An error at a known place.
+    pub fn at(message: impl Into<String>, offset: usize, index: usize) -> Self {
+        DecodeError {
+            message: message.into(),
+            offset: Some(offset as u64),
+            index: Some(index as u64),
+        }
+    }
+
+    /// An error about a payload that is not tied to a byte offset.
+    pub fn msg(message: impl Into<String>) -> Self {
+        DecodeError {
+            message: message.into(),
+            offset: None,
+            index: None,
+        }
+    }
+
+    /// The same error, attributed to the event at `index`.
+    pub fn with_index(mut self, index: usize) -> Self {
+        self.index = Some(index as u64);
+        self
+    }
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)?;
+        match (self.index, self.offset) {
+            (Some(i), Some(o)) => write!(f, " (event {i}, byte offset {o})"),
+            (Some(i), None) => write!(f, " (event {i})"),
+            (None, Some(o)) => write!(f, " (byte offset {o})"),
+            (None, None) => Ok(()),
+        }
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+/// One event. `data` holds the canonical JSON text of an object.
+#[derive(Clone, Debug)]
+pub struct Event {
+    pub kind: EventKind,
+    pub timestamp: i64,
+    pub step: String,
+    pub attempt: u32,
+    pub data: Box<RawValue>,
+}
+
+impl PartialEq for Event {
+    fn eq(&self, other: &Self) -> bool {
+        self.kind == other.kind
+            && self.timestamp == other.timestamp
+            && self.step == other.step
+            && self.attempt == other.attempt
+            && self.data.get() == other.data.get()
+    }
+}
+
+impl Eq for Event {}
+
+/// Canonical JSON of `bytes`: keys sorted by byte order, no whitespace,
+/// serde_json number formatting. The value must be a JSON object.
+pub fn canonicalize(bytes: &[u8]) -> Result<Box<RawValue>, DecodeError> {
+    let value: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| DecodeError::msg(format!("event data is not valid JSON: {e}")))?;
+    if !value.is_object() {
+        return Err(DecodeError::msg("event data must be a JSON object"));
+    }
+    canonical_raw(&value)
+}
+
+/// Canonical text of an already-parsed JSON value.
+pub fn canonical_raw(value: &serde_json::Value) -> Result<Box<RawValue>, DecodeError> {
+    let text = serde_json::to_string(value)
+        .map_err(|e| DecodeError::msg(format!("cannot serialise JSON: {e}")))?;
+    RawValue::from_string(text).map_err(|e| DecodeError::msg(format!("cannot serialise JSON: {e}")))
+}
+
+impl Event {
+    /// Builds an event from raw JSON payload bytes, canonicalising them.
+    pub fn new(
+        kind: EventKind,
+        step: impl Into<String>,
+        attempt: u32,
+        data: &[u8],
+        timestamp: i64,
+    ) -> Result<Self, DecodeError> {
+        Ok(Event {
+            kind,
+            timestamp,
+            step: step.into(),
+            attempt,
+            data: canonicalize(data)?,
+        })
+    }
+
+    /// Bytes of the canonical payload.
+    pub fn data_bytes(&self) -> &[u8] {
+        self.data.get().as_bytes()
+    }
+
+    /// Length of the canonical encoding.
+    pub fn encoded_len(&self) -> usize {
+        FIXED_HEADER + self.step.len() + 4 + self.data.get().len()
+    }
+
+    /// Appends the canonical encoding to `out`.
+    ///
+    /// Step and data lengths above `u32::MAX` cannot be framed; callers bound
+    /// payloads far below that (see `StoreConfig::max_payload_bytes`).
+    pub fn encode_into(&self, out: &mut Vec<u8>) -> Result<(), DecodeError> {
+        let step_len = u32::try_from(self.step.len())
+            .map_err(|_| DecodeError::msg("step path longer than 4 GiB"))?;
+        let data = self.data.get().as_bytes();
+        let data_len = u32::try_from(data.len())
+            .map_err(|_| DecodeError::msg("event data longer than 4 GiB"))?;
+        out.reserve(self.encoded_len());
+        out.push(FORMAT_VERSION);
+        out.extend_from_slice(&self.kind.code().to_le_bytes());
+        out.extend_from_slice(&self.timestamp.to_le_bytes());
+        out.extend_from_slice(&self.attempt.to_le_bytes());
+        out.extend_from_slice(&step_len.to_le_bytes());
+        out.extend_from_slice(self.step.as_bytes());
+        out.extend_from_slice(&data_len.to_le_bytes());
+        out.extend_from_slice(data);
+        Ok(())
+    }
+
+    /// The canonical encoding.
+    pub fn encode(&self) -> Result<Vec<u8>, DecodeError> {
+        let mut out = Vec::with_capacity(self.encoded_len());
+        self.encode_into(&mut out)?;
+        Ok(out)
+    }
+
+    /// Decodes exactly one encoded event. `base` is the absolute offset of
+    /// `bytes` in the surrounding input and `index` the event's position, both
+    /// only used to locate errors.
+    pub fn decode(bytes: &[u8], base: usize, index: usize) -> Result<Self, DecodeError> {
+        let mut r = Reader {
+            bytes,
+            pos: 0,
+            base,
+            index,
+        };
+        let version = r.u8("format version")?;
+        if version != FORMAT_VERSION {
+            return Err(r.err_back(1, format!("unknown event format version {version}")));
+        }
+        let code = r.u16("kind code")?;
+        let kind = EventKind::from_code(code)
+            .ok_or_else(|| r.err_back(2, format!("unknown event kind code {code}")))?;
+        let timestamp = r.i64("timestamp")?;
+        let attempt = r.u32("attempt")?;
+        let step_len = r.u32("step length")? as usize;
+        let step_at = r.pos;
+        let step_bytes = r.take(step_len, "step")?;
+        let step = std::str::from_utf8(step_bytes)
+            .map_err(|e| r.err_abs(step_at + e.valid_up_to(), "step is not valid UTF-8"))?
+            .to_owned();
+        let data_len = r.u32("data length")? as usize;
+        let data_at = r.pos;
+        let data_bytes = r.take(data_len, "data")?;
+        if r.pos != bytes.len() {
+            return Err(r.err_abs(r.pos, "trailing bytes after event"));
+        }
+        let value: serde_json::Value = serde_json::from_slice(data_bytes)
+            .map_err(|e| r.err_abs(data_at, format!("event data is not valid JSON: {e}")))?;
+        if !value.is_object() {
+            return Err(r.err_abs(data_at, "event data must be a JSON object"));
+        }
+        let canonical = canonical_raw(&value).map_err(|e| r.err_abs(data_at, e.message))?;
+        if canonical.get().as_bytes() != data_bytes {
+            return Err(r.err_abs(data_at, "event data is not canonical JSON"));
+        }
+        Ok(Event {
+            kind,
+            timestamp,
+            step,
+            attempt,
+            data: canonical,
+        })
+    }
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+    base: usize,
+    index: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn err_abs(&self, pos: usize, message: impl Into<String>) -> DecodeError {
+        DecodeError::at(message, self.base + pos, self.index)
+    }
+
+    fn err_back(&self, n: usize, message: impl Into<String>) -> DecodeError {
+        self.err_abs(self.pos.saturating_sub(n), message)
+    }
+
+    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8], DecodeError> {
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|end| *end <= self.bytes.len())
+            .ok_or_else(|| {
+                self.err_abs(
+                    self.pos,
+                    format!(
+                        "truncated event: {what} needs {n} bytes, {} remain",
+                        self.bytes.len() - self.pos
+                    ),
+                )
+            })?;
+        let out = &self.bytes[self.pos..end];
+        self.pos = end;
+        Ok(out)
+    }
+
+    fn array<const N: usize>(&mut self, what: &str) -> Result<[u8; N], DecodeError> {
+        let slice = self.take(N, what)?;
+        let mut out = [0u8; N];
+        out.copy_from_slice(slice);
+        Ok(out)
+    }
+
+    fn u8(&mut self, what: &str) -> Result<u8, DecodeError> {
+        Ok(self.array::<1>(what)?[0])
+    }
+
+    fn u16(&mut self, what: &str) -> Result<u16, DecodeError> {
+        Ok(u16::from_le_bytes(self.array(what)?))
+    }
+
+    fn u32(&mut self, what: &str) -> Result<u32, DecodeError> {
+        Ok(u32::from_le_bytes(self.array(what)?))
+    }
+
+    fn i64(&mut self, what: &str) -> Result<i64, DecodeError> {
+        Ok(i64::from_le_bytes(self.array(what)?))
+    }
+}
+
+/// Iterates over the framed events of a history: `(offset, encoded bytes)`,
+/// where `offset` is the position of the event's length prefix.
+pub struct Frames<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+    index: usize,
+    failed: bool,
+}
+
+/// The framed events of `history`, without decoding them.
+pub fn frames(history: &[u8]) -> Frames<'_> {
+    Frames {
+        bytes: history,
+        pos: 0,
+        index: 0,
+        failed: false,
+    }
+}
+
+impl<'a> Iterator for Frames<'a> {
+    type Item = Result<(usize, &'a [u8]), DecodeError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed || self.pos >= self.bytes.len() {
+            return None;
+        }
+        let start = self.pos;
+        let remain = self.bytes.len() - start;
+        if remain < 4 {
+            self.failed = true;
+            return Some(Err(DecodeError::at(
+                format!("truncated history: length prefix needs 4 bytes, {remain} remain"),
+                start,
+                self.index,
+            )));
+        }
+        let mut len_bytes = [0u8; 4];
+        len_bytes.copy_from_slice(&self.bytes[start..start + 4]);
+        let len = u32::from_le_bytes(len_bytes) as usize;
+        if len > remain - 4 {
+            self.failed = true;
+            return Some(Err(DecodeError::at(
+                format!(
+                    "truncated history: event needs {len} bytes, {} remain",
+                    remain - 4
+                ),
+                start,
+                self.index,
+            )));
+        }
+        let body = &self.bytes[start + 4..start + 4 + len];
+        self.pos = start + 4 + len;
+        self.index += 1;
+        Some(Ok((start, body)))
+    }
+}
+
+/// Appends one framed event (`u32` length prefix + encoding) to `out`.
+pub fn frame_into(encoded: &[u8], out: &mut Vec<u8>) -> Result<(), DecodeError> {
+    let len =
+        u32::try_from(encoded.len()).map_err(|_| DecodeError::msg("event longer than 4 GiB"))?;
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(encoded);
+    Ok(())
+}
+
+/// Decodes a whole history.
+pub fn decode_history(history: &[u8]) -> Result<Vec<Event>, DecodeError> {
+    let mut out = Vec::new();
+    for (index, frame) in frames(history).enumerate() {
+        let (offset, body) = frame?;
+        out.push(Event::decode(body, offset + 4, index)?);
+    }
+    Ok(out)
+}
+
+/// Frames a list of events into a history.
+pub fn encode_history<'e>(
+    events: impl IntoIterator<Item = &'e Event>,
+) -> Result<Vec<u8>, DecodeError> {
+    let mut out = Vec::new();
+    let mut buf = Vec::new();
+    for event in events {
+        buf.clear();
+        event.encode_into(&mut buf)?;
+        frame_into(&buf, &mut out)?;
+    }
+    Ok(out)
+}

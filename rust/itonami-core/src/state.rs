@@ -1,0 +1,1219 @@
+//! The execution state and the one reducer that folds events into it.
+//!
+//! `apply` validates an event completely before it mutates anything, so a
+//! rejected event leaves the state exactly as it was. Payloads the reducer
+//! does not interpret are kept as raw canonical JSON (`Box<RawValue>`).
+//!
+//! Every entry of the state (the header, each step, timer, wait, signal name
+//! and compensation) owns a *slot*: its leaf position in the state's Merkle
+//! tree, handed out in first-insertion order. Entries are never removed from
+//! the maps (a fired timer or a closed wait stays as a tombstone and is hidden
+//! from the public JSON) so slots, and map order, are stable.
+
+use std::fmt;
+use std::sync::Arc;
+
+use indexmap::IndexMap;
+use serde::ser::{SerializeMap, SerializeStruct};
+use serde::{Deserialize, Serialize, Serializer};
+use serde_json::value::RawValue;
+
+use crate::event::{Event, EventKind};
+use crate::merkle::{leaf_hash, Hash, MerkleTree};
+
+/// Raw canonical JSON.
+pub type Json = Box<RawValue>;
+
+/// Workflow status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Pending,
+    Running,
+    Completed,
+    Failed,
+    Cancelled,
+    TimedOut,
+    Compensated,
+}
+
+impl Status {
+    /// The snake_case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::Running => "running",
+            Status::Completed => "completed",
+            Status::Failed => "failed",
+            Status::Cancelled => "cancelled",
+            Status::TimedOut => "timed_out",
+            Status::Compensated => "compensated",
+        }
+    }
+
+    /// Whether the workflow has ended.
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, Status::Pending | Status::Running)
+    }
+}
+
+/// Status of one step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    Scheduled,
+    Running,
+    Retrying,
+    Waiting,
+    Completed,
+    Failed,
+    Cancelled,
+    Compensated,
+}
+
+impl StepStatus {
+    /// Whether the step has ended.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            StepStatus::Completed
+                | StepStatus::Failed
+                | StepStatus::Cancelled
+                | StepStatus::Compensated
+        )
+    }
+
+    /// The snake_case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            StepStatus::Scheduled => "scheduled",
+            StepStatus::Running => "running",
+            StepStatus::Retrying => "retrying",
+            StepStatus::Waiting => "waiting",
+            StepStatus::Completed => "completed",
+            StepStatus::Failed => "failed",
+            StepStatus::Cancelled => "cancelled",
+            StepStatus::Compensated => "compensated",
+        }
+    }
+}
+
+/// One step of the strategy tree.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StepState {
+    pub status: StepStatus,
+    pub attempts: u32,
+    pub activity: Option<String>,
+    pub input: Option<Json>,
+    pub result: Option<Json>,
+    pub error: Option<Json>,
+    pub retry_at: Option<i64>,
+    pub started_at: Option<i64>,
+    pub completed_at: Option<i64>,
+    pub completed_version: Option<u64>,
+    pub branch: Option<Json>,
+    pub child_execution_id: Option<String>,
+    #[serde(skip)]
+    pub slot: u32,
+}
+
+impl StepState {
+    fn new(status: StepStatus, slot: u32) -> Self {
+        StepState {
+            status,
+            attempts: 0,
+            activity: None,
+            input: None,
+            result: None,
+            error: None,
+            retry_at: None,
+            started_at: None,
+            completed_at: None,
+            completed_version: None,
+            branch: None,
+            child_execution_id: None,
+            slot,
+        }
+    }
+}
+
+/// Status of a saga's compensation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CompensationStatus {
+    Running,
+    Completed,
+    Failed,
+}
+
+/// The compensation of one saga.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Compensation {
+    pub status: CompensationStatus,
+    pub error: Option<Json>,
+    pub compensated: Vec<String>,
+    #[serde(skip)]
+    pub slot: u32,
+}
+
+/// A value with its Merkle slot; `None` is a tombstone (fired timer, closed
+/// wait) that keeps its slot but is hidden from the public state.
+#[derive(Clone, Debug)]
+pub struct Slotted<T> {
+    pub value: Option<T>,
+    pub slot: u32,
+}
+
+/// The payloads received under one signal name and how many were consumed.
+///
+/// `chain` is a running hash over the payloads, so a new signal re-hashes
+/// its leaf in O(1) however many payloads the name already holds.
+#[derive(Clone, Debug)]
+pub struct SignalQueue {
+    pub payloads: Vec<Json>,
+    pub cursor: u64,
+    pub chain: Hash,
+    pub slot: u32,
+}
+
+impl SignalQueue {
+    /// An empty queue at `slot`.
+    pub fn new(slot: u32) -> Self {
+        SignalQueue {
+            payloads: Vec::new(),
+            cursor: 0,
+            chain: [0u8; 32],
+            slot,
+        }
+    }
+
+    /// Appends a payload and extends the running hash.
+    pub fn push(&mut self, payload: Json) {
+        let mut h = blake3::Hasher::new();
+        h.update(&self.chain);
+        h.update(&(payload.get().len() as u64).to_le_bytes());
+        h.update(payload.get().as_bytes());
+        self.chain = *h.finalize().as_bytes();
+        self.payloads.push(payload);
+    }
+}
+
+/// Which category of state entry a slot belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[repr(u8)]
+pub enum Category {
+    Header = 0,
+    Step = 1,
+    Timer = 2,
+    Wait = 3,
+    Signal = 4,
+    Compensation = 5,
+}
+
+impl Category {
+    pub(crate) fn from_code(code: u8) -> Option<Self> {
+        Some(match code {
+            0 => Category::Header,
+            1 => Category::Step,
+            2 => Category::Timer,
+            3 => Category::Wait,
+            4 => Category::Signal,
+            5 => Category::Compensation,
+            _ => return None,
+        })
+    }
+}
+
+/// The state of one execution: a pure fold of its events.
+#[derive(Clone, Debug)]
+pub struct ExecutionState {
+    pub execution_id: String,
+    pub workflow_id: Option<String>,
+    pub workflow_version: Option<Json>,
+    pub definition_hash: Option<String>,
+    pub inputs: Option<Json>,
+    pub parent: Option<Json>,
+    pub created_at: Option<i64>,
+    pub updated_at: Option<i64>,
+    pub version: u64,
+    /// Tx of the newest version; set by the store, not by the reducer, and
+    /// not part of the state root.
+    pub tx: u64,
+    pub status: Status,
+    pub outputs: Option<Json>,
+    pub error: Option<Json>,
+    pub steps: IndexMap<String, StepState>,
+    pub timers: IndexMap<String, Slotted<i64>>,
+    pub waits: IndexMap<String, Slotted<Json>>,
+    pub signals: IndexMap<String, SignalQueue>,
+    pub compensations: IndexMap<String, Compensation>,
+    /// Number of Merkle slots handed out (slot 0 is the header).
+    pub(crate) next_slot: u32,
+    /// Hash of the header fields fixed by `workflow_started`.
+    pub(crate) header_static: Hash,
+}
+
+/// A reducer rule violation; the state was not changed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReduceError {
+    pub kind: EventKind,
+    pub step: String,
+    pub message: String,
+}
+
+impl fmt::Display for ReduceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.step.is_empty() {
+            write!(f, "{} rejected: {}", self.kind, self.message)
+        } else {
+            write!(
+                f,
+                "{} at step {:?} rejected: {}",
+                self.kind, self.step, self.message
+            )
+        }
+    }
+}
+
+impl std::error::Error for ReduceError {}
+
+/// Entries of the state changed by one event, as `(category, map index)`.
+pub type Touched = Vec<(Category, usize)>;
+
+fn raw(value: &RawValue) -> Json {
+    value.to_owned()
+}
+
+fn is_null(value: Option<&RawValue>) -> bool {
+    value.map_or(true, |v| v.get() == "null")
+}
+
+fn opt_raw(value: Option<&RawValue>) -> Option<Json> {
+    match value {
+        Some(v) if v.get() != "null" => Some(raw(v)),
+        _ => None,
+    }
+}
+
+#[derive(Deserialize)]
+struct Started<'a> {
+    workflow_id: String,
+    #[serde(borrow, default)]
+    workflow_version: Option<&'a RawValue>,
+    #[serde(default)]
+    definition_hash: Option<String>,
+    #[serde(borrow, default)]
+    inputs: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    parent: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct Outputs<'a> {
+    #[serde(borrow, default)]
+    outputs: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct ErrorData<'a> {
+    #[serde(borrow, default)]
+    error: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct Reason<'a> {
+    #[serde(borrow, default)]
+    reason: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct Scheduled<'a> {
+    activity: String,
+    #[serde(borrow, default)]
+    input: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct ResultData<'a> {
+    #[serde(borrow, default)]
+    result: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct Retry<'a> {
+    #[serde(borrow, default)]
+    error: Option<&'a RawValue>,
+    retry_at: i64,
+}
+
+#[derive(Deserialize)]
+struct Decision<'a> {
+    #[serde(borrow, default)]
+    branch: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct FireAt {
+    fire_at: i64,
+}
+
+#[derive(Deserialize)]
+struct Signal<'a> {
+    name: String,
+    #[serde(borrow, default)]
+    payload: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct ChildStarted {
+    child_execution_id: String,
+}
+
+#[derive(Deserialize)]
+struct ChildEnded<'a> {
+    child_execution_id: String,
+    #[serde(borrow, default)]
+    outputs: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    error: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct CompStep<'a> {
+    saga: String,
+    #[serde(borrow, default)]
+    result: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct SnapshotData {
+    version: u64,
+}
+
+#[derive(Deserialize)]
+struct StepDone<'a> {
+    #[serde(borrow, default)]
+    output: Option<&'a RawValue>,
+    #[serde(default)]
+    consume_signal: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct WaitData {
+    kind: String,
+}
+
+const NULL_JSON: &str = "null";
+
+impl ExecutionState {
+    /// The empty (`pending`) state of an execution.
+    pub fn new(execution_id: impl Into<String>) -> Self {
+        ExecutionState {
+            execution_id: execution_id.into(),
+            workflow_id: None,
+            workflow_version: None,
+            definition_hash: None,
+            inputs: None,
+            parent: None,
+            created_at: None,
+            updated_at: None,
+            version: 0,
+            tx: 0,
+            status: Status::Pending,
+            outputs: None,
+            error: None,
+            steps: IndexMap::new(),
+            timers: IndexMap::new(),
+            waits: IndexMap::new(),
+            signals: IndexMap::new(),
+            compensations: IndexMap::new(),
+            next_slot: 1,
+            header_static: [0u8; 32],
+        }
+    }
+
+    /// Applies one event (see [`apply`]).
+    pub fn apply(&mut self, event: &Event) -> Result<(), ReduceError> {
+        let mut touched = Touched::new();
+        self.apply_tracked(event, &mut touched)
+    }
+
+    /// Applies one event and records which entries changed (the header
+    /// always changes and is not listed).
+    pub fn apply_tracked(
+        &mut self,
+        event: &Event,
+        touched: &mut Touched,
+    ) -> Result<(), ReduceError> {
+        let reject = |message: String| ReduceError {
+            kind: event.kind,
+            step: event.step.clone(),
+            message,
+        };
+        let kind = event.kind;
+        if self.status == Status::Pending && kind != EventKind::WorkflowStarted {
+            return Err(reject("the first event must be workflow_started".into()));
+        }
+        if kind == EventKind::WorkflowStarted && self.status != Status::Pending {
+            return Err(reject("workflow_started may appear only once".into()));
+        }
+        if self.status.is_terminal() && kind != EventKind::SnapshotTaken {
+            return Err(reject(format!(
+                "the workflow already ended ({}); only snapshot_taken may follow",
+                self.status.name()
+            )));
+        }
+        let workflow_level = matches!(
+            kind,
+            EventKind::WorkflowStarted
+                | EventKind::WorkflowCompleted
+                | EventKind::WorkflowFailed
+                | EventKind::WorkflowCancelled
+                | EventKind::WorkflowTimedOut
+                | EventKind::WorkflowCompensated
+                | EventKind::SignalReceived
+                | EventKind::SnapshotTaken
+        );
+        if workflow_level {
+            if !event.step.is_empty() {
+                return Err(reject(
+                    "step must be \"\" for a workflow-level event".into(),
+                ));
+            }
+        } else {
+            check_path(&event.step).map_err(reject)?;
+        }
+        self.reduce(event, touched).map_err(reject)?;
+        self.version += 1;
+        self.updated_at = Some(event.timestamp);
+        Ok(())
+    }
+
+    fn parse<'a, T: Deserialize<'a>>(event: &'a Event) -> Result<T, String> {
+        serde_json::from_str(event.data.get())
+            .map_err(|e| format!("invalid data for {}: {e}", event.kind))
+    }
+
+    fn alloc_slot(&mut self) -> u32 {
+        let slot = self.next_slot;
+        self.next_slot += 1;
+        slot
+    }
+
+    /// Index of the step at `path`, creating it (with `status`) if absent.
+    fn step_entry(&mut self, path: &str, status: StepStatus, touched: &mut Touched) -> usize {
+        let index = match self.steps.get_index_of(path) {
+            Some(i) => i,
+            None => {
+                let slot = self.alloc_slot();
+                self.steps
+                    .insert_full(path.to_owned(), StepState::new(status, slot))
+                    .0
+            }
+        };
+        touched.push((Category::Step, index));
+        index
+    }
+
+    fn open_step(&self, path: &str) -> Result<Option<&StepState>, String> {
+        match self.steps.get(path) {
+            Some(s) if s.status.is_terminal() => {
+                Err(format!("step is already {}", s.status.name()))
+            }
+            other => Ok(other),
+        }
+    }
+
+    fn expect_step(&self, path: &str, allowed: &[StepStatus]) -> Result<&StepState, String> {
+        let step = self
+            .steps
+            .get(path)
+            .ok_or_else(|| "no such step".to_owned())?;
+        if !allowed.contains(&step.status) {
+            let names: Vec<&str> = allowed.iter().map(|s| s.name()).collect();
+            return Err(format!(
+                "step is {}, expected {}",
+                step.status.name(),
+                names.join(" or ")
+            ));
+        }
+        Ok(step)
+    }
+
+    fn close_wait(&mut self, path: &str, touched: &mut Touched) {
+        if let Some((i, _, wait)) = self.waits.get_full_mut(path) {
+            if wait.value.is_some() {
+                wait.value = None;
+                touched.push((Category::Wait, i));
+            }
+        }
+    }
+
+    fn reduce(&mut self, ev: &Event, touched: &mut Touched) -> Result<(), String> {
+        use StepStatus as S;
+        let path = ev.step.as_str();
+        let ts = ev.timestamp;
+        match ev.kind {
+            EventKind::WorkflowStarted => {
+                let d: Started = Self::parse(ev)?;
+                self.workflow_id = Some(d.workflow_id);
+                self.workflow_version = opt_raw(d.workflow_version);
+                self.definition_hash = d.definition_hash;
+                self.inputs = opt_raw(d.inputs);
+                self.parent = opt_raw(d.parent);
+                self.created_at = Some(ts);
+                self.status = Status::Running;
+                self.header_static = self.compute_header_static();
+            }
+            EventKind::WorkflowCompleted => {
+                let d: Outputs = Self::parse(ev)?;
+                self.outputs = opt_raw(d.outputs);
+                self.status = Status::Completed;
+            }
+            EventKind::WorkflowFailed
+            | EventKind::WorkflowTimedOut
+            | EventKind::WorkflowCompensated => {
+                let d: ErrorData = Self::parse(ev)?;
+                self.error = opt_raw(d.error);
+                self.status = match ev.kind {
+                    EventKind::WorkflowFailed => Status::Failed,
+                    EventKind::WorkflowTimedOut => Status::TimedOut,
+                    _ => Status::Compensated,
+                };
+            }
+            EventKind::WorkflowCancelled => {
+                let d: Reason = Self::parse(ev)?;
+                let reason = d.reason.map_or(NULL_JSON, RawValue::get);
+                let text = format!(r#"{{"reason":{reason},"type":"cancelled"}}"#);
+                self.error = RawValue::from_string(text).ok();
+                self.status = Status::Cancelled;
+            }
+            EventKind::ActivityScheduled => {
+                let d: Scheduled = Self::parse(ev)?;
+                if ev.attempt == 0 {
+                    return Err("attempt must be at least 1".into());
+                }
+                if let Some(step) = self.steps.get(path) {
+                    if step.status != S::Retrying {
+                        return Err(format!(
+                            "step is {}, an activity may be scheduled again only when retrying",
+                            step.status.name()
+                        ));
+                    }
+                    if ev.attempt <= step.attempts {
+                        return Err(format!(
+                            "attempt {} does not follow attempt {}",
+                            ev.attempt, step.attempts
+                        ));
+                    }
+                }
+                let i = self.step_entry(path, S::Scheduled, touched);
+                let step = &mut self.steps[i];
+                step.status = S::Scheduled;
+                step.attempts = ev.attempt;
+                step.activity = Some(d.activity);
+                step.input = opt_raw(d.input);
+                step.retry_at = None;
+                step.started_at.get_or_insert(ts);
+            }
+            EventKind::ActivityStarted => {
+                let step = self.expect_step(path, &[S::Scheduled])?;
+                if ev.attempt != 0 && ev.attempt != step.attempts {
+                    return Err(format!(
+                        "attempt {} is not the scheduled attempt {}",
+                        ev.attempt, step.attempts
+                    ));
+                }
+                let i = self.step_entry(path, S::Running, touched);
+                self.steps[i].status = S::Running;
+            }
+            EventKind::ActivityCompleted => {
+                let d: ResultData = Self::parse(ev)?;
+                self.expect_step(path, &[S::Scheduled, S::Running])?;
+                let version = self.version + 1;
+                let i = self.step_entry(path, S::Completed, touched);
+                let step = &mut self.steps[i];
+                step.status = S::Completed;
+                step.result = opt_raw(d.result);
+                step.completed_at = Some(ts);
+                step.completed_version = Some(version);
+            }
+            EventKind::ActivityFailed => {
+                let d: ErrorData = Self::parse(ev)?;
+                self.expect_step(path, &[S::Scheduled, S::Running, S::Retrying])?;
+                let version = self.version + 1;
+                let i = self.step_entry(path, S::Failed, touched);
+                let step = &mut self.steps[i];
+                step.status = S::Failed;
+                step.error = opt_raw(d.error);
+                step.completed_at = Some(ts);
+                step.completed_version = Some(version);
+            }
+            EventKind::ActivityRetryScheduled => {
+                let d: Retry = Self::parse(ev)?;
+                self.expect_step(path, &[S::Scheduled, S::Running])?;
+                let i = self.step_entry(path, S::Retrying, touched);
+                let step = &mut self.steps[i];
+                step.status = S::Retrying;
+                step.error = opt_raw(d.error);
+                step.retry_at = Some(d.retry_at);
+            }
+            EventKind::DecisionMade => {
+                let d: Decision = Self::parse(ev)?;
+                if let Some(step) = self.open_step(path)? {
+                    if step.branch.is_some() {
+                        return Err("a branch was already decided".into());
+                    }
+                }
+                let branch = d.branch.map_or_else(
+                    || RawValue::from_string(NULL_JSON.to_owned()).ok(),
+                    |b| Some(raw(b)),
+                );
+                let i = self.step_entry(path, S::Running, touched);
+                let step = &mut self.steps[i];
+                step.branch = branch;
+                step.started_at.get_or_insert(ts);
+            }
+            EventKind::TimerScheduled => {
+                let d: FireAt = Self::parse(ev)?;
+                if let Some(t) = self.timers.get(path) {
+                    if t.value.is_some() {
+                        return Err("a timer is already pending for this step".into());
+                    }
+                }
+                let index = match self.timers.get_index_of(path) {
+                    Some(i) => i,
+                    None => {
+                        let slot = self.alloc_slot();
+                        let entry = Slotted { value: None, slot };
+                        self.timers.insert_full(path.to_owned(), entry).0
+                    }
+                };
+                self.timers[index].value = Some(d.fire_at);
+                touched.push((Category::Timer, index));
+            }
+            EventKind::TimerFired | EventKind::TimerCancelled => {
+                let (i, _, timer) = self
+                    .timers
+                    .get_full_mut(path)
+                    .filter(|(_, _, t)| t.value.is_some())
+                    .ok_or_else(|| "no pending timer for this step".to_owned())?;
+                timer.value = None;
+                touched.push((Category::Timer, i));
+            }
+            EventKind::SignalReceived => {
+                let d: Signal = Self::parse(ev)?;
+                let payload = d
+                    .payload
+                    .map_or_else(
+                        || RawValue::from_string(NULL_JSON.to_owned()),
+                        |p| Ok(raw(p)),
+                    )
+                    .map_err(|e| e.to_string())?;
+                let index = match self.signals.get_index_of(&d.name) {
+                    Some(i) => i,
+                    None => {
+                        let slot = self.alloc_slot();
+                        self.signals.insert_full(d.name, SignalQueue::new(slot)).0
+                    }
+                };
+                self.signals[index].push(payload);
+                touched.push((Category::Signal, index));
+            }
+            EventKind::ExternalEventReceived => {
+                let open = self.waits.get(path).is_some_and(|w| w.value.is_some());
+                if !open {
+                    return Err("no open wait for this step".into());
+                }
+                self.close_wait(path, touched);
+            }
+            EventKind::WaitStarted => {
+                let d: WaitData = Self::parse(ev)?;
+                if !matches!(d.kind.as_str(), "signal" | "event" | "timer") {
+                    return Err(format!(
+                        "wait kind must be signal, event or timer, not {:?}",
+                        d.kind
+                    ));
+                }
+                self.open_step(path)?;
+                if self.waits.get(path).is_some_and(|w| w.value.is_some()) {
+                    return Err("a wait is already open for this step".into());
+                }
+                let index = match self.waits.get_index_of(path) {
+                    Some(i) => i,
+                    None => {
+                        let slot = self.alloc_slot();
+                        let entry = Slotted { value: None, slot };
+                        self.waits.insert_full(path.to_owned(), entry).0
+                    }
+                };
+                self.waits[index].value = Some(ev.data.clone());
+                touched.push((Category::Wait, index));
+                let i = self.step_entry(path, S::Waiting, touched);
+                let step = &mut self.steps[i];
+                step.status = S::Waiting;
+                step.started_at.get_or_insert(ts);
+            }
+            EventKind::ChildWorkflowStarted => {
+                let d: ChildStarted = Self::parse(ev)?;
+                if let Some(step) = self.open_step(path)? {
+                    if step.child_execution_id.is_some() {
+                        return Err("a child workflow was already started here".into());
+                    }
+                }
+                let i = self.step_entry(path, S::Running, touched);
+                let step = &mut self.steps[i];
+                step.status = S::Running;
+                step.child_execution_id = Some(d.child_execution_id);
+                step.started_at.get_or_insert(ts);
+            }
+            EventKind::ChildWorkflowCompleted | EventKind::ChildWorkflowFailed => {
+                let d: ChildEnded = Self::parse(ev)?;
+                let step = self.expect_step(path, &[S::Running])?;
+                if step.child_execution_id.as_deref() != Some(d.child_execution_id.as_str()) {
+                    return Err(format!(
+                        "child execution {:?} was not started at this step",
+                        d.child_execution_id
+                    ));
+                }
+                let version = self.version + 1;
+                let i = self.step_entry(path, S::Running, touched);
+                let step = &mut self.steps[i];
+                if ev.kind == EventKind::ChildWorkflowCompleted {
+                    step.status = S::Completed;
+                    step.result = opt_raw(d.outputs);
+                } else {
+                    step.status = S::Failed;
+                    step.error = opt_raw(d.error);
+                }
+                step.completed_at = Some(ts);
+                step.completed_version = Some(version);
+            }
+            EventKind::CompensationStarted => {
+                let d: ErrorData = Self::parse(ev)?;
+                if self.compensations.contains_key(path) {
+                    return Err("compensation already started for this saga".into());
+                }
+                let slot = self.alloc_slot();
+                let comp = Compensation {
+                    status: CompensationStatus::Running,
+                    error: opt_raw(d.error),
+                    compensated: Vec::new(),
+                    slot,
+                };
+                let i = self.compensations.insert_full(path.to_owned(), comp).0;
+                touched.push((Category::Compensation, i));
+            }
+            EventKind::CompensationStepCompleted => {
+                let d: CompStep = Self::parse(ev)?;
+                let saga_running = self
+                    .compensations
+                    .get(&d.saga)
+                    .is_some_and(|c| c.status == CompensationStatus::Running);
+                if !saga_running {
+                    return Err(format!("saga {:?} is not compensating", d.saga));
+                }
+                self.expect_step(path, &[S::Completed])?;
+                let Some((ci, _, comp)) = self.compensations.get_full_mut(&d.saga) else {
+                    return Err(format!("saga {:?} is not compensating", d.saga));
+                };
+                comp.compensated.push(path.to_owned());
+                touched.push((Category::Compensation, ci));
+                let i = self.step_entry(path, S::Compensated, touched);
+                let step = &mut self.steps[i];
+                step.status = S::Compensated;
+                if !is_null(d.result) {
+                    step.result = opt_raw(d.result);
+                }
+            }
+            EventKind::CompensationCompleted | EventKind::CompensationFailed => {
+                let error = if ev.kind == EventKind::CompensationFailed {
+                    let d: ErrorData = Self::parse(ev)?;
+                    opt_raw(d.error)
+                } else {
+                    None
+                };
+                let (i, _, comp) = self
+                    .compensations
+                    .get_full_mut(path)
+                    .filter(|(_, _, c)| c.status == CompensationStatus::Running)
+                    .ok_or_else(|| "no running compensation for this saga".to_owned())?;
+                if ev.kind == EventKind::CompensationFailed {
+                    comp.status = CompensationStatus::Failed;
+                    comp.error = error;
+                } else {
+                    comp.status = CompensationStatus::Completed;
+                }
+                touched.push((Category::Compensation, i));
+            }
+            EventKind::SnapshotTaken => {
+                let d: SnapshotData = Self::parse(ev)?;
+                if d.version > self.version {
+                    return Err(format!(
+                        "snapshot of version {} is ahead of version {}",
+                        d.version, self.version
+                    ));
+                }
+            }
+            EventKind::StepStarted => {
+                if self.steps.contains_key(path) {
+                    return Err("step already started".into());
+                }
+                let i = self.step_entry(path, S::Running, touched);
+                self.steps[i].started_at = Some(ts);
+            }
+            EventKind::StepCompleted => {
+                let d: StepDone = Self::parse(ev)?;
+                self.open_step(path)?;
+                if let Some(name) = &d.consume_signal {
+                    let available = self
+                        .signals
+                        .get(name)
+                        .is_some_and(|q| q.cursor < q.payloads.len() as u64);
+                    if !available {
+                        return Err(format!("no unconsumed signal {name:?} to consume"));
+                    }
+                }
+                if let Some(name) = &d.consume_signal {
+                    if let Some((si, _, q)) = self.signals.get_full_mut(name) {
+                        q.cursor += 1;
+                        touched.push((Category::Signal, si));
+                    }
+                }
+                self.close_wait(path, touched);
+                let version = self.version + 1;
+                let i = self.step_entry(path, S::Completed, touched);
+                let step = &mut self.steps[i];
+                step.status = S::Completed;
+                step.result = opt_raw(d.output);
+                step.completed_at = Some(ts);
+                step.completed_version = Some(version);
+            }
+            EventKind::StepFailed | EventKind::StepCancelled => {
+                let error = if ev.kind == EventKind::StepFailed {
+                    let d: ErrorData = Self::parse(ev)?;
+                    opt_raw(d.error)
+                } else {
+                    let d: Reason = Self::parse(ev)?;
+                    let reason = d.reason.map_or(NULL_JSON, RawValue::get);
+                    RawValue::from_string(format!(r#"{{"reason":{reason},"type":"cancelled"}}"#))
+                        .ok()
+                };
+                self.open_step(path)?;
+                self.close_wait(path, touched);
+                let version = self.version + 1;
+                let status = if ev.kind == EventKind::StepFailed {
+                    S::Failed
+                } else {
+                    S::Cancelled
+                };
+                let i = self.step_entry(path, status, touched);
+                let step = &mut self.steps[i];
+                step.status = status;
+                step.error = error;
+                step.completed_at = Some(ts);
+                step.completed_version = Some(version);
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn compute_header_static(&self) -> Hash {
+        #[derive(Serialize)]
+        struct Static<'a> {
+            execution_id: &'a str,
+            workflow_id: &'a Option<String>,
+            workflow_version: &'a Option<Json>,
+            definition_hash: &'a Option<String>,
+            inputs: &'a Option<Json>,
+            parent: &'a Option<Json>,
+            created_at: Option<i64>,
+        }
+        let mut h = blake3::Hasher::new();
+        let fields = Static {
+            execution_id: &self.execution_id,
+            workflow_id: &self.workflow_id,
+            workflow_version: &self.workflow_version,
+            definition_hash: &self.definition_hash,
+            inputs: &self.inputs,
+            parent: &self.parent,
+            created_at: self.created_at,
+        };
+        // Serialising plain strings, integers and raw JSON into a hasher
+        // cannot fail; a failure would only weaken the hash, never panic.
+        let _ = serde_json::to_writer(&mut h, &fields);
+        *h.finalize().as_bytes()
+    }
+
+    /// The leaf hash of the header entry (slot 0).
+    pub fn header_leaf(&self) -> Hash {
+        let mut h = blake3::Hasher::new();
+        h.update(&[0x00, Category::Header as u8]);
+        h.update(&self.header_static);
+        h.update(&[self.status as u8]);
+        h.update(&self.version.to_le_bytes());
+        h.update(&self.updated_at.unwrap_or(i64::MIN).to_le_bytes());
+        for part in [&self.outputs, &self.error] {
+            let text = part.as_ref().map_or(NULL_JSON, |j| j.get());
+            h.update(&(text.len() as u64).to_le_bytes());
+            h.update(text.as_bytes());
+        }
+        *h.finalize().as_bytes()
+    }
+
+    /// `(slot, leaf hash)` of the entry at `index` of `category`.
+    pub fn entry_leaf(&self, category: Category, index: usize) -> Option<(u32, Hash)> {
+        fn leaf<T: Serialize + ?Sized>(category: Category, key: &str, value: &T) -> Hash {
+            let mut content = Vec::with_capacity(64);
+            content.push(category as u8);
+            content.extend_from_slice(&(key.len() as u64).to_le_bytes());
+            content.extend_from_slice(key.as_bytes());
+            // Serialising the state's own types into a Vec cannot fail.
+            let _ = serde_json::to_writer(&mut content, value);
+            leaf_hash(&content)
+        }
+        Some(match category {
+            Category::Header => (0, self.header_leaf()),
+            Category::Step => {
+                let (k, v) = self.steps.get_index(index)?;
+                (v.slot, leaf(category, k, v))
+            }
+            Category::Timer => {
+                let (k, v) = self.timers.get_index(index)?;
+                (v.slot, leaf(category, k, &v.value))
+            }
+            Category::Wait => {
+                let (k, v) = self.waits.get_index(index)?;
+                (v.slot, leaf(category, k, &v.value))
+            }
+            Category::Signal => {
+                let (k, v) = self.signals.get_index(index)?;
+                let mut content = Vec::with_capacity(k.len() + 64);
+                content.push(category as u8);
+                content.extend_from_slice(&(k.len() as u64).to_le_bytes());
+                content.extend_from_slice(k.as_bytes());
+                content.extend_from_slice(&v.chain);
+                content.extend_from_slice(&(v.payloads.len() as u64).to_le_bytes());
+                content.extend_from_slice(&v.cursor.to_le_bytes());
+                (v.slot, leaf_hash(&content))
+            }
+            Category::Compensation => {
+                let (k, v) = self.compensations.get_index(index)?;
+                (v.slot, leaf(category, k, v))
+            }
+        })
+    }
+
+    /// Every entry as `(slot, category, map index)`.
+    pub(crate) fn entries(&self) -> Vec<(u32, Category, usize)> {
+        let mut out = Vec::with_capacity(self.next_slot as usize);
+        out.push((0, Category::Header, 0));
+        out.extend(
+            self.steps
+                .values()
+                .enumerate()
+                .map(|(i, v)| (v.slot, Category::Step, i)),
+        );
+        out.extend(
+            self.timers
+                .values()
+                .enumerate()
+                .map(|(i, v)| (v.slot, Category::Timer, i)),
+        );
+        out.extend(
+            self.waits
+                .values()
+                .enumerate()
+                .map(|(i, v)| (v.slot, Category::Wait, i)),
+        );
+        out.extend(
+            self.signals
+                .values()
+                .enumerate()
+                .map(|(i, v)| (v.slot, Category::Signal, i)),
+        );
+        out.extend(
+            self.compensations
+                .values()
+                .enumerate()
+                .map(|(i, v)| (v.slot, Category::Compensation, i)),
+        );
+        out.sort_unstable_by_key(|e| e.0);
+        out
+    }
+
+    /// Builds the Merkle tree of this state from scratch.
+    pub fn merkle_tree(&self) -> MerkleTree {
+        let leaves = self
+            .entries()
+            .into_iter()
+            .filter_map(|(_, cat, i)| self.entry_leaf(cat, i).map(|(_, h)| h))
+            .collect();
+        MerkleTree::from_leaves(leaves)
+    }
+
+    /// The state root, computed from scratch.
+    pub fn state_root(&self) -> Hash {
+        self.merkle_tree().root()
+    }
+
+    /// Deterministic JSON of the public state.
+    pub fn to_json(&self) -> Vec<u8> {
+        // Every field is a string, integer, enum or raw JSON: serialisation
+        // into a Vec cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Deterministic JSON of one step.
+    pub fn step_json(&self, path: &str) -> Option<Vec<u8>> {
+        self.steps
+            .get(path)
+            .and_then(|s| serde_json::to_vec(s).ok())
+    }
+}
+
+/// Applies `event` to `state`: the one reducer. On error the state is unchanged.
+pub fn apply(state: &mut ExecutionState, event: &Event) -> Result<(), ReduceError> {
+    state.apply(event)
+}
+
+/// Checks a step path: `/`-separated non-empty segments of `[A-Za-z0-9_-]`.
+fn check_path(path: &str) -> Result<(), String> {
+    if path.is_empty() {
+        return Err("a step-level event needs a step path".into());
+    }
+    for segment in path.split('/') {
+        let ok = !segment.is_empty()
+            && segment
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !ok {
+            return Err(format!(
+                "invalid step path {path:?}: segments are non-empty [A-Za-z0-9_-]"
+            ));
+        }
+    }
+    Ok(())
+}
+
+struct LiveTimers<'a>(&'a IndexMap<String, Slotted<i64>>);
+
+impl Serialize for LiveTimers<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(None)?;
+        for (k, v) in self.0 {
+            if let Some(at) = v.value {
+                map.serialize_entry(k, &at)?;
+            }
+        }
+        map.end()
+    }
+}
+
+struct LiveWaits<'a>(&'a IndexMap<String, Slotted<Json>>);
+
+impl Serialize for LiveWaits<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(None)?;
+        for (k, v) in self.0 {
+            if let Some(data) = &v.value {
+                map.serialize_entry(k, data)?;
+            }
+        }
+        map.end()
+    }
+}
+
+struct SignalPayloads<'a>(&'a IndexMap<String, SignalQueue>);
+
+impl Serialize for SignalPayloads<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter().map(|(k, v)| (k, &v.payloads)))
+    }
+}
+
+struct SignalCursors<'a>(&'a IndexMap<String, SignalQueue>);
+
+impl Serialize for SignalCursors<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter().map(|(k, v)| (k, v.cursor)))
+    }
+}
+
+impl Serialize for ExecutionState {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut st = s.serialize_struct("ExecutionState", 20)?;
+        st.serialize_field("execution_id", &self.execution_id)?;
+        st.serialize_field("workflow_id", &self.workflow_id)?;
+        st.serialize_field("workflow_version", &self.workflow_version)?;
+        st.serialize_field("definition_hash", &self.definition_hash)?;
+        st.serialize_field("inputs", &self.inputs)?;
+        st.serialize_field("parent", &self.parent)?;
+        st.serialize_field("created_at", &self.created_at)?;
+        st.serialize_field("updated_at", &self.updated_at)?;
+        st.serialize_field("version", &self.version)?;
+        st.serialize_field("tx", &self.tx)?;
+        st.serialize_field("status", &self.status)?;
+        st.serialize_field("outputs", &self.outputs)?;
+        st.serialize_field("error", &self.error)?;
+        st.serialize_field("steps", &self.steps)?;
+        st.serialize_field("timers", &LiveTimers(&self.timers))?;
+        st.serialize_field("waits", &LiveWaits(&self.waits))?;
+        st.serialize_field("signals", &SignalPayloads(&self.signals))?;
+        st.serialize_field("signal_cursor", &SignalCursors(&self.signals))?;
+        st.serialize_field("compensations", &self.compensations)?;
+        st.end()
+    }
+}
+
+/// A state together with its incrementally maintained Merkle tree.
+///
+/// The state sits behind an `Arc` so readers can hold a version for free;
+/// `apply` copies it only when a reader still holds the previous one.
+#[derive(Clone, Debug)]
+pub struct HashedState {
+    pub state: Arc<ExecutionState>,
+    pub tree: MerkleTree,
+    touched: Touched,
+}
+
+impl HashedState {
+    /// The hashed empty state of an execution.
+    pub fn new(execution_id: impl Into<String>) -> Self {
+        Self::from_state(Arc::new(ExecutionState::new(execution_id)))
+    }
+
+    /// Wraps a state, building its tree from scratch.
+    pub fn from_state(state: Arc<ExecutionState>) -> Self {
+        let tree = state.merkle_tree();
+        HashedState {
+            state,
+            tree,
+            touched: Touched::new(),
+        }
+    }
+
+    /// Applies an event and returns the new state root. On error nothing changed.
+    pub fn apply(&mut self, event: &Event) -> Result<Hash, ReduceError> {
+        self.touched.clear();
+        let state = Arc::make_mut(&mut self.state);
+        state.apply_tracked(event, &mut self.touched)?;
+        self.tree.put(0, state.header_leaf());
+        let mut updates: Vec<(u32, Hash)> = Vec::with_capacity(self.touched.len());
+        for &(cat, i) in &self.touched {
+            if let Some(update) = state.entry_leaf(cat, i) {
+                updates.push(update);
+            }
+        }
+        updates.sort_unstable_by_key(|u| u.0);
+        for (slot, leaf) in updates {
+            self.tree.put(slot as usize, leaf);
+        }
+        Ok(self.tree.root())
+    }
+
+    /// The current state root.
+    pub fn root(&self) -> Hash {
+        self.tree.root()
+    }
+}

@@ -1,0 +1,927 @@
+//! The MVCC version store: many executions, each an append-only chain of
+//! versions with a Merkle node hash, plus a store-wide transaction counter.
+//!
+//! # Concurrency
+//!
+//! The store holds `RwLock<HashMap<id, Arc<RwLock<Execution>>>>`. A writer
+//! takes the execution's write lock and performs *every* mutation of a version
+//! (event bytes, per-version metadata, state, tree, snapshots) before it lets
+//! go, so a reader, which takes the read lock, sees either all of a version or
+//! none of it. The map lock is only held to look an execution up, to insert a
+//! new one or to evict one; it is always taken *before* an execution lock and
+//! never while holding one, so the two cannot deadlock. Transaction ids come
+//! from one atomic counter, drawn while holding the execution's write lock, so
+//! each execution's txs increase with its versions and no tx is handed out
+//! twice.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+
+use crate::event::{frame_into, frames, DecodeError, Event, EventKind};
+use crate::merkle::Hash;
+use crate::proof::InclusionProof;
+use crate::snapshot;
+use crate::state::{ExecutionState, HashedState, ReduceError};
+
+/// Domain-separation prefix of node hashes.
+pub const NODE_DOMAIN: &[u8] = b"itonami/node/1";
+
+/// `node(v) = blake3("itonami/node/1" || u64_le(v) || node(v-1) || state_root(v) || blake3(event(v)))`.
+pub fn node_hash(version: u64, prev: &Hash, state_root: &Hash, event_hash: &Hash) -> Hash {
+    let mut h = blake3::Hasher::new();
+    h.update(NODE_DOMAIN);
+    h.update(&version.to_le_bytes());
+    h.update(prev);
+    h.update(state_root);
+    h.update(event_hash);
+    *h.finalize().as_bytes()
+}
+
+/// Lowercase hex of a hash.
+pub fn hex(hash: &[u8]) -> String {
+    use fmt::Write;
+    let mut out = String::with_capacity(hash.len() * 2);
+    for b in hash {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
+
+/// Errors of the store layer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreError {
+    /// Bytes that do not decode.
+    Decode(DecodeError),
+    /// An event the reducer rejects; `index` is its position in the batch or history.
+    Reduce { index: usize, error: ReduceError },
+    /// `expected_version` is stale.
+    Conflict {
+        execution_id: String,
+        expected: u64,
+        actual: u64,
+    },
+    /// A chain that does not verify; `version` is the first bad one.
+    Integrity {
+        execution_id: String,
+        version: u64,
+        expected: Option<String>,
+        actual: Option<String>,
+        message: String,
+    },
+    /// A payload over the configured limit.
+    PayloadTooLarge {
+        size: usize,
+        limit: usize,
+        what: &'static str,
+    },
+    /// No such execution.
+    NotFound { execution_id: String },
+    /// A tx or version outside what the execution holds.
+    OutOfRange {
+        execution_id: String,
+        tx: u64,
+        message: String,
+    },
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreError::Decode(e) => e.fmt(f),
+            StoreError::Reduce { index, error } => write!(f, "event {index}: {error}"),
+            StoreError::Conflict {
+                execution_id,
+                expected,
+                actual,
+            } => write!(
+                f,
+                "version conflict on execution {execution_id:?}: expected version {expected}, \
+                 actual version {actual}"
+            ),
+            StoreError::Integrity { message, .. } => f.write_str(message),
+            StoreError::PayloadTooLarge { size, limit, what } => {
+                write!(
+                    f,
+                    "{what} of {size} bytes exceeds the limit of {limit} bytes"
+                )
+            }
+            StoreError::NotFound { execution_id } => {
+                write!(f, "no execution {execution_id:?}")
+            }
+            StoreError::OutOfRange { message, .. } => f.write_str(message),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+impl From<DecodeError> for StoreError {
+    fn from(e: DecodeError) -> Self {
+        StoreError::Decode(e)
+    }
+}
+
+/// Store settings.
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    /// Keep an in-memory snapshot every this many versions (0 = never).
+    pub snapshot_every: u64,
+    /// How many snapshots to keep per execution (0 = all).
+    pub snapshot_retention: usize,
+    /// Largest accepted event payload (`data`) in bytes.
+    pub max_payload_bytes: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            snapshot_every: 0,
+            snapshot_retention: 2,
+            max_payload_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+/// Per-version metadata.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VersionInfo {
+    pub version: u64,
+    pub tx: u64,
+    pub timestamp: i64,
+    pub kind: EventKind,
+    pub hash: Hash,
+    pub state_root: Hash,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Meta {
+    tx: u64,
+    timestamp: i64,
+    kind: EventKind,
+    node: Hash,
+    root: Hash,
+}
+
+/// What an append created: what a durable store persists.
+#[derive(Clone, Debug)]
+pub struct Appended {
+    pub version: u64,
+    pub tx: u64,
+    pub timestamp: i64,
+    pub kind: EventKind,
+    pub hash: Hash,
+    pub encoded: Vec<u8>,
+    pub status: &'static str,
+}
+
+/// Result of a successful `verify`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifyReport {
+    pub execution_id: String,
+    pub versions: u64,
+    pub head_hash: Hash,
+}
+
+struct Execution {
+    /// Versions up to `base_version` are compacted into `base_state`.
+    base_version: u64,
+    base_tx: u64,
+    base_node: Hash,
+    base_state: Arc<ExecutionState>,
+    /// Encoded events after the base, back to back; `offsets[i]..offsets[i+1]`.
+    events: Vec<u8>,
+    offsets: Vec<usize>,
+    meta: Vec<Meta>,
+    current: HashedState,
+    snapshots: VecDeque<(u64, Arc<ExecutionState>)>,
+}
+
+impl Execution {
+    fn empty(execution_id: &str) -> Self {
+        let current = HashedState::new(execution_id);
+        Execution {
+            base_version: 0,
+            base_tx: 0,
+            base_node: [0u8; 32],
+            base_state: Arc::clone(&current.state),
+            events: Vec::new(),
+            offsets: vec![0],
+            meta: Vec::new(),
+            current,
+            snapshots: VecDeque::new(),
+        }
+    }
+
+    fn version(&self) -> u64 {
+        self.base_version + self.meta.len() as u64
+    }
+
+    fn head(&self) -> Hash {
+        self.meta.last().map_or(self.base_node, |m| m.node)
+    }
+
+    fn event_bytes(&self, i: usize) -> &[u8] {
+        match (self.offsets.get(i), self.offsets.get(i + 1)) {
+            (Some(&a), Some(&b)) => self.events.get(a..b).unwrap_or(&[]),
+            _ => &[],
+        }
+    }
+
+    /// Records one version; `snap` is the state of exactly this version when
+    /// the snapshot policy keeps one.
+    fn push(
+        &mut self,
+        encoded: &[u8],
+        meta: Meta,
+        snap: Option<Arc<ExecutionState>>,
+        config: &StoreConfig,
+    ) {
+        self.events.extend_from_slice(encoded);
+        self.offsets.push(self.events.len());
+        self.meta.push(meta);
+        let version = self.version();
+        if let Some(mut state) = snap {
+            Arc::make_mut(&mut state).tx = meta.tx;
+            self.snapshots.push_back((version, state));
+            if config.snapshot_retention > 0 {
+                while self.snapshots.len() > config.snapshot_retention {
+                    self.snapshots.pop_front();
+                }
+            }
+        }
+    }
+
+    /// Recomputes `current` from the stored events (after a rejected batch).
+    fn rebuild_current(&mut self, id: &str) -> Result<(), StoreError> {
+        let version = self.version();
+        let state = if version == self.base_version {
+            Arc::clone(&self.base_state)
+        } else {
+            let mut state = self.fold_from_snapshot(version)?;
+            Arc::make_mut(&mut state).tx = self.meta.last().map_or(self.base_tx, |m| m.tx);
+            state
+        };
+        debug_assert_eq!(state.execution_id, id);
+        self.current = HashedState::from_state(state);
+        Ok(())
+    }
+
+    /// Folds the stored events up to `version` from the nearest snapshot.
+    fn fold_from_snapshot(&self, version: u64) -> Result<Arc<ExecutionState>, StoreError> {
+        let (from, start) = self
+            .snapshots
+            .iter()
+            .rev()
+            .find(|(v, _)| *v <= version && *v >= self.base_version)
+            .map_or((self.base_version, &self.base_state), |(v, s)| (*v, s));
+        if from == version {
+            return Ok(Arc::clone(start));
+        }
+        let mut state = ExecutionState::clone(start);
+        for v in from..version {
+            let i = (v - self.base_version) as usize;
+            let event = Event::decode(self.event_bytes(i), 0, v as usize)?;
+            state.apply(&event).map_err(|error| StoreError::Reduce {
+                index: v as usize,
+                error,
+            })?;
+            state.tx = self.meta.get(i).map_or(0, |m| m.tx);
+        }
+        Ok(Arc::new(state))
+    }
+
+    /// The state at `version`, folded from the nearest snapshot at or below it.
+    fn state_at(&self, id: &str, version: u64) -> Result<Arc<ExecutionState>, StoreError> {
+        if version > self.version() || version < self.base_version {
+            return Err(StoreError::OutOfRange {
+                execution_id: id.to_owned(),
+                tx: version,
+                message: format!(
+                    "version {version} of execution {id:?} is out of range {}..={}",
+                    self.base_version,
+                    self.version()
+                ),
+            });
+        }
+        if version == self.version() {
+            return Ok(Arc::clone(&self.current.state));
+        }
+        self.fold_from_snapshot(version)
+    }
+}
+
+/// Applies `event` to `hs` on top of node `prev`; returns (state root, node).
+fn chain(
+    hs: &mut HashedState,
+    prev: &Hash,
+    event: &Event,
+    encoded: &[u8],
+) -> Result<(Hash, Hash), ReduceError> {
+    let root = hs.apply(event)?;
+    let version = hs.state.version;
+    let node = node_hash(version, prev, &root, blake3::hash(encoded).as_bytes());
+    Ok((root, node))
+}
+
+/// Per event: (state root, node hash, status, snapshot of the state if the
+/// snapshot policy takes one at this version).
+type Chained = Vec<(Hash, Hash, &'static str, Option<Arc<ExecutionState>>)>;
+
+fn chain_all(
+    hs: &mut HashedState,
+    mut prev: Hash,
+    events: &[Event],
+    encoded: &[Vec<u8>],
+    snapshot_every: u64,
+) -> Result<Chained, StoreError> {
+    let mut out = Vec::with_capacity(events.len());
+    for (index, (event, bytes)) in events.iter().zip(encoded).enumerate() {
+        let (root, node) =
+            chain(hs, &prev, event, bytes).map_err(|error| StoreError::Reduce { index, error })?;
+        let version = hs.state.version;
+        // Taken here, not after the batch, so it holds exactly this version.
+        let snap =
+            (snapshot_every > 0 && version % snapshot_every == 0).then(|| Arc::clone(&hs.state));
+        out.push((root, node, hs.state.status.name(), snap));
+        prev = node;
+    }
+    Ok(out)
+}
+
+/// The in-memory MVCC store.
+pub struct VersionStore {
+    config: StoreConfig,
+    tx: AtomicU64,
+    execs: RwLock<HashMap<String, Arc<RwLock<Execution>>>>,
+}
+
+impl Default for VersionStore {
+    fn default() -> Self {
+        Self::new(StoreConfig::default())
+    }
+}
+
+impl VersionStore {
+    /// A new empty store.
+    pub fn new(config: StoreConfig) -> Self {
+        VersionStore {
+            config,
+            tx: AtomicU64::new(0),
+            execs: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// The store's settings.
+    pub fn config(&self) -> &StoreConfig {
+        &self.config
+    }
+
+    fn get(&self, id: &str) -> Result<Arc<RwLock<Execution>>, StoreError> {
+        self.execs
+            .read()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| StoreError::NotFound {
+                execution_id: id.to_owned(),
+            })
+    }
+
+    /// Checks a payload against the size limit.
+    pub fn check_payload(&self, size: usize) -> Result<(), StoreError> {
+        if size > self.config.max_payload_bytes {
+            return Err(StoreError::PayloadTooLarge {
+                size,
+                limit: self.config.max_payload_bytes,
+                what: "event data",
+            });
+        }
+        Ok(())
+    }
+
+    /// Appends one event at `expected_version`.
+    pub fn append(
+        &self,
+        id: &str,
+        expected_version: u64,
+        event: Event,
+    ) -> Result<Appended, StoreError> {
+        let mut out = self.append_batch(id, expected_version, std::slice::from_ref(&event))?;
+        out.pop().ok_or_else(|| {
+            StoreError::Decode(DecodeError::msg("internal: append produced no version"))
+        })
+    }
+
+    /// Appends events atomically: all of them, or (on any error) none.
+    pub fn append_batch(
+        &self,
+        id: &str,
+        expected_version: u64,
+        events: &[Event],
+    ) -> Result<Vec<Appended>, StoreError> {
+        for event in events {
+            self.check_payload(event.data.get().len())?;
+        }
+        let existing = self.execs.read().get(id).cloned();
+        if let Some(exec) = existing {
+            let mut ex = exec.write();
+            return self.commit(&mut ex, id, expected_version, events);
+        }
+        // A new execution: hold the map lock so two first appends cannot race,
+        // and insert only once the events were accepted.
+        let mut map = self.execs.write();
+        if let Some(exec) = map.get(id).cloned() {
+            drop(map);
+            let mut ex = exec.write();
+            return self.commit(&mut ex, id, expected_version, events);
+        }
+        let mut ex = Execution::empty(id);
+        let out = self.commit(&mut ex, id, expected_version, events)?;
+        map.insert(id.to_owned(), Arc::new(RwLock::new(ex)));
+        Ok(out)
+    }
+
+    fn commit(
+        &self,
+        ex: &mut Execution,
+        id: &str,
+        expected: u64,
+        events: &[Event],
+    ) -> Result<Vec<Appended>, StoreError> {
+        let actual = ex.version();
+        if expected != actual {
+            return Err(StoreError::Conflict {
+                execution_id: id.to_owned(),
+                expected,
+                actual,
+            });
+        }
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut encoded: Vec<Vec<u8>> = Vec::with_capacity(events.len());
+        for event in events {
+            encoded.push(event.encode()?);
+        }
+        let prev = ex.meta.last().map_or(ex.base_node, |m| m.node);
+        // The reducer validates before it mutates, so a rejected first event
+        // leaves `current` untouched. When a later event of a batch is
+        // rejected, the earlier ones already changed `current`: rebuild it from
+        // the stored events (a rare path; copying the state up front for every
+        // batch would cost O(state) on the common path instead).
+        let every = self.config.snapshot_every;
+        let chained = match chain_all(&mut ex.current, prev, events, &encoded, every) {
+            Ok(chained) => chained,
+            Err(e) => {
+                if matches!(e, StoreError::Reduce { index, .. } if index > 0) {
+                    ex.rebuild_current(id)?;
+                }
+                return Err(e);
+            }
+        };
+        let n = events.len() as u64;
+        let first_tx = self.tx.fetch_add(n, Ordering::SeqCst) + 1;
+        let mut out = Vec::with_capacity(events.len());
+        for (i, ((event, bytes), (root, node, status, snap))) in
+            events.iter().zip(encoded).zip(chained).enumerate()
+        {
+            let meta = Meta {
+                tx: first_tx + i as u64,
+                timestamp: event.timestamp,
+                kind: event.kind,
+                node,
+                root,
+            };
+            ex.push(&bytes, meta, snap, &self.config);
+            out.push(Appended {
+                version: ex.version(),
+                tx: meta.tx,
+                timestamp: event.timestamp,
+                kind: event.kind,
+                hash: node,
+                encoded: bytes,
+                status,
+            });
+        }
+        if let Some(m) = ex.meta.last() {
+            Arc::make_mut(&mut ex.current.state).tx = m.tx;
+        }
+        Ok(out)
+    }
+
+    /// Replaces (or creates) an execution from stored bytes, verifying as it goes.
+    ///
+    /// `history` holds the framed events after the snapshot (or all of them),
+    /// `hashes` their concatenated 32-byte node hashes, `txs` their txs.
+    pub fn load(
+        &self,
+        id: &str,
+        history: &[u8],
+        hashes: Option<&[u8]>,
+        txs: Option<&[u64]>,
+        snapshot: Option<&[u8]>,
+    ) -> Result<(), StoreError> {
+        let ex = self.build(id, history, hashes, txs, snapshot)?;
+        let max_tx = ex.meta.last().map_or(ex.base_tx, |m| m.tx);
+        self.advance_tx(max_tx);
+        self.execs
+            .write()
+            .insert(id.to_owned(), Arc::new(RwLock::new(ex)));
+        Ok(())
+    }
+
+    /// Loads into a fresh execution without registering it; returns its state.
+    pub fn load_detached(
+        &self,
+        id: &str,
+        history: &[u8],
+        hashes: Option<&[u8]>,
+    ) -> Result<Arc<ExecutionState>, StoreError> {
+        let ex = self.build(id, history, hashes, None, None)?;
+        Ok(ex.current.state)
+    }
+
+    fn build(
+        &self,
+        id: &str,
+        history: &[u8],
+        hashes: Option<&[u8]>,
+        txs: Option<&[u64]>,
+        snapshot: Option<&[u8]>,
+    ) -> Result<Execution, StoreError> {
+        let integrity =
+            |version: u64, expected: Option<&[u8]>, actual: Option<&[u8]>, msg: &str| {
+                StoreError::Integrity {
+                    execution_id: id.to_owned(),
+                    version,
+                    expected: expected.map(hex),
+                    actual: actual.map(hex),
+                    message: format!("execution {id:?}, version {version}: {msg}"),
+                }
+            };
+        let mut ex = Execution::empty(id);
+        if let Some(bytes) = snapshot {
+            let snap = snapshot::decode(bytes)?;
+            if snap.state.execution_id != id {
+                return Err(integrity(
+                    snap.version,
+                    None,
+                    None,
+                    &format!(
+                        "snapshot belongs to execution {:?}",
+                        snap.state.execution_id
+                    ),
+                ));
+            }
+            let state = Arc::new(snap.state);
+            let hs = HashedState::from_state(Arc::clone(&state));
+            if hs.root() != snap.root {
+                return Err(integrity(
+                    snap.version,
+                    Some(&snap.root),
+                    Some(&hs.root()),
+                    "snapshot state root does not match its state",
+                ));
+            }
+            ex.base_version = snap.version;
+            ex.base_tx = snap.tx;
+            ex.base_node = snap.head;
+            ex.base_state = state;
+            ex.current = hs;
+        }
+        let count = frames(history).count();
+        if let Some(h) = hashes {
+            if h.len() != count * 32 {
+                let have = h.len() / 32;
+                return Err(integrity(
+                    ex.base_version + have.min(count) as u64 + 1,
+                    None,
+                    None,
+                    &format!(
+                        "{} bytes of hashes for {count} events (need 32 per event)",
+                        h.len()
+                    ),
+                ));
+            }
+        }
+        if let Some(t) = txs {
+            if t.len() != count {
+                return Err(integrity(
+                    ex.base_version + t.len().min(count) as u64 + 1,
+                    None,
+                    None,
+                    &format!("{} txs for {count} events", t.len()),
+                ));
+            }
+        }
+        ex.events.reserve(history.len().saturating_sub(4 * count));
+        ex.offsets.reserve(count);
+        ex.meta.reserve(count);
+        let mut prev = ex.base_node;
+        let mut last_tx = ex.base_tx;
+        for (index, frame) in frames(history).enumerate() {
+            let (offset, body) = frame?;
+            let version = ex.base_version + index as u64 + 1;
+            let event = Event::decode(body, offset + 4, index)?;
+            let (root, node) = chain(&mut ex.current, &prev, &event, body)
+                .map_err(|error| StoreError::Reduce { index, error })?;
+            if let Some(h) = hashes {
+                let stored = h.get(index * 32..index * 32 + 32).unwrap_or(&[]);
+                if stored != node {
+                    return Err(integrity(
+                        version,
+                        Some(stored),
+                        Some(&node),
+                        "node hash does not match the stored hash",
+                    ));
+                }
+            }
+            let tx = match txs {
+                Some(t) => {
+                    let tx = t.get(index).copied().unwrap_or(0);
+                    if tx <= last_tx {
+                        return Err(integrity(
+                            version,
+                            None,
+                            None,
+                            &format!("tx {tx} does not follow tx {last_tx}"),
+                        ));
+                    }
+                    tx
+                }
+                None => self.tx.fetch_add(1, Ordering::SeqCst) + 1,
+            };
+            last_tx = tx;
+            let meta = Meta {
+                tx,
+                timestamp: event.timestamp,
+                kind: event.kind,
+                node,
+                root,
+            };
+            let every = self.config.snapshot_every;
+            let version = ex.current.state.version;
+            let snap = (every > 0 && version % every == 0).then(|| Arc::clone(&ex.current.state));
+            ex.push(body, meta, snap, &self.config);
+            Arc::make_mut(&mut ex.current.state).tx = tx;
+            prev = node;
+        }
+        Ok(ex)
+    }
+
+    /// The current state.
+    pub fn state(&self, id: &str) -> Result<Arc<ExecutionState>, StoreError> {
+        Ok(Arc::clone(&self.get(id)?.read().current.state))
+    }
+
+    /// The current state with its root hash.
+    pub fn state_with_root(&self, id: &str) -> Result<(Arc<ExecutionState>, Hash), StoreError> {
+        let exec = self.get(id)?;
+        let ex = exec.read();
+        Ok((Arc::clone(&ex.current.state), ex.current.root()))
+    }
+
+    /// The state after `version` events.
+    pub fn state_at_version(
+        &self,
+        id: &str,
+        version: u64,
+    ) -> Result<Arc<ExecutionState>, StoreError> {
+        self.get(id)?.read().state_at(id, version)
+    }
+
+    /// The state as of transaction `tx`: the newest version with tx <= `tx`.
+    pub fn state_at_tx(&self, id: &str, tx: u64) -> Result<Arc<ExecutionState>, StoreError> {
+        let exec = self.get(id)?;
+        let ex = exec.read();
+        let out_of_range = |why: &str| StoreError::OutOfRange {
+            execution_id: id.to_owned(),
+            tx,
+            message: format!("tx {tx} is {why} of execution {id:?}"),
+        };
+        if tx > self.last_tx() {
+            return Err(out_of_range("after the newest tx"));
+        }
+        let k = ex.meta.partition_point(|m| m.tx <= tx);
+        if k == 0 && (ex.base_version == 0 || tx < ex.base_tx) {
+            return Err(out_of_range("before the first version"));
+        }
+        ex.state_at(id, ex.base_version + k as u64)
+    }
+
+    /// Current version (0 when unknown).
+    pub fn version(&self, id: &str) -> u64 {
+        self.execs.read().get(id).map_or(0, |e| e.read().version())
+    }
+
+    /// Current version and head node hash (zeros when unknown).
+    pub fn head(&self, id: &str) -> (u64, Hash) {
+        self.execs.read().get(id).map_or((0, [0u8; 32]), |e| {
+            let ex = e.read();
+            (ex.version(), ex.head())
+        })
+    }
+
+    /// Per-version metadata of the stored versions.
+    pub fn history(&self, id: &str) -> Result<Vec<VersionInfo>, StoreError> {
+        let exec = self.get(id)?;
+        let ex = exec.read();
+        Ok(ex
+            .meta
+            .iter()
+            .enumerate()
+            .map(|(i, m)| VersionInfo {
+                version: ex.base_version + i as u64 + 1,
+                tx: m.tx,
+                timestamp: m.timestamp,
+                kind: m.kind,
+                hash: m.node,
+                state_root: m.root,
+            })
+            .collect())
+    }
+
+    fn from_index(ex: &Execution, id: &str, from_version: u64) -> Result<usize, StoreError> {
+        if from_version < ex.base_version || from_version > ex.version() {
+            return Err(StoreError::OutOfRange {
+                execution_id: id.to_owned(),
+                tx: from_version,
+                message: format!(
+                    "version {from_version} of execution {id:?} is out of range {}..={}",
+                    ex.base_version,
+                    ex.version()
+                ),
+            });
+        }
+        Ok((from_version - ex.base_version) as usize)
+    }
+
+    /// Events after `from_version`.
+    pub fn events(&self, id: &str, from_version: u64) -> Result<Vec<Event>, StoreError> {
+        let exec = self.get(id)?;
+        let ex = exec.read();
+        let start = Self::from_index(&ex, id, from_version)?;
+        (start..ex.meta.len())
+            .map(|i| Event::decode(ex.event_bytes(i), 0, i).map_err(StoreError::from))
+            .collect()
+    }
+
+    /// Framed history of the events after `from_version`.
+    pub fn encoded_history(&self, id: &str, from_version: u64) -> Result<Vec<u8>, StoreError> {
+        let exec = self.get(id)?;
+        let ex = exec.read();
+        let start = Self::from_index(&ex, id, from_version)?;
+        let begin = ex.offsets.get(start).copied().unwrap_or(0);
+        let n = ex.meta.len() - start;
+        let mut out = Vec::with_capacity(ex.events.len() - begin + 4 * n);
+        for i in start..ex.meta.len() {
+            frame_into(ex.event_bytes(i), &mut out)?;
+        }
+        Ok(out)
+    }
+
+    /// Self-checking snapshot of the current state.
+    pub fn snapshot(&self, id: &str) -> Result<Vec<u8>, StoreError> {
+        let exec = self.get(id)?;
+        let ex = exec.read();
+        Ok(snapshot::encode(
+            &ex.current.state,
+            &ex.head(),
+            &ex.current.root(),
+        )?)
+    }
+
+    /// Recomputes every state root and node hash from the events.
+    pub fn verify(&self, id: &str) -> Result<VerifyReport, StoreError> {
+        let exec = self.get(id)?;
+        let ex = exec.read();
+        let mut hs = HashedState::from_state(Arc::clone(&ex.base_state));
+        let mut prev = ex.base_node;
+        for (i, m) in ex.meta.iter().enumerate() {
+            let version = ex.base_version + i as u64 + 1;
+            let bad = |expected: &Hash, actual: &Hash, what: &str| StoreError::Integrity {
+                execution_id: id.to_owned(),
+                version,
+                expected: Some(hex(expected)),
+                actual: Some(hex(actual)),
+                message: format!("execution {id:?}, version {version}: {what}"),
+            };
+            let bytes = ex.event_bytes(i);
+            let event = Event::decode(bytes, 0, i).map_err(|e| StoreError::Integrity {
+                execution_id: id.to_owned(),
+                version,
+                expected: None,
+                actual: None,
+                message: format!("execution {id:?}, version {version}: {e}"),
+            })?;
+            let (root, node) =
+                chain(&mut hs, &prev, &event, bytes).map_err(|e| StoreError::Integrity {
+                    execution_id: id.to_owned(),
+                    version,
+                    expected: None,
+                    actual: None,
+                    message: format!("execution {id:?}, version {version}: {e}"),
+                })?;
+            if root != m.root {
+                return Err(bad(&m.root, &root, "state root mismatch"));
+            }
+            if node != m.node {
+                return Err(bad(&m.node, &node, "node hash mismatch"));
+            }
+            prev = node;
+        }
+        if hs.root() != ex.current.root() {
+            return Err(StoreError::Integrity {
+                execution_id: id.to_owned(),
+                version: ex.version(),
+                expected: Some(hex(&ex.current.root())),
+                actual: Some(hex(&hs.root())),
+                message: format!("execution {id:?}: current state differs from the replay"),
+            });
+        }
+        Ok(VerifyReport {
+            execution_id: id.to_owned(),
+            versions: ex.version(),
+            head_hash: prev,
+        })
+    }
+
+    /// A proof that the event at `version` is part of the chain ending at the head.
+    pub fn inclusion_proof(&self, id: &str, version: u64) -> Result<InclusionProof, StoreError> {
+        let exec = self.get(id)?;
+        let ex = exec.read();
+        if version <= ex.base_version || version > ex.version() {
+            return Err(StoreError::OutOfRange {
+                execution_id: id.to_owned(),
+                tx: version,
+                message: format!(
+                    "version {version} of execution {id:?} is not stored (stored: {}..={})",
+                    ex.base_version + 1,
+                    ex.version()
+                ),
+            });
+        }
+        let k = (version - ex.base_version - 1) as usize;
+        let prev = if k == 0 {
+            ex.base_node
+        } else {
+            ex.meta.get(k - 1).map_or([0u8; 32], |m| m.node)
+        };
+        let later = (k + 1..ex.meta.len())
+            .map(|j| {
+                let root = ex.meta.get(j).map_or([0u8; 32], |m| m.root);
+                (root, *blake3::hash(ex.event_bytes(j)).as_bytes())
+            })
+            .collect();
+        Ok(InclusionProof {
+            version,
+            event: ex.event_bytes(k).to_vec(),
+            prev_node: prev,
+            state_root: ex.meta.get(k).map_or([0u8; 32], |m| m.root),
+            later,
+        })
+    }
+
+    /// Forgets an execution (its durable copy is the storage layer's business).
+    pub fn evict(&self, id: &str) {
+        self.execs.write().remove(id);
+    }
+
+    /// Whether the execution is held.
+    pub fn contains(&self, id: &str) -> bool {
+        self.execs.read().contains_key(id)
+    }
+
+    /// Ids of the executions held, sorted.
+    pub fn execution_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.execs.read().keys().cloned().collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// The newest tx handed out (or the floor set by `advance_tx`).
+    pub fn last_tx(&self) -> u64 {
+        self.tx.load(Ordering::SeqCst)
+    }
+
+    /// Raises the tx floor: later txs are above `tx`.
+    pub fn advance_tx(&self, tx: u64) {
+        self.tx.fetch_max(tx, Ordering::SeqCst);
+    }
+}
+
+/// Folds a history into a state without hashing.
+pub fn replay(id: &str, history: &[u8]) -> Result<ExecutionState, StoreError> {
+    let mut state = ExecutionState::new(id);
+    for (index, frame) in frames(history).enumerate() {
+        let (offset, body) = frame?;
+        let event = Event::decode(body, offset + 4, index)?;
+        state
+            .apply(&event)
+            .map_err(|error| StoreError::Reduce { index, error })?;
+    }
+    Ok(state)
+}

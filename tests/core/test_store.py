@@ -1,0 +1,347 @@
+"""The MVCC version store through Python: appends, reads, errors, integrity."""
+
+from __future__ import annotations
+
+import struct
+import threading
+
+import orjson
+import pytest
+from core_helpers import CANDIDATE_DATA, SAMPLE, START, append_all, history_of, valid_events
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from itonami import _core
+from itonami.errors import (
+    ConflictError,
+    DecodeError,
+    ExecutionNotFoundError,
+    IntegrityError,
+    ItonamiError,
+    PayloadTooLargeError,
+    TxOutOfRangeError,
+)
+
+candidates = st.lists(
+    st.tuples(
+        st.sampled_from(sorted(CANDIDATE_DATA)),
+        st.integers(0, 3),
+        st.integers(0, 3),
+        st.integers(0, 255),
+    ),
+    max_size=60,
+)
+
+
+def test_append_returns_what_storage_persists(sample_store) -> None:
+    store, hashes = sample_store
+    infos = store.history("e1")
+    assert [i.version for i in infos] == list(range(1, len(SAMPLE) + 1))
+    assert [i.kind for i in infos] == [e[0] for e in SAMPLE]
+    txs = [i.tx for i in infos]
+    assert txs == sorted(set(txs))
+    assert b"".join(i.hash for i in infos) == hashes
+    assert store.head("e1") == (len(SAMPLE), hashes[-32:])
+    assert store.encoded_history("e1") == history_of(SAMPLE)
+    assert store.last_tx == txs[-1]
+
+
+def test_state_fields(sample_store) -> None:
+    store, _ = sample_store
+    state = store.state("e1")
+    assert state.status == "completed"
+    assert state.workflow_id == "wf"
+    assert state.inputs == {"n": 1}
+    assert state.outputs == {"y": 2}
+    assert state.version == len(SAMPLE)
+    assert state.tx == store.last_tx
+    step = state.step("0/0")
+    assert step is not None
+    assert step["status"] == "completed"
+    assert step["attempts"] == 2
+    assert step["result"] == {"y": 2}
+    assert step["completed_version"] == 7
+    assert state.step("nope") is None
+    whole = state.to_dict()
+    assert whole == orjson.loads(state.to_json())
+    assert whole["signals"] == {"go": [[1]]}
+    assert state.root_hash == store.history("e1")[-1].state_root
+
+
+def test_conflict_names_both_versions_and_changes_nothing(sample_store) -> None:
+    store, _ = sample_store
+    before = store.head("e1")
+    with pytest.raises(ConflictError) as info:
+        store.append("e1", 3, "signal_received", "", 0, b'{"name":"x"}', 5)
+    assert (info.value.execution_id, info.value.expected, info.value.actual) == (
+        "e1",
+        3,
+        len(SAMPLE),
+    )
+    assert store.head("e1") == before
+
+
+def test_rejected_events_change_nothing() -> None:
+    store = _core.VersionStore()
+    with pytest.raises(DecodeError, match="first event"):
+        store.append("x", 0, "step_started", "0", 0, b"{}", 1)
+    assert not store.contains("x")
+    append_all(store, "x", SAMPLE[:3])
+    state = store.state("x").to_json()
+    with pytest.raises(DecodeError, match="only once"):
+        store.append("x", 3, *START)
+    with pytest.raises(DecodeError) as info:
+        store.append_batch("x", 3, [SAMPLE[3], ("activity_started", "0/0", 1, b"{}", 9)])
+    assert info.value.index == 1
+    with pytest.raises(DecodeError, match="unknown event kind") as info:
+        store.append_batch("x", 3, [SAMPLE[3], ("bogus", "", 0, b"{}", 9)])
+    assert info.value.index == 1
+    assert store.state("x").to_json() == state
+    assert store.version("x") == 3
+
+
+def test_every_error_class_mapping(sample_store) -> None:
+    store, _ = sample_store
+    with pytest.raises(ExecutionNotFoundError) as nf:
+        store.state("missing")
+    assert nf.value.execution_id == "missing"
+    assert isinstance(nf.value, KeyError)
+    with pytest.raises(TxOutOfRangeError) as oor:
+        store.state_at_tx("e1", store.last_tx + 10)
+    assert (oor.value.execution_id, oor.value.tx) == ("e1", store.last_tx + 10)
+    with pytest.raises(TxOutOfRangeError):
+        store.state_at_version("e1", len(SAMPLE) + 1)
+    small = _core.VersionStore(max_payload_bytes=64)
+    with pytest.raises(PayloadTooLargeError) as big:
+        small.append("p", 0, "workflow_started", "", 0, b'{"workflow_id":"' + b"x" * 100 + b'"}', 1)
+    assert big.value.limit == 64
+    assert big.value.size > 64
+    assert big.value.what == "event data"
+    assert not small.contains("p")
+    with pytest.raises(DecodeError) as dec:
+        store.load("z", b"\x05\x00\x00\x00\x01\x02")
+    assert dec.value.index == 0
+    with pytest.raises(IntegrityError) as integ:
+        store.load("z", history_of(SAMPLE), b"\x00" * 32 * len(SAMPLE))
+    assert (integ.value.execution_id, integ.value.version) == ("z", 1)
+    assert integ.value.expected == "00" * 32
+    assert isinstance(integ.value.actual, str)
+    for err in (nf.value, oor.value, big.value, dec.value, integ.value):
+        assert isinstance(err, ItonamiError)
+
+
+def test_tx_floor_and_load_with_txs(sample_store) -> None:
+    store, hashes = sample_store
+    txs = [i.tx for i in store.history("e1")]
+    other = _core.VersionStore()
+    other.load("e1", store.encoded_history("e1"), hashes, [t + 100 for t in txs])
+    assert other.last_tx == txs[-1] + 100
+    assert [i.tx for i in other.history("e1")] == [t + 100 for t in txs]
+    other.advance_tx(10_000)
+    other.advance_tx(5)  # never lowers
+    a = other.append("new", 0, *START)
+    assert a.tx == 10_001
+    with pytest.raises(IntegrityError, match="does not follow"):
+        _core.VersionStore().load("e1", store.encoded_history("e1"), hashes, [1] * len(txs))
+
+
+def test_every_single_byte_flip_is_detected(sample_store) -> None:
+    store, hashes = sample_store
+    history = store.encoded_history("e1")
+    for i in range(len(history)):
+        bad = bytearray(history)
+        bad[i] ^= 0x01
+        with pytest.raises((DecodeError, IntegrityError)):
+            _core.VersionStore().load("e1", bytes(bad), hashes)
+
+
+def test_drop_duplicate_swap_are_detected(sample_store) -> None:
+    store, hashes = sample_store
+    parts = [e.encoded for e in store.events("e1")]
+    n = len(parts)
+    variants = []
+    for i in range(n):
+        variants.append(parts[:i] + parts[i + 1 :])
+        variants.append([*parts[:i], parts[i], *parts[i:]])
+        for j in range(i + 1, n):
+            swapped = list(parts)
+            swapped[i], swapped[j] = swapped[j], swapped[i]
+            variants.append(swapped)
+    for parts_variant in variants:
+        with pytest.raises((DecodeError, IntegrityError)):
+            _core.VersionStore().load("e1", _core.frame_history(parts_variant), hashes)
+
+
+def test_verify_and_inclusion_proofs(sample_store) -> None:
+    store, hashes = sample_store
+    report = store.verify("e1")
+    assert (report.execution_id, report.versions, report.head_hash) == (
+        "e1",
+        len(SAMPLE),
+        hashes[-32:],
+    )
+    head = hashes[-32:]
+    for v in range(1, len(SAMPLE) + 1):
+        proof = store.inclusion_proof("e1", v)
+        assert proof.version == v
+        assert proof.head_version == len(SAMPLE)
+        assert proof.event.kind == SAMPLE[v - 1][0]
+        assert _core.verify_proof(proof, head)
+        raw = proof.to_bytes()
+        again = _core.InclusionProof.from_bytes(raw)
+        assert _core.verify_proof(again, head)
+        assert not _core.verify_proof(proof, hashes[:32] if v != 1 or len(SAMPLE) > 1 else b"")
+        for i in range(0, len(raw), 7):
+            bad = bytearray(raw)
+            bad[i] ^= 0x10
+            try:
+                tampered = _core.InclusionProof.from_bytes(bytes(bad))
+            except DecodeError:
+                continue
+            assert not _core.verify_proof(tampered, head)
+    with pytest.raises(TxOutOfRangeError):
+        store.inclusion_proof("e1", 0)
+
+
+def test_snapshot_restore_is_identical(sample_store) -> None:
+    store, hashes = sample_store
+    for k in range(1, len(SAMPLE) + 1):
+        partial = _core.VersionStore()
+        append_all(partial, "e1", SAMPLE[:k])
+        snap = partial.snapshot("e1")
+        restored = _core.VersionStore()
+        restored.load("e1", history_of(SAMPLE[k:]), hashes[32 * k :], snapshot=snap)
+        assert restored.head("e1") == store.head("e1")
+        assert restored.state("e1").to_json().replace(b'"tx":', b"").split(b"tx")[0] is not None
+        a, b = restored.state("e1").to_dict(), store.state("e1").to_dict()
+        a.pop("tx"), b.pop("tx")
+        assert a == b
+        assert restored.state("e1").root_hash == store.state("e1").root_hash
+        assert restored.verify("e1").head_hash == hashes[-32:]
+        with pytest.raises(TxOutOfRangeError):
+            restored.state_at_version("e1", k - 1)
+        bad = bytearray(snap)
+        bad[len(bad) // 2] ^= 1
+        with pytest.raises(DecodeError, match="checksum"):
+            _core.VersionStore().load("e1", b"", snapshot=bytes(bad))
+        with pytest.raises(IntegrityError):
+            _core.VersionStore().load("other-id", b"", snapshot=snap)
+
+
+@settings(max_examples=40, deadline=None)
+@given(candidates)
+def test_replay_equals_live_and_reads_are_folds(cands) -> None:
+    events = valid_events(cands)
+    store = _core.VersionStore(snapshot_every=4, snapshot_retention=0)
+    hashes = append_all(store, "p", events)
+    history = store.encoded_history("p")
+    live = store.state("p").to_dict()
+    replayed = _core.replay("p", history).to_dict()
+    live.pop("tx"), replayed.pop("tx")
+    assert live == replayed
+    verified = _core.replay_verified("p", history, hashes)
+    assert verified.root_hash == store.state("p").root_hash
+    for info in store.history("p"):
+        prefix = history_of(events[: info.version])
+        expected = _core.replay("p", prefix)
+        at_version = store.state_at_version("p", info.version)
+        at_tx = store.state_at_tx("p", info.tx)
+        assert at_version.to_json() == at_tx.to_json()
+        assert at_tx.tx == info.tx
+        got = at_tx.to_dict()
+        want = expected.to_dict()
+        got.pop("tx"), want.pop("tx")
+        assert got == want
+        assert at_version.root_hash == info.state_root
+
+
+def test_concurrent_readers_see_whole_versions() -> None:
+    store = _core.VersionStore()
+    store.append("c", 0, *START)
+    total = 400
+    stop = threading.Event()
+    problems: list[str] = []
+
+    def reader() -> None:
+        while not stop.is_set():
+            state = store.state("c")
+            version, head = store.head("c")
+            d = state.to_dict()
+            if len(d["signals"].get("s", [])) != d["version"] - 1:
+                problems.append(f"torn state at version {d['version']}")
+            if version < d["version"]:
+                problems.append("head behind a state read before it")
+            infos = store.history("c")
+            if infos and len(infos) >= version and infos[version - 1].hash != head:
+                problems.append("head hash not the stored node")
+
+    threads = [threading.Thread(target=reader) for _ in range(3)]
+    for t in threads:
+        t.start()
+
+    def signal(v: int) -> tuple[str, str, int, bytes, int]:
+        return ("signal_received", "", 0, orjson.dumps({"name": "s", "payload": v}), v)
+
+    try:
+        v = 1
+        while v < total:
+            if v % 50 == 0:
+                store.append_batch("c", v, [signal(v), signal(v + 1)])
+                v += 2
+            else:
+                store.append("c", v, *signal(v))
+                v += 1
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert problems == []
+    assert store.version("c") == total
+    store.verify("c")
+
+
+def test_concurrent_writers_conflict_instead_of_interleaving() -> None:
+    store = _core.VersionStore()
+    store.append("w", 0, *START)
+    wins: list[int] = []
+    conflicts: list[int] = []
+    barrier = threading.Barrier(4)
+
+    def writer(n: int) -> None:
+        barrier.wait()
+        for _ in range(50):
+            v = store.version("w")
+            try:
+                store.append(
+                    "w", v, "signal_received", "", 0, orjson.dumps({"name": "s", "payload": n}), 1
+                )
+                wins.append(n)
+            except ConflictError as exc:
+                assert exc.actual != exc.expected
+                conflicts.append(n)
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert store.version("w") == 1 + len(wins)
+    assert len(wins) + len(conflicts) == 200
+    txs = [i.tx for i in store.history("w")]
+    assert txs == sorted(set(txs))
+    store.verify("w")
+
+
+def test_evict_and_listing(sample_store) -> None:
+    store, _ = sample_store
+    store.append("b", 0, *START)
+    assert store.execution_ids() == ["b", "e1"]
+    assert "b" in store
+    store.evict("b")
+    assert not store.contains("b")
+    assert store.version("b") == 0
+    assert store.head("b") == (0, b"\x00" * 32)
+    events = store.events("e1", 8)
+    assert [e.kind for e in events] == ["step_completed", "workflow_completed"]
+    assert store.encoded_history("e1", 8) == history_of(SAMPLE[8:])
+    assert struct.unpack_from("<I", store.encoded_history("e1", 9))[0] == len(events[1].encoded)
