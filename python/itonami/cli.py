@@ -38,7 +38,7 @@ import orjson
 from .activities import ActivityRegistry
 from .dsl import WorkflowIR
 from .engine import WorkflowEngine
-from .errors import IntegrityError, ItonamiError, WorkflowFailedError
+from .errors import CorruptStorageError, IntegrityError, ItonamiError, WorkflowFailedError
 from .storage import ExecutionRecord, Storage, StoredEvent, default_storage_url, open_storage
 from .storage.base import AppendRequest
 
@@ -538,12 +538,12 @@ async def _cmd_history(args: argparse.Namespace) -> int:
 
 
 async def _cmd_verify(args: argparse.Namespace) -> int:
-    async with _engine(storage_url(args.db)) as engine:
-        try:
+    try:
+        async with _engine(storage_url(args.db)) as engine:
             report = await engine.verify(args.execution_id)
-        except IntegrityError as e:
-            print(f"itonami: {args.execution_id}: chain does NOT verify: {e}", file=sys.stderr)
-            return EXIT_FAILED
+    except (IntegrityError, CorruptStorageError) as e:
+        print(f"itonami: {args.execution_id} does NOT verify: {e}", file=sys.stderr)
+        return EXIT_FAILED
     print(f"ok: {report.execution_id}: {report.versions} versions, head {report.head_hash.hex()}")
     return EXIT_OK
 
