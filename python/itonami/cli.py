@@ -39,8 +39,7 @@ from .activities import ActivityRegistry
 from .dsl import WorkflowIR
 from .engine import WorkflowEngine
 from .errors import CorruptStorageError, IntegrityError, ItonamiError, WorkflowFailedError
-from .storage import ExecutionRecord, Storage, StoredEvent, default_storage_url, open_storage
-from .storage.base import AppendRequest
+from .storage import ExecutionRecord, default_storage_url, open_storage
 
 __all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_RUNNING", "EXIT_USAGE", "main"]
 
@@ -167,82 +166,6 @@ def load_definition(
     return WorkflowIR.from_jsonnet(path, ext_vars=ext_vars, tla=tla)
 
 
-# ------------------------------------------------------------------ scoped storage
-
-
-class ScopedStorage(Storage):
-    """A storage that reports only ``scope`` as unfinished, so that an engine
-    started on it resumes those executions and no others. Everything else is
-    passed through to ``inner``."""
-
-    def __init__(self, inner: Storage, scope: Iterable[str] = ()) -> None:
-        super().__init__(inner.url)
-        self.inner = inner
-        self.scope = set(scope)
-
-    async def open(self) -> None:
-        await self.inner.open()
-
-    async def close(self) -> None:
-        await self.inner.close()
-
-    async def append(self, req: AppendRequest) -> None:
-        await self.inner.append(req)
-
-    async def read_events(self, execution_id: str, from_version: int = 0) -> list[StoredEvent]:
-        return await self.inner.read_events(execution_id, from_version)
-
-    async def save_snapshot(self, execution_id: str, version: int, data: bytes) -> None:
-        await self.inner.save_snapshot(execution_id, version, data)
-
-    async def load_snapshot(self, execution_id: str) -> tuple[int, bytes] | None:
-        return await self.inner.load_snapshot(execution_id)
-
-    async def prune_snapshots(self, execution_id: str, keep: int) -> int:
-        return await self.inner.prune_snapshots(execution_id, keep)
-
-    async def get_execution(self, execution_id: str) -> ExecutionRecord | None:
-        return await self.inner.get_execution(execution_id)
-
-    async def list_executions(
-        self,
-        *,
-        status: str | Sequence[str] | None = None,
-        workflow_id: str | None = None,
-        limit: int = 1000,
-        offset: int = 0,
-    ) -> list[ExecutionRecord]:
-        return await self.inner.list_executions(
-            status=status, workflow_id=workflow_id, limit=limit, offset=offset
-        )
-
-    async def unfinished_executions(self) -> list[str]:
-        return [e for e in await self.inner.unfinished_executions() if e in self.scope]
-
-    async def due_timers(self, now: int) -> list[tuple[str, str, int]]:
-        return await self.inner.due_timers(now)
-
-    async def all_timers(self) -> list[tuple[str, str, int]]:
-        return await self.inner.all_timers()
-
-    async def put_definition(
-        self, workflow_id: str, version: str, content_hash: str, document: bytes
-    ) -> None:
-        await self.inner.put_definition(workflow_id, version, content_hash, document)
-
-    async def get_definition(self, workflow_id: str, version: str | None = None) -> bytes | None:
-        return await self.inner.get_definition(workflow_id, version)
-
-    async def get_definition_by_hash(self, content_hash: str) -> bytes | None:
-        return await self.inner.get_definition_by_hash(content_hash)
-
-    async def max_tx(self) -> int:
-        return await self.inner.max_tx()
-
-    async def integrity_check(self) -> list[str]:
-        return await self.inner.integrity_check()
-
-
 async def plan_resume(
     url: str, roots: Iterable[str], registry: ActivityRegistry
 ) -> tuple[set[str], list[WorkflowIR]]:
@@ -300,7 +223,9 @@ def _engine(
     workflows: Iterable[WorkflowIR] = (),
     resume: Iterable[str] = (),
 ) -> WorkflowEngine:
-    builder = WorkflowEngine.builder().with_storage(ScopedStorage(open_storage(url), resume))
+    # Resume only what this command is about: other executions in the store
+    # belong to other programs, with activities this process does not have.
+    builder = WorkflowEngine.builder().with_storage(url).with_recovery(only=resume)
     if registry is not None:
         builder = builder.with_activities(registry)
     return builder.with_workflows(_unique(workflows)).build()

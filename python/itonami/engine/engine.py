@@ -96,6 +96,7 @@ class WorkflowEngineBuilder:
         self._max_payload = 4 * 1024 * 1024
         self._seed: int | None = None
         self._park = True
+        self._recover: bool | frozenset[str] = True
         self._storage_options: dict[str, Any] = {}
 
     def with_storage(self, storage: str | Storage, **options: Any) -> WorkflowEngineBuilder:
@@ -132,6 +133,14 @@ class WorkflowEngineBuilder:
         self._max_payload = nbytes
         return self
 
+    def with_recovery(
+        self, enabled: bool = True, *, only: Iterable[str] | None = None
+    ) -> WorkflowEngineBuilder:
+        """Whether ``start`` resumes the store's unfinished executions (default
+        all; ``only`` limits it to those ids, as a tool inspecting one does)."""
+        self._recover = False if not enabled else (True if only is None else frozenset(only))
+        return self
+
     def with_parking(self, enabled: bool = True) -> WorkflowEngineBuilder:
         """Whether executions idle on a signal wait leave memory (default on)."""
         self._park = enabled
@@ -159,6 +168,7 @@ class WorkflowEngineBuilder:
             max_payload_bytes=self._max_payload,
             seed=self._seed,
             park_idle=self._park,
+            recover=self._recover,
         )
 
     def build_sync(self) -> Any:
@@ -187,6 +197,7 @@ class WorkflowEngine:
         max_payload_bytes: int = 4 * 1024 * 1024,
         seed: int | None = None,
         park_idle: bool = True,
+        recover: bool | frozenset[str] = True,
     ) -> None:
         self.storage = storage
         self.activities = activities
@@ -213,6 +224,7 @@ class WorkflowEngine:
         self._wakeups: dict[str, asyncio.Future[None]] = {}
         self._resuming: dict[str, asyncio.Future[None]] = {}
         self.park_idle = park_idle
+        self._recover_scope = recover
 
     @staticmethod
     def builder() -> WorkflowEngineBuilder:
@@ -266,8 +278,11 @@ class WorkflowEngine:
         resumes first finds its resuming children.
         """
         runs: list[Run] = []
+        scope = self._recover_scope
+        if scope is False:
+            return
         for eid in await self.storage.unfinished_executions():
-            if eid in self._runs:
+            if eid in self._runs or (scope is not True and eid not in scope):
                 continue
             try:
                 runs.append(await self._revive(eid, in_thread=False))
