@@ -8,17 +8,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from engine_helpers import Harness
+from engine_helpers import Harness, drop_schema
 
 PG_URL = os.environ.get("ITONAMI_TEST_POSTGRES_URL", "")
-
-
-def _drop_schema(schema: str) -> None:
-    import psycopg
-    from psycopg import sql
-
-    with psycopg.connect(PG_URL, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
 
 
 @pytest.fixture(params=["memory", "sqlite", "postgres"])
@@ -39,4 +31,4 @@ async def h(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Har
     finally:
         await harness.close()
         if schema is not None:
-            _drop_schema(schema)
+            drop_schema(schema)

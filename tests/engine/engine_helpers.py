@@ -96,3 +96,15 @@ class Harness:
                     await self.check_replay()
             finally:
                 await self._engine.close()
+
+
+def drop_schema(schema: str) -> None:
+    """Drop a PostgreSQL test schema (``ITONAMI_TEST_POSTGRES_URL``) and its tables."""
+    import os
+
+    import psycopg
+    from psycopg import sql
+
+    url = os.environ["ITONAMI_TEST_POSTGRES_URL"]
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))

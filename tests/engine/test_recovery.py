@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from engine_helpers import Harness, act, eventually, wf
+from engine_helpers import Harness, act, drop_schema, eventually, wf
 
 from itonami import NonRetryableError, WorkflowFailedError
 
@@ -109,9 +109,7 @@ async def r(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Res
         if rs.current is not None:
             await rs.current.close()
         if schema is not None:
-            from conftest import _drop_schema
-
-            _drop_schema(schema)
+            drop_schema(schema)
 
 
 def s(name: str, **extra: Any) -> dict[str, Any]:
