@@ -315,3 +315,24 @@ async def test_storage_outage_is_survived_and_the_run_resumes() -> None:
         assert interrupted == ["AttemptInterrupted"]
     finally:
         await h.close()
+
+
+async def test_signal_right_after_restart_is_not_lost(r: Restartable) -> None:
+    """The resumed run may still be walking back to its wait (and about to
+    park) when the signal arrives: the signal must wake it all the same."""
+    h = r.new()
+    ir = wf(
+        {
+            "op": "seq",
+            "strategies": [
+                s("before"),
+                {"op": "wait", "id": "w", "condition": {"type": "signal", "signal_name": "go"}},
+                s("after"),
+            ],
+        }
+    )
+    eid = await h.engine.start_workflow(ir, {})
+    await eventually(lambda: eid in h.engine._parked, "parked")
+    h = await r.restart()
+    await h.engine.signal(eid, "go", None)  # no yield between start and signal
+    assert await h.engine.wait_for_completion(eid, timeout=10) == {"name": "after", "n": 1}

@@ -458,9 +458,21 @@ class WorkflowEngine:
 
     def _park(self, run: Run) -> None:
         """The run waits for a signal: keep its id, drop everything else."""
-        self._parked.add(run.execution_id)
+        eid = run.execution_id
+        self._parked.add(eid)
         if self.storage.durable:
-            self._forget(run.execution_id)
+            self._forget(eid)
+        if any(run.signal_buffer.values()):
+            # A signal came in while the run was unwinding to park: resume.
+            self._resuming[eid] = asyncio.ensure_future(self._resume_parked(eid))
+
+    async def _resume_parked(self, execution_id: str) -> None:
+        try:
+            run = await self._unpark(execution_id)
+            if run is not None:
+                self._launch(run)
+        finally:
+            self._resuming.pop(execution_id, None)
 
     async def _unpark(self, execution_id: str) -> Run | None:
         """Bring a parked execution back as a live run (not yet launched)."""

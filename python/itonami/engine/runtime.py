@@ -757,6 +757,8 @@ class Run:
                 return payload
             if self._parkable(node):
                 await self.flush()
+                if self.signal_buffer.get(name):
+                    continue  # it arrived while the wait was being committed
                 raise Parked(node.path)
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self.signal_waiters.setdefault(name, []).append(fut)
@@ -778,14 +780,19 @@ class Run:
         )
 
     async def deliver_signal(self, name: str, payload: Any) -> None:
-        """Record a signal durably, then wake a wait on it (if any)."""
-        await self.emit("signal_received", "", 0, {"name": name, "payload": payload})
+        """Record a signal, wake a wait on it (if any); durable on return.
+
+        The signal is buffered before the first await, so a wait that is
+        about to park sees it.
+        """
+        self.append_local("signal_received", "", 0, {"name": name, "payload": payload})
         self.signal_buffer.setdefault(name, deque()).append(payload)
         self.latest_signals[name] = payload
         for fut in self.signal_waiters.get(name, []):
             if not fut.done():
                 fut.set_result(None)
                 break
+        await self.flush()
 
     async def _next_event(self, node: WaitNode, scope: Scope) -> Any:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
