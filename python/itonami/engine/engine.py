@@ -263,11 +263,11 @@ class WorkflowEngine:
         self._closed = True
         for fut in list(self._resuming.values()):
             fut.cancel()
-        runs = [r for r in self._runs.values() if r.task is not None]
-        for r in runs:
-            r.task.cancel()  # type: ignore[union-attr]
-        if runs:
-            await asyncio.gather(*(r.task for r in runs), return_exceptions=True)  # type: ignore[misc]
+        tasks = [r.task for r in self._runs.values() if r.task is not None]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
         if self._started:
             await self.storage.close()
 

@@ -614,8 +614,8 @@ class Run:
 
     async def _record_cancelled(
         self,
-        leftover: Iterable[asyncio.Future[Any]],
-        tasks: dict[asyncio.Future[Any], int],
+        leftover: Iterable[asyncio.Task[Any]],
+        tasks: dict[asyncio.Task[Any], int],
         jobs: list[tuple[Node, Scope]],
         reason: str,
     ) -> None:

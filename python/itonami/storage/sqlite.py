@@ -146,9 +146,14 @@ def _settle(fut: asyncio.Future[Any], result: Any, exc: BaseException | None) ->
         fut.set_result(result)
 
 
+_SQLITE_CORRUPT = 11
+_SQLITE_NOTADB = 26
+
+
 def _is_corruption(exc: sqlite3.Error) -> bool:
     code = getattr(exc, "sqlite_errorcode", None)
-    if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+    # The named constants exist from Python 3.11; the codes are SQLite's own.
+    if code in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
         return True
     msg = str(exc).lower()
     return "malformed" in msg or "not a database" in msg
