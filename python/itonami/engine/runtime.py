@@ -226,9 +226,12 @@ class Run:
             fut = self._flushing
             if fut is None:
                 fut = self._submit()
-                if fut.done():  # the memory backend commits on the spot
-                    self._committed(fut)
-                    continue
+            if fut.done():
+                # Resolved, but its done-callback may still be queued (the
+                # memory backend commits on the spot; SQLite resolves from its
+                # thread): apply it here, or this loop would never yield.
+                self._committed(fut)
+                continue
             await asyncio.shield(fut)
         if upto is None and self._broken is not None:
             raise self._broken
@@ -288,10 +291,10 @@ class Run:
             return
         data = self.engine.core.snapshot(self.execution_id)
         version = self.durable_version
+        self._last_snapshot = version  # before any await: concurrent flushers skip it
         hit("snapshot.during")
         await self.engine.storage.save_snapshot(self.execution_id, version, data)
         await self.engine.storage.prune_snapshots(self.execution_id, self.engine.snapshot_retention)
-        self._last_snapshot = version
         # Recorded in the history too; rides with the next commit.
         self.append_local("snapshot_taken", "", 0, {"version": version})
 
