@@ -169,3 +169,38 @@ def test_memory_per_version(benchmark) -> None:
 
     per_version, event_bytes = benchmark.pedantic(measure, rounds=1, iterations=1)
     print(f"\nmemory: ~{per_version:.0f} bytes/version (event itself {event_bytes:.0f} bytes)")
+
+
+def test_memory_per_small_execution(benchmark) -> None:
+    """Resident memory of many idle executions of two small events each
+    (workflow_started with a 64-char definition hash, then wait_started)."""
+    import gc
+    import os
+
+    page = os.sysconf("SC_PAGE_SIZE")
+
+    def rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * page
+
+    count = 10_000
+    started = orjson.dumps(
+        {"workflow_id": "wf", "workflow_version": "1", "definition_hash": "d" * 64, "inputs": {}}
+    )
+    ids = [f"exec-{i:08d}" for i in range(count)]
+
+    def measure() -> float:
+        store = _core.VersionStore()
+        gc.collect()
+        before = rss()
+        for eid in ids:
+            store.append(eid, 0, "workflow_started", "", 0, started, 1)
+            store.append(eid, 1, "wait_started", "0", 0, b'{"kind":"signal","name":"go"}', 2)
+        gc.collect()
+        after = rss()
+        assert len(store.execution_ids()) == count
+        return (after - before) / count
+
+    per_execution = benchmark.pedantic(measure, rounds=1, iterations=1)
+    benchmark.extra_info["bytes_per_execution"] = round(per_execution)
+    print(f"\nmemory: ~{per_execution:.0f} bytes per small idle execution")

@@ -608,6 +608,9 @@ class Run:
                 t.cancel()
             if leftover:
                 await asyncio.gather(*leftover, return_exceptions=True)
+            for t in tasks:  # finished after the decision: their outcome is moot
+                if t.done() and not t.cancelled():
+                    t.exception()
         if ok < need:
             await self._record_cancelled(leftover, tasks, jobs, "sibling failed")
             assert first_error is not None

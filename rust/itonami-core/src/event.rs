@@ -5,7 +5,7 @@
 
 use std::fmt;
 
-use serde_json::value::RawValue;
+use crate::canon::is_canonical_object;
 
 /// The only encoding format version this crate writes and reads.
 pub const FORMAT_VERSION: u8 = 1;
@@ -165,43 +165,49 @@ impl fmt::Display for DecodeError {
 impl std::error::Error for DecodeError {}
 
 /// One event. `data` holds the canonical JSON text of an object.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Event {
     pub kind: EventKind,
     pub timestamp: i64,
     pub step: String,
     pub attempt: u32,
-    pub data: Box<RawValue>,
+    pub data: Box<str>,
 }
 
-impl PartialEq for Event {
-    fn eq(&self, other: &Self) -> bool {
-        self.kind == other.kind
-            && self.timestamp == other.timestamp
-            && self.step == other.step
-            && self.attempt == other.attempt
-            && self.data.get() == other.data.get()
-    }
+/// A decoded event that borrows its step and payload from the encoded bytes:
+/// what the reducer folds, without allocating.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EventRef<'a> {
+    pub kind: EventKind,
+    pub timestamp: i64,
+    pub step: &'a str,
+    pub attempt: u32,
+    /// Canonical JSON text of an object.
+    pub data: &'a str,
 }
-
-impl Eq for Event {}
 
 /// Canonical JSON of `bytes`: keys sorted by byte order, no whitespace,
 /// serde_json number formatting. The value must be a JSON object.
-pub fn canonicalize(bytes: &[u8]) -> Result<Box<RawValue>, DecodeError> {
+pub fn canonicalize(bytes: &[u8]) -> Result<Box<str>, DecodeError> {
+    if is_canonical_object(bytes) {
+        // Checked above: valid UTF-8 JSON already in canonical form.
+        if let Ok(text) = std::str::from_utf8(bytes) {
+            return Ok(text.into());
+        }
+    }
     let value: serde_json::Value = serde_json::from_slice(bytes)
         .map_err(|e| DecodeError::msg(format!("event data is not valid JSON: {e}")))?;
     if !value.is_object() {
         return Err(DecodeError::msg("event data must be a JSON object"));
     }
-    canonical_raw(&value)
+    canonical_text(&value)
 }
 
 /// Canonical text of an already-parsed JSON value.
-pub fn canonical_raw(value: &serde_json::Value) -> Result<Box<RawValue>, DecodeError> {
-    let text = serde_json::to_string(value)
-        .map_err(|e| DecodeError::msg(format!("cannot serialise JSON: {e}")))?;
-    RawValue::from_string(text).map_err(|e| DecodeError::msg(format!("cannot serialise JSON: {e}")))
+pub fn canonical_text(value: &serde_json::Value) -> Result<Box<str>, DecodeError> {
+    serde_json::to_string(value)
+        .map(String::into_boxed_str)
+        .map_err(|e| DecodeError::msg(format!("cannot serialise JSON: {e}")))
 }
 
 impl Event {
@@ -224,12 +230,23 @@ impl Event {
 
     /// Bytes of the canonical payload.
     pub fn data_bytes(&self) -> &[u8] {
-        self.data.get().as_bytes()
+        self.data.as_bytes()
+    }
+
+    /// The borrowed view the reducer folds.
+    pub fn view(&self) -> EventRef<'_> {
+        EventRef {
+            kind: self.kind,
+            timestamp: self.timestamp,
+            step: &self.step,
+            attempt: self.attempt,
+            data: &self.data,
+        }
     }
 
     /// Length of the canonical encoding.
     pub fn encoded_len(&self) -> usize {
-        FIXED_HEADER + self.step.len() + 4 + self.data.get().len()
+        FIXED_HEADER + self.step.len() + 4 + self.data.len()
     }
 
     /// Appends the canonical encoding to `out`.
@@ -239,7 +256,7 @@ impl Event {
     pub fn encode_into(&self, out: &mut Vec<u8>) -> Result<(), DecodeError> {
         let step_len = u32::try_from(self.step.len())
             .map_err(|_| DecodeError::msg("step path longer than 4 GiB"))?;
-        let data = self.data.get().as_bytes();
+        let data = self.data.as_bytes();
         let data_len = u32::try_from(data.len())
             .map_err(|_| DecodeError::msg("event data longer than 4 GiB"))?;
         out.reserve(self.encoded_len());
@@ -265,6 +282,41 @@ impl Event {
     /// `bytes` in the surrounding input and `index` the event's position, both
     /// only used to locate errors.
     pub fn decode(bytes: &[u8], base: usize, index: usize) -> Result<Self, DecodeError> {
+        EventRef::decode(bytes, base, index).map(|e| e.to_event())
+    }
+}
+
+impl<'a> EventRef<'a> {
+    /// An owned copy.
+    pub fn to_event(&self) -> Event {
+        Event {
+            kind: self.kind,
+            timestamp: self.timestamp,
+            step: self.step.to_owned(),
+            attempt: self.attempt,
+            data: self.data.into(),
+        }
+    }
+
+    /// Decodes exactly one encoded event, borrowing from `bytes` (see
+    /// [`Event::decode`]). The payload must be canonical JSON.
+    pub fn decode(bytes: &'a [u8], base: usize, index: usize) -> Result<Self, DecodeError> {
+        Self::decode_with(bytes, base, index, true)
+    }
+
+    /// Decodes an event this process encoded and stored itself: the payload's
+    /// canonical form was checked when it was built, so only the framing is
+    /// checked here (the reducer still parses the payload).
+    pub fn decode_trusted(bytes: &'a [u8], base: usize, index: usize) -> Result<Self, DecodeError> {
+        Self::decode_with(bytes, base, index, false)
+    }
+
+    fn decode_with(
+        bytes: &'a [u8],
+        base: usize,
+        index: usize,
+        check_json: bool,
+    ) -> Result<Self, DecodeError> {
         let mut r = Reader {
             bytes,
             pos: 0,
@@ -284,30 +336,40 @@ impl Event {
         let step_at = r.pos;
         let step_bytes = r.take(step_len, "step")?;
         let step = std::str::from_utf8(step_bytes)
-            .map_err(|e| r.err_abs(step_at + e.valid_up_to(), "step is not valid UTF-8"))?
-            .to_owned();
+            .map_err(|e| r.err_abs(step_at + e.valid_up_to(), "step is not valid UTF-8"))?;
         let data_len = r.u32("data length")? as usize;
         let data_at = r.pos;
         let data_bytes = r.take(data_len, "data")?;
         if r.pos != bytes.len() {
             return Err(r.err_abs(r.pos, "trailing bytes after event"));
         }
-        let value: serde_json::Value = serde_json::from_slice(data_bytes)
-            .map_err(|e| r.err_abs(data_at, format!("event data is not valid JSON: {e}")))?;
-        if !value.is_object() {
-            return Err(r.err_abs(data_at, "event data must be a JSON object"));
-        }
-        let canonical = canonical_raw(&value).map_err(|e| r.err_abs(data_at, e.message))?;
-        if canonical.get().as_bytes() != data_bytes {
-            return Err(r.err_abs(data_at, "event data is not canonical JSON"));
-        }
-        Ok(Event {
+        let canonical = !check_json || is_canonical_object(data_bytes);
+        let data = match std::str::from_utf8(data_bytes) {
+            Ok(text) if canonical => text,
+            // The slow path only decides which error to report.
+            _ => return Err(Self::data_error(data_bytes, data_at, &r)),
+        };
+        Ok(EventRef {
             kind,
             timestamp,
             step,
             attempt,
-            data: canonical,
+            data,
         })
+    }
+
+    fn data_error(data_bytes: &[u8], data_at: usize, r: &Reader<'_>) -> DecodeError {
+        let value: serde_json::Value = match serde_json::from_slice(data_bytes) {
+            Ok(v) => v,
+            Err(e) => return r.err_abs(data_at, format!("event data is not valid JSON: {e}")),
+        };
+        if !value.is_object() {
+            return r.err_abs(data_at, "event data must be a JSON object");
+        }
+        match canonical_text(&value) {
+            Err(e) => r.err_abs(data_at, e.message),
+            Ok(_) => r.err_abs(data_at, "event data is not canonical JSON"),
+        }
     }
 }
 

@@ -4,6 +4,7 @@
 //!
 //! The contract with the Python engine is `docs/core-contract.md`.
 
+pub mod canon;
 pub mod event;
 pub mod merkle;
 pub mod proof;
@@ -11,7 +12,7 @@ pub mod snapshot;
 pub mod state;
 pub mod store;
 
-pub use event::{decode_history, encode_history, DecodeError, Event, EventKind};
+pub use event::{decode_history, encode_history, DecodeError, Event, EventKind, EventRef};
 pub use merkle::{Hash, MerkleTree};
 pub use proof::InclusionProof;
 pub use state::{apply, ExecutionState, HashedState, ReduceError, Status, StepStatus};

@@ -17,13 +17,21 @@ pub fn leaf_hash(content: &[u8]) -> Hash {
     *h.finalize().as_bytes()
 }
 
+/// The hash of a leaf whose content is `prefixed[1..]`; `prefixed[0]` must
+/// be the leaf tag `0x00` (one contiguous input hashes faster).
+pub fn leaf_hash_prefixed(prefixed: &[u8]) -> Hash {
+    debug_assert_eq!(prefixed.first(), Some(&0x00));
+    *blake3::hash(prefixed).as_bytes()
+}
+
 /// The hash of an internal node.
+#[inline]
 pub fn node_hash(left: &Hash, right: &Hash) -> Hash {
-    let mut h = blake3::Hasher::new();
-    h.update(&[0x01]);
-    h.update(left);
-    h.update(right);
-    *h.finalize().as_bytes()
+    let mut buf = [0u8; 65];
+    buf[0] = 0x01;
+    buf[1..33].copy_from_slice(left);
+    buf[33..].copy_from_slice(right);
+    *blake3::hash(&buf).as_bytes()
 }
 
 /// A Merkle tree whose perfect subtrees are cached level by level:
@@ -101,6 +109,74 @@ impl MerkleTree {
         true
     }
 
+    /// Applies `(index, leaf)` updates sorted by index, re-hashing each
+    /// internal node on their paths once (paths share their upper nodes).
+    /// Indices at or beyond the end append (gaps get the empty leaf).
+    pub fn put_sorted(&mut self, updates: &[(u32, Hash)]) {
+        let len = self.len();
+        let split = updates.partition_point(|u| (u.0 as usize) < len);
+        let (sets, appends) = updates.split_at(split);
+        if !sets.is_empty() {
+            let mut dirty: [usize; 16] = [0; 16];
+            let mut n = 0usize;
+            let mut overflow: Vec<usize> = Vec::new();
+            for &(i, leaf) in sets {
+                let i = i as usize;
+                self.levels[0][i] = leaf;
+                if n < dirty.len() {
+                    dirty[n] = i;
+                    n += 1;
+                } else {
+                    overflow.push(i);
+                }
+            }
+            if overflow.is_empty() {
+                self.rehash_paths(&mut dirty[..n]);
+            } else {
+                overflow.extend_from_slice(&dirty[..n]);
+                overflow.sort_unstable();
+                self.rehash_paths(&mut overflow);
+            }
+        }
+        for &(i, leaf) in appends {
+            self.put(i as usize, leaf);
+        }
+    }
+
+    /// Re-hashes the parents of the sorted leaf indices in `dirty`, level by level.
+    fn rehash_paths(&mut self, dirty: &mut [usize]) {
+        let mut n = dirty.len();
+        for h in 1..self.levels.len() {
+            let mut m = 0usize;
+            for k in 0..n {
+                let parent = dirty[k] >> 1;
+                if m > 0 && dirty[m - 1] == parent {
+                    continue;
+                }
+                let (lower, upper) = self.levels.split_at_mut(h);
+                let below = &lower[h - 1];
+                if 2 * parent + 1 >= below.len() {
+                    continue;
+                }
+                upper[0][parent] = node_hash(&below[2 * parent], &below[2 * parent + 1]);
+                dirty[m] = parent;
+                m += 1;
+            }
+            n = m;
+            if n == 0 {
+                break;
+            }
+        }
+    }
+
+    /// Releases spare capacity.
+    pub fn shrink_to_fit(&mut self) {
+        for level in &mut self.levels {
+            level.shrink_to_fit();
+        }
+        self.levels.shrink_to_fit();
+    }
+
     /// Sets leaf `index`, appending it when `index == len()`. Leaves beyond
     /// the end are filled with the hash of the empty leaf.
     pub fn put(&mut self, index: usize, leaf: Hash) {
@@ -118,26 +194,20 @@ impl MerkleTree {
     /// the leaf count, largest first. The empty tree hashes the empty string.
     pub fn root(&self) -> Hash {
         let n = self.len();
-        if n == 0 {
-            return *blake3::hash(b"").as_bytes();
-        }
-        let mut parts: Vec<Hash> = Vec::with_capacity(usize::BITS as usize);
-        let mut start = 0usize;
-        for h in (0..self.levels.len()).rev() {
-            let size = 1usize << h;
-            if n & size != 0 {
-                parts.push(self.levels[h][start >> h]);
-                start += size;
+        // Smallest (rightmost) perfect subtree first: the subtree of size
+        // 2^h starts where the bits of `n` above `h` end.
+        let mut acc: Option<Hash> = None;
+        for h in 0..self.levels.len() {
+            if n & (1usize << h) == 0 {
+                continue;
             }
+            let part = self.levels[h][(n >> (h + 1)) << 1];
+            acc = Some(match acc {
+                None => part,
+                Some(right) => node_hash(&part, &right),
+            });
         }
-        let mut acc = match parts.pop() {
-            Some(last) => last,
-            None => return *blake3::hash(b"").as_bytes(),
-        };
-        while let Some(left) = parts.pop() {
-            acc = node_hash(&left, &acc);
-        }
-        acc
+        acc.unwrap_or_else(|| *blake3::hash(b"").as_bytes())
     }
 }
 
@@ -189,5 +259,46 @@ mod tests {
             assert_eq!(tree.root(), root_of(&leaves));
         }
         assert!(!tree.set(37, leaf(0)));
+    }
+
+    #[test]
+    fn batched_updates_match_reference() {
+        for size in 1..40u32 {
+            let mut leaves: Vec<Hash> = (0..size).map(leaf).collect();
+            let mut tree = MerkleTree::from_leaves(leaves.clone());
+            for round in 0..size {
+                // A few sets (some sharing paths) and up to two appends.
+                let mut updates: Vec<(u32, Hash)> = Vec::new();
+                for i in [0, round / 2, round, round + 1] {
+                    if (i as usize) < leaves.len() && updates.iter().all(|u| u.0 != i) {
+                        updates.push((i, leaf(5000 + 7 * round + i)));
+                    }
+                }
+                let n = leaves.len() as u32;
+                updates.push((n, leaf(9000 + round)));
+                if round % 3 == 0 {
+                    updates.push((n + 1, leaf(9500 + round)));
+                }
+                updates.sort_unstable_by_key(|u| u.0);
+                for &(i, h) in &updates {
+                    if (i as usize) < leaves.len() {
+                        leaves[i as usize] = h;
+                    } else {
+                        leaves.push(h);
+                    }
+                }
+                tree.put_sorted(&updates);
+                assert_eq!(tree.root(), root_of(&leaves), "size {size} round {round}");
+            }
+        }
+        // Many dirty leaves at once (more than the inline buffer).
+        let mut leaves: Vec<Hash> = (0..100).map(leaf).collect();
+        let mut tree = MerkleTree::from_leaves(leaves.clone());
+        let updates: Vec<(u32, Hash)> = (0..40).map(|i| (i * 2, leaf(7000 + i))).collect();
+        for &(i, h) in &updates {
+            leaves[i as usize] = h;
+        }
+        tree.put_sorted(&updates);
+        assert_eq!(tree.root(), root_of(&leaves));
     }
 }

@@ -12,13 +12,15 @@
 //! Restoring rebuilds the maps in slot order, so the restored state, its
 //! Merkle tree, its JSON and every later hash equal those of a full replay.
 
+use std::sync::Arc;
+
 use indexmap::IndexMap;
 use serde::Deserialize;
 
 use crate::event::DecodeError;
 use crate::merkle::Hash;
 use crate::state::{
-    Category, Compensation, ExecutionState, Json, SignalQueue, Slotted, Status, StepState,
+    Category, Compensation, ExecutionState, Json, Key, SignalQueue, Slotted, Status, StepState,
 };
 
 const MAGIC: &[u8; 8] = b"ITNSNAP\0";
@@ -73,7 +75,7 @@ pub fn encode(state: &ExecutionState, head: &Hash, root: &Hash) -> Result<Vec<u8
                 Category::Signal => state.signals.get_index(i)?.0,
                 Category::Compensation => state.compensations.get_index(i)?.0,
             };
-            Some((cat as u8, key.as_str()))
+            Some((cat as u8, &**key))
         })
         .collect();
     let order = serde_json::to_vec(&order)
@@ -215,15 +217,19 @@ fn rebuild(mut r: StateRepr, order: Vec<(u8, String)>) -> Result<ExecutionState,
             Category::Step => {
                 let mut step = r.steps.swap_remove(&key).ok_or_else(missing)?;
                 step.slot = slot;
-                s.steps.insert(key, step).is_none()
+                s.steps.insert(Key::from(key), Arc::new(step)).is_none()
             }
             Category::Timer => {
                 let value = r.timers.swap_remove(&key);
-                s.timers.insert(key, Slotted { value, slot }).is_none()
+                s.timers
+                    .insert(Key::from(key), Slotted { value, slot })
+                    .is_none()
             }
             Category::Wait => {
                 let value = r.waits.swap_remove(&key);
-                s.waits.insert(key, Slotted { value, slot }).is_none()
+                s.waits
+                    .insert(Key::from(key), Slotted { value, slot })
+                    .is_none()
             }
             Category::Signal => {
                 let payloads = r.signals.swap_remove(&key).ok_or_else(missing)?;
@@ -236,12 +242,12 @@ fn rebuild(mut r: StateRepr, order: Vec<(u8, String)>) -> Result<ExecutionState,
                     queue.push(payload);
                 }
                 queue.cursor = cursor;
-                s.signals.insert(key, queue).is_none()
+                s.signals.insert(Key::from(key), queue).is_none()
             }
             Category::Compensation => {
                 let mut comp = r.compensations.swap_remove(&key).ok_or_else(missing)?;
                 comp.slot = slot;
-                s.compensations.insert(key, comp).is_none()
+                s.compensations.insert(Key::from(key), comp).is_none()
             }
         };
         if !fresh {

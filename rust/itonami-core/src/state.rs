@@ -18,11 +18,15 @@ use serde::ser::{SerializeMap, SerializeStruct};
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::value::RawValue;
 
-use crate::event::{Event, EventKind};
-use crate::merkle::{leaf_hash, Hash, MerkleTree};
+use crate::event::{Event, EventKind, EventRef};
+use crate::merkle::{leaf_hash_prefixed, Hash, MerkleTree};
 
 /// Raw canonical JSON.
 pub type Json = Box<RawValue>;
+
+/// A key of the state's maps (step path, signal name, ...). Shared, so
+/// copying a state for a snapshot or a reader copies no key bytes.
+pub type Key = Arc<str>;
 
 /// Workflow status.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -242,11 +246,13 @@ pub struct ExecutionState {
     pub status: Status,
     pub outputs: Option<Json>,
     pub error: Option<Json>,
-    pub steps: IndexMap<String, StepState>,
-    pub timers: IndexMap<String, Slotted<i64>>,
-    pub waits: IndexMap<String, Slotted<Json>>,
-    pub signals: IndexMap<String, SignalQueue>,
-    pub compensations: IndexMap<String, Compensation>,
+    /// Step records are shared between versions (snapshots, readers) and
+    /// copied only when an event changes them.
+    pub steps: IndexMap<Key, Arc<StepState>>,
+    pub timers: IndexMap<Key, Slotted<i64>>,
+    pub waits: IndexMap<Key, Slotted<Json>>,
+    pub signals: IndexMap<Key, SignalQueue>,
+    pub compensations: IndexMap<Key, Compensation>,
     /// Number of Merkle slots handed out (slot 0 is the header).
     pub(crate) next_slot: u32,
     /// Hash of the header fields fixed by `workflow_started`.
@@ -278,7 +284,79 @@ impl fmt::Display for ReduceError {
 impl std::error::Error for ReduceError {}
 
 /// Entries of the state changed by one event, as `(category, map index)`.
-pub type Touched = Vec<(Category, usize)>;
+///
+/// An event touches at most a handful of entries, so they are kept inline.
+#[derive(Clone, Debug)]
+pub struct Touched {
+    inline: [(Category, usize); 6],
+    len: usize,
+    more: Vec<(Category, usize)>,
+}
+
+impl Default for Touched {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Touched {
+    /// No entries.
+    pub fn new() -> Self {
+        Touched {
+            inline: [(Category::Header, 0); 6],
+            len: 0,
+            more: Vec::new(),
+        }
+    }
+
+    /// Records one entry.
+    pub fn push(&mut self, entry: (Category, usize)) {
+        if self.len < self.inline.len() {
+            self.inline[self.len] = entry;
+            self.len += 1;
+        } else {
+            self.more.push(entry);
+        }
+    }
+
+    /// Number of entries recorded.
+    pub fn len(&self) -> usize {
+        self.len + self.more.len()
+    }
+
+    /// Whether nothing was recorded.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The entries, in the order recorded.
+    pub fn iter(&self) -> impl Iterator<Item = &(Category, usize)> {
+        self.inline[..self.len].iter().chain(self.more.iter())
+    }
+}
+
+thread_local! {
+    /// Scratch buffer of leaf contents, so hashing a leaf allocates nothing.
+    static LEAF_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Hashes the leaf whose content `fill` writes (after the `0x00` leaf tag).
+fn hash_leaf_with(fill: impl FnOnce(&mut Vec<u8>)) -> Hash {
+    let run = |buf: &mut Vec<u8>| {
+        buf.clear();
+        buf.push(0x00);
+        fill(buf);
+        let hash = leaf_hash_prefixed(buf);
+        if buf.capacity() > 1 << 16 {
+            *buf = Vec::new();
+        }
+        hash
+    };
+    LEAF_BUF.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => run(&mut buf),
+        Err(_) => run(&mut Vec::new()),
+    })
+}
 
 fn raw(value: &RawValue) -> Json {
     value.to_owned()
@@ -432,8 +510,33 @@ impl ExecutionState {
         }
     }
 
+    /// Releases the spare capacity of every map holding at most `small`
+    /// entries (idle executions are many and mostly small).
+    pub fn compact(&mut self, small: usize) {
+        if self.steps.len() <= small {
+            self.steps.shrink_to_fit();
+        }
+        if self.timers.len() <= small {
+            self.timers.shrink_to_fit();
+        }
+        if self.waits.len() <= small {
+            self.waits.shrink_to_fit();
+        }
+        if self.signals.len() <= small {
+            self.signals.shrink_to_fit();
+        }
+        if self.compensations.len() <= small {
+            self.compensations.shrink_to_fit();
+        }
+    }
+
     /// Applies one event (see [`apply`]).
     pub fn apply(&mut self, event: &Event) -> Result<(), ReduceError> {
+        self.apply_ref(event.view())
+    }
+
+    /// Applies one borrowed event (see [`apply`]).
+    pub fn apply_ref(&mut self, event: EventRef<'_>) -> Result<(), ReduceError> {
         let mut touched = Touched::new();
         self.apply_tracked(event, &mut touched)
     }
@@ -442,12 +545,12 @@ impl ExecutionState {
     /// always changes and is not listed).
     pub fn apply_tracked(
         &mut self,
-        event: &Event,
+        event: EventRef<'_>,
         touched: &mut Touched,
     ) -> Result<(), ReduceError> {
         let reject = |message: String| ReduceError {
             kind: event.kind,
-            step: event.step.clone(),
+            step: event.step.to_owned(),
             message,
         };
         let kind = event.kind;
@@ -481,7 +584,7 @@ impl ExecutionState {
                 ));
             }
         } else {
-            check_path(&event.step).map_err(reject)?;
+            check_path(event.step).map_err(reject)?;
         }
         self.reduce(event, touched).map_err(reject)?;
         self.version += 1;
@@ -489,8 +592,8 @@ impl ExecutionState {
         Ok(())
     }
 
-    fn parse<'a, T: Deserialize<'a>>(event: &'a Event) -> Result<T, String> {
-        serde_json::from_str(event.data.get())
+    fn parse<'a, T: Deserialize<'a>>(event: EventRef<'a>) -> Result<T, String> {
+        serde_json::from_str(event.data)
             .map_err(|e| format!("invalid data for {}: {e}", event.kind))
     }
 
@@ -507,7 +610,7 @@ impl ExecutionState {
             None => {
                 let slot = self.alloc_slot();
                 self.steps
-                    .insert_full(path.to_owned(), StepState::new(status, slot))
+                    .insert_full(Key::from(path), Arc::new(StepState::new(status, slot)))
                     .0
             }
         };
@@ -520,7 +623,7 @@ impl ExecutionState {
             Some(s) if s.status.is_terminal() => {
                 Err(format!("step is already {}", s.status.name()))
             }
-            other => Ok(other),
+            other => Ok(other.map(|s| &**s)),
         }
     }
 
@@ -549,9 +652,9 @@ impl ExecutionState {
         }
     }
 
-    fn reduce(&mut self, ev: &Event, touched: &mut Touched) -> Result<(), String> {
+    fn reduce(&mut self, ev: EventRef<'_>, touched: &mut Touched) -> Result<(), String> {
         use StepStatus as S;
-        let path = ev.step.as_str();
+        let path = ev.step;
         let ts = ev.timestamp;
         match ev.kind {
             EventKind::WorkflowStarted => {
@@ -608,7 +711,7 @@ impl ExecutionState {
                     }
                 }
                 let i = self.step_entry(path, S::Scheduled, touched);
-                let step = &mut self.steps[i];
+                let step = Arc::make_mut(&mut self.steps[i]);
                 step.status = S::Scheduled;
                 step.attempts = ev.attempt;
                 step.activity = Some(d.activity);
@@ -625,14 +728,14 @@ impl ExecutionState {
                     ));
                 }
                 let i = self.step_entry(path, S::Running, touched);
-                self.steps[i].status = S::Running;
+                Arc::make_mut(&mut self.steps[i]).status = S::Running;
             }
             EventKind::ActivityCompleted => {
                 let d: ResultData = Self::parse(ev)?;
                 self.expect_step(path, &[S::Scheduled, S::Running])?;
                 let version = self.version + 1;
                 let i = self.step_entry(path, S::Completed, touched);
-                let step = &mut self.steps[i];
+                let step = Arc::make_mut(&mut self.steps[i]);
                 step.status = S::Completed;
                 step.result = opt_raw(d.result);
                 step.completed_at = Some(ts);
@@ -643,7 +746,7 @@ impl ExecutionState {
                 self.expect_step(path, &[S::Scheduled, S::Running, S::Retrying])?;
                 let version = self.version + 1;
                 let i = self.step_entry(path, S::Failed, touched);
-                let step = &mut self.steps[i];
+                let step = Arc::make_mut(&mut self.steps[i]);
                 step.status = S::Failed;
                 step.error = opt_raw(d.error);
                 step.completed_at = Some(ts);
@@ -653,7 +756,7 @@ impl ExecutionState {
                 let d: Retry = Self::parse(ev)?;
                 self.expect_step(path, &[S::Scheduled, S::Running])?;
                 let i = self.step_entry(path, S::Retrying, touched);
-                let step = &mut self.steps[i];
+                let step = Arc::make_mut(&mut self.steps[i]);
                 step.status = S::Retrying;
                 step.error = opt_raw(d.error);
                 step.retry_at = Some(d.retry_at);
@@ -670,7 +773,7 @@ impl ExecutionState {
                     |b| Some(raw(b)),
                 );
                 let i = self.step_entry(path, S::Running, touched);
-                let step = &mut self.steps[i];
+                let step = Arc::make_mut(&mut self.steps[i]);
                 step.branch = branch;
                 step.started_at.get_or_insert(ts);
             }
@@ -686,7 +789,7 @@ impl ExecutionState {
                     None => {
                         let slot = self.alloc_slot();
                         let entry = Slotted { value: None, slot };
-                        self.timers.insert_full(path.to_owned(), entry).0
+                        self.timers.insert_full(Key::from(path), entry).0
                     }
                 };
                 self.timers[index].value = Some(d.fire_at);
@@ -710,11 +813,13 @@ impl ExecutionState {
                         |p| Ok(raw(p)),
                     )
                     .map_err(|e| e.to_string())?;
-                let index = match self.signals.get_index_of(&d.name) {
+                let index = match self.signals.get_index_of(d.name.as_str()) {
                     Some(i) => i,
                     None => {
                         let slot = self.alloc_slot();
-                        self.signals.insert_full(d.name, SignalQueue::new(slot)).0
+                        self.signals
+                            .insert_full(Key::from(d.name), SignalQueue::new(slot))
+                            .0
                     }
                 };
                 self.signals[index].push(payload);
@@ -729,6 +834,7 @@ impl ExecutionState {
             }
             EventKind::WaitStarted => {
                 let d: WaitData = Self::parse(ev)?;
+                let wait_data: &RawValue = Self::parse(ev)?;
                 if !matches!(d.kind.as_str(), "signal" | "event" | "timer") {
                     return Err(format!(
                         "wait kind must be signal, event or timer, not {:?}",
@@ -744,13 +850,13 @@ impl ExecutionState {
                     None => {
                         let slot = self.alloc_slot();
                         let entry = Slotted { value: None, slot };
-                        self.waits.insert_full(path.to_owned(), entry).0
+                        self.waits.insert_full(Key::from(path), entry).0
                     }
                 };
-                self.waits[index].value = Some(ev.data.clone());
+                self.waits[index].value = Some(raw(wait_data));
                 touched.push((Category::Wait, index));
                 let i = self.step_entry(path, S::Waiting, touched);
-                let step = &mut self.steps[i];
+                let step = Arc::make_mut(&mut self.steps[i]);
                 step.status = S::Waiting;
                 step.started_at.get_or_insert(ts);
             }
@@ -762,7 +868,7 @@ impl ExecutionState {
                     }
                 }
                 let i = self.step_entry(path, S::Running, touched);
-                let step = &mut self.steps[i];
+                let step = Arc::make_mut(&mut self.steps[i]);
                 step.status = S::Running;
                 step.child_execution_id = Some(d.child_execution_id);
                 step.started_at.get_or_insert(ts);
@@ -778,7 +884,7 @@ impl ExecutionState {
                 }
                 let version = self.version + 1;
                 let i = self.step_entry(path, S::Running, touched);
-                let step = &mut self.steps[i];
+                let step = Arc::make_mut(&mut self.steps[i]);
                 if ev.kind == EventKind::ChildWorkflowCompleted {
                     step.status = S::Completed;
                     step.result = opt_raw(d.outputs);
@@ -801,26 +907,26 @@ impl ExecutionState {
                     compensated: Vec::new(),
                     slot,
                 };
-                let i = self.compensations.insert_full(path.to_owned(), comp).0;
+                let i = self.compensations.insert_full(Key::from(path), comp).0;
                 touched.push((Category::Compensation, i));
             }
             EventKind::CompensationStepCompleted => {
                 let d: CompStep = Self::parse(ev)?;
                 let saga_running = self
                     .compensations
-                    .get(&d.saga)
+                    .get(d.saga.as_str())
                     .is_some_and(|c| c.status == CompensationStatus::Running);
                 if !saga_running {
                     return Err(format!("saga {:?} is not compensating", d.saga));
                 }
                 self.expect_step(path, &[S::Completed])?;
-                let Some((ci, _, comp)) = self.compensations.get_full_mut(&d.saga) else {
+                let Some((ci, _, comp)) = self.compensations.get_full_mut(d.saga.as_str()) else {
                     return Err(format!("saga {:?} is not compensating", d.saga));
                 };
                 comp.compensated.push(path.to_owned());
                 touched.push((Category::Compensation, ci));
                 let i = self.step_entry(path, S::Compensated, touched);
-                let step = &mut self.steps[i];
+                let step = Arc::make_mut(&mut self.steps[i]);
                 step.status = S::Compensated;
                 if !is_null(d.result) {
                     step.result = opt_raw(d.result);
@@ -860,7 +966,7 @@ impl ExecutionState {
                     return Err("step already started".into());
                 }
                 let i = self.step_entry(path, S::Running, touched);
-                self.steps[i].started_at = Some(ts);
+                Arc::make_mut(&mut self.steps[i]).started_at = Some(ts);
             }
             EventKind::StepCompleted => {
                 let d: StepDone = Self::parse(ev)?;
@@ -868,14 +974,14 @@ impl ExecutionState {
                 if let Some(name) = &d.consume_signal {
                     let available = self
                         .signals
-                        .get(name)
+                        .get(name.as_str())
                         .is_some_and(|q| q.cursor < q.payloads.len() as u64);
                     if !available {
                         return Err(format!("no unconsumed signal {name:?} to consume"));
                     }
                 }
                 if let Some(name) = &d.consume_signal {
-                    if let Some((si, _, q)) = self.signals.get_full_mut(name) {
+                    if let Some((si, _, q)) = self.signals.get_full_mut(name.as_str()) {
                         q.cursor += 1;
                         touched.push((Category::Signal, si));
                     }
@@ -883,7 +989,7 @@ impl ExecutionState {
                 self.close_wait(path, touched);
                 let version = self.version + 1;
                 let i = self.step_entry(path, S::Completed, touched);
-                let step = &mut self.steps[i];
+                let step = Arc::make_mut(&mut self.steps[i]);
                 step.status = S::Completed;
                 step.result = opt_raw(d.output);
                 step.completed_at = Some(ts);
@@ -908,7 +1014,7 @@ impl ExecutionState {
                     S::Cancelled
                 };
                 let i = self.step_entry(path, status, touched);
-                let step = &mut self.steps[i];
+                let step = Arc::make_mut(&mut self.steps[i]);
                 step.status = status;
                 step.error = error;
                 step.completed_at = Some(ts);
@@ -947,30 +1053,30 @@ impl ExecutionState {
 
     /// The leaf hash of the header entry (slot 0).
     pub fn header_leaf(&self) -> Hash {
-        let mut h = blake3::Hasher::new();
-        h.update(&[0x00, Category::Header as u8]);
-        h.update(&self.header_static);
-        h.update(&[self.status as u8]);
-        h.update(&self.version.to_le_bytes());
-        h.update(&self.updated_at.unwrap_or(i64::MIN).to_le_bytes());
-        for part in [&self.outputs, &self.error] {
-            let text = part.as_ref().map_or(NULL_JSON, |j| j.get());
-            h.update(&(text.len() as u64).to_le_bytes());
-            h.update(text.as_bytes());
-        }
-        *h.finalize().as_bytes()
+        hash_leaf_with(|buf| {
+            buf.push(Category::Header as u8);
+            buf.extend_from_slice(&self.header_static);
+            buf.push(self.status as u8);
+            buf.extend_from_slice(&self.version.to_le_bytes());
+            buf.extend_from_slice(&self.updated_at.unwrap_or(i64::MIN).to_le_bytes());
+            for part in [&self.outputs, &self.error] {
+                let text = part.as_ref().map_or(NULL_JSON, |j| j.get());
+                buf.extend_from_slice(&(text.len() as u64).to_le_bytes());
+                buf.extend_from_slice(text.as_bytes());
+            }
+        })
     }
 
     /// `(slot, leaf hash)` of the entry at `index` of `category`.
     pub fn entry_leaf(&self, category: Category, index: usize) -> Option<(u32, Hash)> {
         fn leaf<T: Serialize + ?Sized>(category: Category, key: &str, value: &T) -> Hash {
-            let mut content = Vec::with_capacity(64);
-            content.push(category as u8);
-            content.extend_from_slice(&(key.len() as u64).to_le_bytes());
-            content.extend_from_slice(key.as_bytes());
-            // Serialising the state's own types into a Vec cannot fail.
-            let _ = serde_json::to_writer(&mut content, value);
-            leaf_hash(&content)
+            hash_leaf_with(|content| {
+                content.push(category as u8);
+                content.extend_from_slice(&(key.len() as u64).to_le_bytes());
+                content.extend_from_slice(key.as_bytes());
+                // Serialising the state's own types into a Vec cannot fail.
+                let _ = serde_json::to_writer(&mut *content, value);
+            })
         }
         Some(match category {
             Category::Header => (0, self.header_leaf()),
@@ -988,14 +1094,15 @@ impl ExecutionState {
             }
             Category::Signal => {
                 let (k, v) = self.signals.get_index(index)?;
-                let mut content = Vec::with_capacity(k.len() + 64);
-                content.push(category as u8);
-                content.extend_from_slice(&(k.len() as u64).to_le_bytes());
-                content.extend_from_slice(k.as_bytes());
-                content.extend_from_slice(&v.chain);
-                content.extend_from_slice(&(v.payloads.len() as u64).to_le_bytes());
-                content.extend_from_slice(&v.cursor.to_le_bytes());
-                (v.slot, leaf_hash(&content))
+                let hash = hash_leaf_with(|content| {
+                    content.push(category as u8);
+                    content.extend_from_slice(&(k.len() as u64).to_le_bytes());
+                    content.extend_from_slice(k.as_bytes());
+                    content.extend_from_slice(&v.chain);
+                    content.extend_from_slice(&(v.payloads.len() as u64).to_le_bytes());
+                    content.extend_from_slice(&v.cursor.to_le_bytes());
+                });
+                (v.slot, hash)
             }
             Category::Compensation => {
                 let (k, v) = self.compensations.get_index(index)?;
@@ -1096,7 +1203,7 @@ fn check_path(path: &str) -> Result<(), String> {
     Ok(())
 }
 
-struct LiveTimers<'a>(&'a IndexMap<String, Slotted<i64>>);
+struct LiveTimers<'a>(&'a IndexMap<Key, Slotted<i64>>);
 
 impl Serialize for LiveTimers<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -1110,7 +1217,7 @@ impl Serialize for LiveTimers<'_> {
     }
 }
 
-struct LiveWaits<'a>(&'a IndexMap<String, Slotted<Json>>);
+struct LiveWaits<'a>(&'a IndexMap<Key, Slotted<Json>>);
 
 impl Serialize for LiveWaits<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -1124,7 +1231,7 @@ impl Serialize for LiveWaits<'_> {
     }
 }
 
-struct SignalPayloads<'a>(&'a IndexMap<String, SignalQueue>);
+struct SignalPayloads<'a>(&'a IndexMap<Key, SignalQueue>);
 
 impl Serialize for SignalPayloads<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -1132,7 +1239,7 @@ impl Serialize for SignalPayloads<'_> {
     }
 }
 
-struct SignalCursors<'a>(&'a IndexMap<String, SignalQueue>);
+struct SignalCursors<'a>(&'a IndexMap<Key, SignalQueue>);
 
 impl Serialize for SignalCursors<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -1174,7 +1281,6 @@ impl Serialize for ExecutionState {
 pub struct HashedState {
     pub state: Arc<ExecutionState>,
     pub tree: MerkleTree,
-    touched: Touched,
 }
 
 impl HashedState {
@@ -1186,29 +1292,55 @@ impl HashedState {
     /// Wraps a state, building its tree from scratch.
     pub fn from_state(state: Arc<ExecutionState>) -> Self {
         let tree = state.merkle_tree();
-        HashedState {
-            state,
-            tree,
-            touched: Touched::new(),
-        }
+        HashedState { state, tree }
     }
 
     /// Applies an event and returns the new state root. On error nothing changed.
     pub fn apply(&mut self, event: &Event) -> Result<Hash, ReduceError> {
-        self.touched.clear();
+        self.apply_ref(event.view())
+    }
+
+    /// Applies a borrowed event and returns the new state root; each changed
+    /// leaf and each internal node on their paths is hashed once.
+    pub fn apply_ref(&mut self, event: EventRef<'_>) -> Result<Hash, ReduceError> {
+        let mut touched = Touched::new();
         let state = Arc::make_mut(&mut self.state);
-        state.apply_tracked(event, &mut self.touched)?;
-        self.tree.put(0, state.header_leaf());
-        let mut updates: Vec<(u32, Hash)> = Vec::with_capacity(self.touched.len());
-        for &(cat, i) in &self.touched {
+        state.apply_tracked(event, &mut touched)?;
+        let mut inline: [(u32, Hash); 8] = [(0, [0u8; 32]); 8];
+        let mut n = 0usize;
+        let mut more: Vec<(u32, Hash)> = Vec::new();
+        let mut add = |update: (u32, Hash)| {
+            if n < inline.len() {
+                inline[n] = update;
+                n += 1;
+            } else {
+                more.push(update);
+            }
+        };
+        add((0, state.header_leaf()));
+        for &(cat, i) in touched.iter() {
             if let Some(update) = state.entry_leaf(cat, i) {
-                updates.push(update);
+                add(update);
             }
         }
+        let updates: &mut [(u32, Hash)] = if more.is_empty() {
+            &mut inline[..n]
+        } else {
+            more.extend_from_slice(&inline[..n]);
+            &mut more
+        };
         updates.sort_unstable_by_key(|u| u.0);
-        for (slot, leaf) in updates {
-            self.tree.put(slot as usize, leaf);
+        // An entry touched twice by one event: keep one update per slot.
+        let mut m = 0usize;
+        for k in 0..updates.len() {
+            if m > 0 && updates[m - 1].0 == updates[k].0 {
+                updates[m - 1] = updates[k];
+            } else {
+                updates[m] = updates[k];
+                m += 1;
+            }
         }
+        self.tree.put_sorted(&updates[..m]);
         Ok(self.tree.root())
     }
 

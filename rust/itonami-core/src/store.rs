@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use parking_lot::RwLock;
 
-use crate::event::{frame_into, frames, DecodeError, Event, EventKind};
+use crate::event::{frame_into, frames, DecodeError, Event, EventKind, EventRef};
 use crate::merkle::Hash;
 use crate::proof::InclusionProof;
 use crate::snapshot;
@@ -32,13 +32,14 @@ pub const NODE_DOMAIN: &[u8] = b"itonami/node/1";
 
 /// `node(v) = blake3("itonami/node/1" || u64_le(v) || node(v-1) || state_root(v) || blake3(event(v)))`.
 pub fn node_hash(version: u64, prev: &Hash, state_root: &Hash, event_hash: &Hash) -> Hash {
-    let mut h = blake3::Hasher::new();
-    h.update(NODE_DOMAIN);
-    h.update(&version.to_le_bytes());
-    h.update(prev);
-    h.update(state_root);
-    h.update(event_hash);
-    *h.finalize().as_bytes()
+    const D: usize = NODE_DOMAIN.len();
+    let mut buf = [0u8; D + 8 + 96];
+    buf[..D].copy_from_slice(NODE_DOMAIN);
+    buf[D..D + 8].copy_from_slice(&version.to_le_bytes());
+    buf[D + 8..D + 40].copy_from_slice(prev);
+    buf[D + 40..D + 72].copy_from_slice(state_root);
+    buf[D + 72..].copy_from_slice(event_hash);
+    *blake3::hash(&buf).as_bytes()
 }
 
 /// Lowercase hex of a hash.
@@ -160,8 +161,6 @@ pub struct VersionInfo {
 #[derive(Clone, Copy, Debug)]
 struct Meta {
     tx: u64,
-    timestamp: i64,
-    kind: EventKind,
     node: Hash,
     root: Hash,
 }
@@ -191,7 +190,8 @@ struct Execution {
     base_version: u64,
     base_tx: u64,
     base_node: Hash,
-    base_state: Arc<ExecutionState>,
+    /// `None` while the base is the empty state (not kept in memory then).
+    base_state: Option<Arc<ExecutionState>>,
     /// Encoded events after the base, back to back; `offsets[i]..offsets[i+1]`.
     events: Vec<u8>,
     offsets: Vec<usize>,
@@ -207,7 +207,7 @@ impl Execution {
             base_version: 0,
             base_tx: 0,
             base_node: [0u8; 32],
-            base_state: Arc::clone(&current.state),
+            base_state: None,
             events: Vec::new(),
             offsets: vec![0],
             meta: Vec::new(),
@@ -218,6 +218,49 @@ impl Execution {
 
     fn version(&self) -> u64 {
         self.base_version + self.meta.len() as u64
+    }
+
+    /// The state at `base_version`.
+    fn base(&self) -> Arc<ExecutionState> {
+        match &self.base_state {
+            Some(state) => Arc::clone(state),
+            None => Arc::new(ExecutionState::new(
+                self.current.state.execution_id.as_str(),
+            )),
+        }
+    }
+
+    /// Kind and timestamp of the stored event at index `i`, read from its
+    /// encoding (format byte, `u16` kind, `i64` timestamp).
+    fn kind_and_time(&self, i: usize) -> (EventKind, i64) {
+        let bytes = self.event_bytes(i);
+        let kind = bytes
+            .get(1..3)
+            .and_then(|b| EventKind::from_code(u16::from_le_bytes([b[0], b[1]])))
+            .unwrap_or(EventKind::SnapshotTaken);
+        let mut ts = [0u8; 8];
+        if let Some(b) = bytes.get(3..11) {
+            ts.copy_from_slice(b);
+        }
+        (kind, i64::from_le_bytes(ts))
+    }
+
+    /// Releases spare capacity while the execution is small: idle executions
+    /// are the common case and should cost little memory. Larger ones keep
+    /// amortised growth.
+    fn compact(&mut self) {
+        const SMALL: usize = 16;
+        if self.meta.len() <= SMALL {
+            self.events.shrink_to_fit();
+            self.offsets.shrink_to_fit();
+            self.meta.shrink_to_fit();
+        }
+        if self.current.tree.len() <= SMALL {
+            self.current.tree.shrink_to_fit();
+        }
+        if let Some(state) = Arc::get_mut(&mut self.current.state) {
+            state.compact(SMALL);
+        }
     }
 
     fn head(&self) -> Hash {
@@ -259,7 +302,7 @@ impl Execution {
     fn rebuild_current(&mut self, id: &str) -> Result<(), StoreError> {
         let version = self.version();
         let state = if version == self.base_version {
-            Arc::clone(&self.base_state)
+            self.base()
         } else {
             let mut state = self.fold_from_snapshot(version)?;
             Arc::make_mut(&mut state).tx = self.meta.last().map_or(self.base_tx, |m| m.tx);
@@ -277,15 +320,18 @@ impl Execution {
             .iter()
             .rev()
             .find(|(v, _)| *v <= version && *v >= self.base_version)
-            .map_or((self.base_version, &self.base_state), |(v, s)| (*v, s));
+            .map_or_else(
+                || (self.base_version, self.base()),
+                |(v, s)| (*v, Arc::clone(s)),
+            );
         if from == version {
-            return Ok(Arc::clone(start));
+            return Ok(start);
         }
-        let mut state = ExecutionState::clone(start);
+        let mut state = Arc::try_unwrap(start).unwrap_or_else(|shared| (*shared).clone());
         for v in from..version {
             let i = (v - self.base_version) as usize;
-            let event = Event::decode(self.event_bytes(i), 0, v as usize)?;
-            state.apply(&event).map_err(|error| StoreError::Reduce {
+            let event = EventRef::decode_trusted(self.event_bytes(i), 0, v as usize)?;
+            state.apply_ref(event).map_err(|error| StoreError::Reduce {
                 index: v as usize,
                 error,
             })?;
@@ -318,10 +364,10 @@ impl Execution {
 fn chain(
     hs: &mut HashedState,
     prev: &Hash,
-    event: &Event,
+    event: EventRef<'_>,
     encoded: &[u8],
 ) -> Result<(Hash, Hash), ReduceError> {
-    let root = hs.apply(event)?;
+    let root = hs.apply_ref(event)?;
     let version = hs.state.version;
     let node = node_hash(version, prev, &root, blake3::hash(encoded).as_bytes());
     Ok((root, node))
@@ -340,8 +386,8 @@ fn chain_all(
 ) -> Result<Chained, StoreError> {
     let mut out = Vec::with_capacity(events.len());
     for (index, (event, bytes)) in events.iter().zip(encoded).enumerate() {
-        let (root, node) =
-            chain(hs, &prev, event, bytes).map_err(|error| StoreError::Reduce { index, error })?;
+        let (root, node) = chain(hs, &prev, event.view(), bytes)
+            .map_err(|error| StoreError::Reduce { index, error })?;
         let version = hs.state.version;
         // Taken here, not after the batch, so it holds exactly this version.
         let snap =
@@ -350,6 +396,68 @@ fn chain_all(
         prev = node;
     }
     Ok(out)
+}
+
+/// Chains shorter than twice this are verified on one thread.
+const PARALLEL_VERIFY_MIN: usize = 4096;
+/// Most threads one `verify` uses.
+const MAX_VERIFY_THREADS: usize = 8;
+
+fn integrity_error(id: &str, version: u64, what: impl fmt::Display) -> StoreError {
+    StoreError::Integrity {
+        execution_id: id.to_owned(),
+        version,
+        expected: None,
+        actual: None,
+        message: format!("execution {id:?}, version {version}: {what}"),
+    }
+}
+
+/// Verifies the stored versions at indices `a..b`; returns the state root
+/// and node hash after them.
+fn verify_range(ex: &Execution, id: &str, a: usize, b: usize) -> Result<(Hash, Hash), StoreError> {
+    let bad = |version: u64, expected: &Hash, actual: &Hash, what: &str| StoreError::Integrity {
+        execution_id: id.to_owned(),
+        version,
+        expected: Some(hex(expected)),
+        actual: Some(hex(actual)),
+        message: format!("execution {id:?}, version {version}: {what}"),
+    };
+    let (mut hs, mut prev) = if a == 0 {
+        (HashedState::from_state(ex.base()), ex.base_node)
+    } else {
+        let version = ex.base_version + a as u64;
+        let start = ex
+            .fold_from_snapshot(version)
+            .map_err(|e| integrity_error(id, version, e))?;
+        let hs = HashedState::from_state(start);
+        let stored = ex.meta[a - 1];
+        if hs.root() != stored.root {
+            return Err(bad(
+                version,
+                &stored.root,
+                &hs.root(),
+                "state root mismatch",
+            ));
+        }
+        (hs, stored.node)
+    };
+    for i in a..b {
+        let m = &ex.meta[i];
+        let version = ex.base_version + i as u64 + 1;
+        let bytes = ex.event_bytes(i);
+        let event = EventRef::decode(bytes, 0, i).map_err(|e| integrity_error(id, version, e))?;
+        let (root, node) =
+            chain(&mut hs, &prev, event, bytes).map_err(|e| integrity_error(id, version, e))?;
+        if root != m.root {
+            return Err(bad(version, &m.root, &root, "state root mismatch"));
+        }
+        if node != m.node {
+            return Err(bad(version, &m.node, &node, "node hash mismatch"));
+        }
+        prev = node;
+    }
+    Ok((hs.root(), prev))
 }
 
 /// The in-memory MVCC store.
@@ -423,7 +531,7 @@ impl VersionStore {
         events: &[Event],
     ) -> Result<Vec<Appended>, StoreError> {
         for event in events {
-            self.check_payload(event.data.get().len())?;
+            self.check_payload(event.data.len())?;
         }
         let existing = self.execs.read().get(id).cloned();
         if let Some(exec) = existing {
@@ -490,8 +598,6 @@ impl VersionStore {
         {
             let meta = Meta {
                 tx: first_tx + i as u64,
-                timestamp: event.timestamp,
-                kind: event.kind,
                 node,
                 root,
             };
@@ -509,6 +615,7 @@ impl VersionStore {
         if let Some(m) = ex.meta.last() {
             Arc::make_mut(&mut ex.current.state).tx = m.tx;
         }
+        ex.compact();
         Ok(out)
     }
 
@@ -589,7 +696,7 @@ impl VersionStore {
             ex.base_version = snap.version;
             ex.base_tx = snap.tx;
             ex.base_node = snap.head;
-            ex.base_state = state;
+            ex.base_state = Some(state);
             ex.current = hs;
         }
         let count = frames(history).count();
@@ -625,8 +732,8 @@ impl VersionStore {
         for (index, frame) in frames(history).enumerate() {
             let (offset, body) = frame?;
             let version = ex.base_version + index as u64 + 1;
-            let event = Event::decode(body, offset + 4, index)?;
-            let (root, node) = chain(&mut ex.current, &prev, &event, body)
+            let event = EventRef::decode(body, offset + 4, index)?;
+            let (root, node) = chain(&mut ex.current, &prev, event, body)
                 .map_err(|error| StoreError::Reduce { index, error })?;
             if let Some(h) = hashes {
                 let stored = h.get(index * 32..index * 32 + 32).unwrap_or(&[]);
@@ -655,13 +762,7 @@ impl VersionStore {
                 None => self.tx.fetch_add(1, Ordering::SeqCst) + 1,
             };
             last_tx = tx;
-            let meta = Meta {
-                tx,
-                timestamp: event.timestamp,
-                kind: event.kind,
-                node,
-                root,
-            };
+            let meta = Meta { tx, node, root };
             let every = self.config.snapshot_every;
             let version = ex.current.state.version;
             let snap = (every > 0 && version % every == 0).then(|| Arc::clone(&ex.current.state));
@@ -669,6 +770,7 @@ impl VersionStore {
             Arc::make_mut(&mut ex.current.state).tx = tx;
             prev = node;
         }
+        ex.compact();
         Ok(ex)
     }
 
@@ -736,8 +838,8 @@ impl VersionStore {
             .map(|(i, m)| VersionInfo {
                 version: ex.base_version + i as u64 + 1,
                 tx: m.tx,
-                timestamp: m.timestamp,
-                kind: m.kind,
+                timestamp: ex.kind_and_time(i).1,
+                kind: ex.kind_and_time(i).0,
                 hash: m.node,
                 state_root: m.root,
             })
@@ -795,57 +897,64 @@ impl VersionStore {
     }
 
     /// Recomputes every state root and node hash from the events.
+    ///
+    /// Long chains are split into ranges checked on separate threads. A range
+    /// after the first starts from the state folded (without hashing) from
+    /// the nearest in-memory snapshot, checks that state's root against the
+    /// stored root of the version before the range, and chains from that
+    /// version's stored node; the range before it checks that very root and
+    /// node, so every link is still recomputed from the events. The first
+    /// error in version order is reported, as a sequential check would.
     pub fn verify(&self, id: &str) -> Result<VerifyReport, StoreError> {
         let exec = self.get(id)?;
         let ex = exec.read();
-        let mut hs = HashedState::from_state(Arc::clone(&ex.base_state));
-        let mut prev = ex.base_node;
-        for (i, m) in ex.meta.iter().enumerate() {
-            let version = ex.base_version + i as u64 + 1;
-            let bad = |expected: &Hash, actual: &Hash, what: &str| StoreError::Integrity {
-                execution_id: id.to_owned(),
-                version,
-                expected: Some(hex(expected)),
-                actual: Some(hex(actual)),
-                message: format!("execution {id:?}, version {version}: {what}"),
-            };
-            let bytes = ex.event_bytes(i);
-            let event = Event::decode(bytes, 0, i).map_err(|e| StoreError::Integrity {
-                execution_id: id.to_owned(),
-                version,
-                expected: None,
-                actual: None,
-                message: format!("execution {id:?}, version {version}: {e}"),
-            })?;
-            let (root, node) =
-                chain(&mut hs, &prev, &event, bytes).map_err(|e| StoreError::Integrity {
-                    execution_id: id.to_owned(),
-                    version,
-                    expected: None,
-                    actual: None,
-                    message: format!("execution {id:?}, version {version}: {e}"),
-                })?;
-            if root != m.root {
-                return Err(bad(&m.root, &root, "state root mismatch"));
-            }
-            if node != m.node {
-                return Err(bad(&m.node, &node, "node hash mismatch"));
-            }
-            prev = node;
+        let ex: &Execution = &ex;
+        let n = ex.meta.len();
+        let threads = std::thread::available_parallelism().map_or(1, |p| p.get());
+        let parts = threads
+            .min(MAX_VERIFY_THREADS)
+            .min(n / PARALLEL_VERIFY_MIN)
+            .max(1);
+        let bounds: Vec<usize> = (0..=parts).map(|p| n * p / parts).collect();
+        let results: Vec<Result<(Hash, Hash), StoreError>> = if parts == 1 {
+            vec![verify_range(ex, id, 0, n)]
+        } else {
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = bounds
+                    .windows(2)
+                    .map(|w| {
+                        let (a, b) = (w[0], w[1]);
+                        scope.spawn(move || verify_range(ex, id, a, b))
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join().unwrap_or_else(|_| {
+                            Err(integrity_error(id, 0, "verification thread panicked"))
+                        })
+                    })
+                    .collect()
+            })
+        };
+        let mut last = (HashedState::from_state(ex.base()).root(), ex.base_node);
+        for result in results {
+            last = result?;
         }
-        if hs.root() != ex.current.root() {
+        let (root, head) = last;
+        if root != ex.current.root() {
             return Err(StoreError::Integrity {
                 execution_id: id.to_owned(),
                 version: ex.version(),
                 expected: Some(hex(&ex.current.root())),
-                actual: Some(hex(&hs.root())),
+                actual: Some(hex(&root)),
                 message: format!("execution {id:?}: current state differs from the replay"),
             });
         }
         Ok(VerifyReport {
             execution_id: id.to_owned(),
             versions: ex.version(),
-            head_hash: prev,
+            head_hash: head,
         })
     }
 
@@ -918,9 +1027,9 @@ pub fn replay(id: &str, history: &[u8]) -> Result<ExecutionState, StoreError> {
     let mut state = ExecutionState::new(id);
     for (index, frame) in frames(history).enumerate() {
         let (offset, body) = frame?;
-        let event = Event::decode(body, offset + 4, index)?;
+        let event = EventRef::decode(body, offset + 4, index)?;
         state
-            .apply(&event)
+            .apply_ref(event)
             .map_err(|error| StoreError::Reduce { index, error })?;
     }
     Ok(state)

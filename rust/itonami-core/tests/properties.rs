@@ -498,3 +498,115 @@ fn rejected_event_changes_nothing_and_conflicts_name_versions() {
         Err(StoreError::OutOfRange { .. })
     ));
 }
+
+/// A chain long enough to be verified on several threads (with and without
+/// in-memory snapshots) reports the same head as the store and as a
+/// fresh load of its history checks.
+#[test]
+fn long_chain_verifies_in_parallel_ranges() {
+    for every in [0u64, 1000] {
+        let store = VersionStore::new(StoreConfig {
+            snapshot_every: every,
+            snapshot_retention: 0,
+            ..StoreConfig::default()
+        });
+        let start = Event::new(
+            EventKind::WorkflowStarted,
+            "",
+            0,
+            br#"{"inputs":{},"workflow_id":"wf"}"#,
+            0,
+        )
+        .unwrap();
+        store.append(ID, 0, start).unwrap();
+        let n = 20_000u64;
+        let events: Vec<Event> = (1..n)
+            .map(|v| {
+                let path = format!("0/{}", ((v - 1) / 2) % 37);
+                if v % 2 == 1 {
+                    let data = format!(r#"{{"fire_at":{v}}}"#);
+                    Event::new(
+                        EventKind::TimerScheduled,
+                        path,
+                        0,
+                        data.as_bytes(),
+                        v as i64,
+                    )
+                } else {
+                    Event::new(EventKind::TimerFired, path, 0, b"{}", v as i64)
+                }
+                .unwrap()
+            })
+            .collect();
+        store.append_batch(ID, 1, &events).unwrap();
+        let report = store.verify(ID).unwrap();
+        assert_eq!(report.versions, n);
+        assert_eq!(report.head_hash, store.head(ID).1);
+        let hashes: Vec<u8> = store
+            .history(ID)
+            .unwrap()
+            .iter()
+            .flat_map(|i| i.hash)
+            .collect();
+        let history = store.encoded_history(ID, 0).unwrap();
+        let loaded = VersionStore::default();
+        loaded
+            .load(ID, &history, Some(&hashes), None, None)
+            .unwrap();
+        assert_eq!(loaded.verify(ID).unwrap().head_hash, report.head_hash);
+        // history() reads kind and timestamp back from the stored bytes.
+        let infos = store.history(ID).unwrap();
+        assert_eq!(infos[0].kind, EventKind::WorkflowStarted);
+        assert_eq!(infos[1].kind, EventKind::TimerScheduled);
+        assert_eq!(infos[2].kind, EventKind::TimerFired);
+        assert_eq!(infos[2].timestamp, 2);
+    }
+}
+
+/// In-memory snapshots share the records of steps that did not change since:
+/// a snapshot costs a pointer per step, not a copy of every step.
+#[test]
+fn snapshots_share_unchanged_step_records() {
+    let store = VersionStore::new(StoreConfig {
+        snapshot_every: 2,
+        snapshot_retention: 0,
+        ..StoreConfig::default()
+    });
+    let start = Event::new(
+        EventKind::WorkflowStarted,
+        "",
+        0,
+        br#"{"workflow_id":"wf"}"#,
+        0,
+    )
+    .unwrap();
+    store.append(ID, 0, start).unwrap();
+    let steps = 50u64;
+    for i in 0..steps {
+        let e = Event::new(EventKind::StepStarted, format!("0/{i}"), 0, b"{}", i as i64).unwrap();
+        store.append(ID, 1 + i, e).unwrap();
+    }
+    let head = store.state(ID).unwrap();
+    let old = store.state_at_version(ID, 10).unwrap();
+    assert_eq!(old.steps.len(), 9);
+    for (path, step) in &old.steps {
+        assert!(std::sync::Arc::ptr_eq(step, &head.steps[path]), "{path}");
+        assert!(std::sync::Arc::ptr_eq(
+            old.steps.get_key_value(path).unwrap().0,
+            head.steps.get_key_value(path).unwrap().0
+        ));
+    }
+    // A step changed after the snapshot is a separate record there.
+    let done = Event::new(EventKind::StepCompleted, "0/0", 0, br#"{"output":1}"#, 99).unwrap();
+    store.append(ID, 1 + steps, done).unwrap();
+    let head = store.state(ID).unwrap();
+    assert!(!std::sync::Arc::ptr_eq(
+        &old.steps["0/0"],
+        &head.steps["0/0"]
+    ));
+    assert_eq!(old.steps["0/0"].status, itonami_core::StepStatus::Running);
+    assert_eq!(
+        head.steps["0/0"].status,
+        itonami_core::StepStatus::Completed
+    );
+}

@@ -300,7 +300,7 @@ impl ExecutionState {
     /// Paths of the steps, in first-insertion order.
     #[getter]
     fn step_paths(&self) -> Vec<String> {
-        self.inner.steps.keys().cloned().collect()
+        self.inner.steps.keys().map(|k| k.to_string()).collect()
     }
     /// Status of the step at `path`, or None.
     fn step_status(&self, path: &str) -> Option<&'static str> {
@@ -398,7 +398,7 @@ impl Event {
             self.inner.step,
             self.inner.attempt,
             self.inner.timestamp,
-            self.inner.data.get()
+            self.inner.data
         )
     }
     fn __eq__(&self, other: &Bound<'_, PyAny>) -> bool {
