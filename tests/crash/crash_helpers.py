@@ -18,6 +18,7 @@ import asyncio
 import json
 import os
 import random
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -637,3 +638,34 @@ def run_torture(
         report.executions_checked += facts.verified
     report.wall_seconds = time.monotonic() - t0
     return report
+
+
+def restart_postgres() -> None:
+    """Crash-restart the test server (``pg_ctl restart -m immediate``: no clean
+    shutdown, WAL recovery on start)."""
+    cmd = [
+        str(Path(os.environ["ITONAMI_PG_BIN"]) / "pg_ctl"),
+        "-D",
+        str(Path(os.environ["ITONAMI_PG_DIR"]) / "data"),
+        "-m",
+        "immediate",
+        "-l",
+        str(Path(os.environ["ITONAMI_PG_DIR"]) / "server.log"),
+        "-w",
+        "-t",
+        "60",
+        "restart",
+    ]
+    if os.geteuid() == 0:
+        runuser = shutil.which("runuser")
+        assert runuser is not None, "restarting the server as root needs runuser"
+        cmd = [runuser, "-u", "postgres", "--", *cmd]
+    # No pipes: the restarted server would hold them open for good.
+    subprocess.run(
+        cmd,
+        check=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        timeout=90,
+    )

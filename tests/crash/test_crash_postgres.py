@@ -10,14 +10,12 @@ the ``postgres`` user. Without them the restart part is skipped.
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from crash_helpers import ENGINE_FAILPOINTS, Store, run_torture, torture_kills
+from crash_helpers import ENGINE_FAILPOINTS, Store, restart_postgres, run_torture, torture_kills
 
 pytestmark = [pytest.mark.crash, pytest.mark.postgres]
 
@@ -51,37 +49,6 @@ def pg_store() -> Iterator[Callable[[Path], Store]]:
     with psycopg.connect(PG_URL, autocommit=True) as conn:
         for schema in schemas:
             conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
-
-
-def restart_postgres() -> None:
-    """Crash-restart the test server (``pg_ctl restart -m immediate``: no clean
-    shutdown, WAL recovery on start)."""
-    cmd = [
-        str(Path(PG_BIN) / "pg_ctl"),
-        "-D",
-        str(Path(PG_DIR) / "data"),
-        "-m",
-        "immediate",
-        "-l",
-        str(Path(PG_DIR) / "server.log"),
-        "-w",
-        "-t",
-        "60",
-        "restart",
-    ]
-    if os.geteuid() == 0:
-        runuser = shutil.which("runuser")
-        assert runuser is not None, "restarting the server as root needs runuser"
-        cmd = [runuser, "-u", "postgres", "--", *cmd]
-    # No pipes: the restarted server would hold them open for good.
-    subprocess.run(
-        cmd,
-        check=True,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        timeout=90,
-    )
 
 
 def _assert_no_unknown_hangs(hangs: list[str]) -> None:
