@@ -171,35 +171,56 @@ def test_memory_per_version(benchmark) -> None:
     print(f"\nmemory: ~{per_version:.0f} bytes/version (event itself {event_bytes:.0f} bytes)")
 
 
+_SMALL_EXECUTIONS = """
+import gc, sys
+import orjson
+from itonami import _core
+
+count = int(sys.argv[1])
+page = __import__("os").sysconf("SC_PAGE_SIZE")
+
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * page
+
+started = orjson.dumps(
+    {"workflow_id": "wf", "workflow_version": "1", "definition_hash": "d" * 64, "inputs": {}}
+)
+ids = [f"exec-{i:08d}" for i in range(count)]
+store = _core.VersionStore()
+gc.collect()
+before = rss()
+for eid in ids:
+    store.append(eid, 0, "workflow_started", "", 0, started, 1)
+    store.append(eid, 1, "wait_started", "0", 0, b'{"kind":"signal","name":"go"}', 2)
+gc.collect()
+after = rss()
+assert len(store.execution_ids()) == count
+print((after - before) / count)
+"""
+
+
 def test_memory_per_small_execution(benchmark) -> None:
     """Resident memory of many idle executions of two small events each
-    (workflow_started with a 64-char definition hash, then wait_started)."""
-    import gc
+    (workflow_started with a 64-char definition hash, then wait_started),
+    measured in a fresh interpreter so memory freed by other benchmarks
+    cannot hide the growth."""
     import os
+    import subprocess
+    import sys
 
-    page = os.sysconf("SC_PAGE_SIZE")
-
-    def rss() -> int:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * page
-
-    count = 10_000
-    started = orjson.dumps(
-        {"workflow_id": "wf", "workflow_version": "1", "definition_hash": "d" * 64, "inputs": {}}
-    )
-    ids = [f"exec-{i:08d}" for i in range(count)]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(sys.path)
 
     def measure() -> float:
-        store = _core.VersionStore()
-        gc.collect()
-        before = rss()
-        for eid in ids:
-            store.append(eid, 0, "workflow_started", "", 0, started, 1)
-            store.append(eid, 1, "wait_started", "0", 0, b'{"kind":"signal","name":"go"}', 2)
-        gc.collect()
-        after = rss()
-        assert len(store.execution_ids()) == count
-        return (after - before) / count
+        out = subprocess.run(
+            [sys.executable, "-c", _SMALL_EXECUTIONS, "20000"],
+            capture_output=True,
+            check=True,
+            env=env,
+            text=True,
+        )
+        return float(out.stdout.strip())
 
     per_execution = benchmark.pedantic(measure, rounds=1, iterations=1)
     benchmark.extra_info["bytes_per_execution"] = round(per_execution)
