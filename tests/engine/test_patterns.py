@@ -779,3 +779,30 @@ async def test_oversized_result_is_rejected_and_history_kept() -> None:
         await h.engine.verify(info.value.execution_id)
     finally:
         await h.close()
+
+
+async def test_oversized_inputs_are_refused_and_nothing_is_stored() -> None:
+    from itonami import PayloadTooLargeError, WorkflowEngine
+
+    h = Harness()
+
+    @h.registry.activity()
+    def noop() -> None:
+        return None
+
+    h._engine = (
+        WorkflowEngine.builder()
+        .with_storage("memory")
+        .with_activities(h.registry)
+        .with_clock(h.clock)
+        .with_max_payload(1000)
+        .build()
+    )
+    try:
+        with pytest.raises(PayloadTooLargeError) as info:
+            await h.engine.start_workflow(wf(act("noop")), {"blob": "x" * 5000}, execution_id="big")
+        assert info.value.limit == 1000 and info.value.size > 5000
+        assert await h.engine.list_executions() == []
+        assert not h.engine.core.contains("big")
+    finally:
+        await h.close()
