@@ -36,15 +36,23 @@ pub fn node_hash(left: &Hash, right: &Hash) -> Hash {
 
 /// A Merkle tree whose perfect subtrees are cached level by level:
 /// `levels[h][i]` covers leaves `i * 2^h .. (i + 1) * 2^h`.
+///
+/// `rest` caches the fold of every perfect subtree but the largest (the right
+/// child of the root), so a change confined to the largest subtree (such as
+/// the header in slot 0) costs one hash at the root instead of a full fold.
 #[derive(Clone, Debug, Default)]
 pub struct MerkleTree {
     levels: Vec<Vec<Hash>>,
+    rest: Option<Hash>,
 }
 
 impl MerkleTree {
     /// An empty tree.
     pub fn new() -> Self {
-        MerkleTree { levels: Vec::new() }
+        MerkleTree {
+            levels: Vec::new(),
+            rest: None,
+        }
     }
 
     /// Builds a tree over `leaves`.
@@ -57,7 +65,9 @@ impl MerkleTree {
                 .collect();
             levels.push(above);
         }
-        MerkleTree { levels }
+        let mut tree = MerkleTree { levels, rest: None };
+        tree.refresh_rest();
+        tree
     }
 
     /// Number of leaves.
@@ -72,6 +82,43 @@ impl MerkleTree {
 
     /// Appends a leaf hash.
     pub fn push(&mut self, leaf: Hash) {
+        self.push_leaf(leaf);
+        self.refresh_rest();
+    }
+
+    /// Size of the largest perfect subtree (the root's left part when the
+    /// leaf count is not a power of two); 0 for the empty tree.
+    fn top_size(&self) -> usize {
+        let n = self.len();
+        if n == 0 {
+            0
+        } else {
+            1usize << (usize::BITS - 1 - n.leading_zeros())
+        }
+    }
+
+    /// Recomputes the cached fold of the perfect subtrees right of the largest.
+    fn refresh_rest(&mut self) {
+        let n = self.len();
+        let top = self.top_size();
+        let mut acc: Option<Hash> = None;
+        for h in 0..self.levels.len() {
+            if (1usize << h) >= top {
+                break;
+            }
+            if n & (1usize << h) == 0 {
+                continue;
+            }
+            let part = self.levels[h][(n >> (h + 1)) << 1];
+            acc = Some(match acc {
+                None => part,
+                Some(right) => node_hash(&part, &right),
+            });
+        }
+        self.rest = acc;
+    }
+
+    fn push_leaf(&mut self, leaf: Hash) {
         if self.levels.is_empty() {
             self.levels.push(Vec::new());
         }
@@ -96,6 +143,7 @@ impl MerkleTree {
             return false;
         }
         self.levels[0][index] = leaf;
+        let outside_top = index >= self.top_size();
         let mut i = index;
         for h in 1..self.levels.len() {
             i >>= 1;
@@ -105,6 +153,9 @@ impl MerkleTree {
             }
             let parent = node_hash(&below[2 * i], &below[2 * i + 1]);
             self.levels[h][i] = parent;
+        }
+        if outside_top {
+            self.refresh_rest();
         }
         true
     }
@@ -116,6 +167,8 @@ impl MerkleTree {
         let len = self.len();
         let split = updates.partition_point(|u| (u.0 as usize) < len);
         let (sets, appends) = updates.split_at(split);
+        let top = self.top_size();
+        let outside_top = sets.last().is_some_and(|u| u.0 as usize >= top);
         if !sets.is_empty() {
             let mut dirty: [usize; 16] = [0; 16];
             let mut n = 0usize;
@@ -139,7 +192,13 @@ impl MerkleTree {
             }
         }
         for &(i, leaf) in appends {
-            self.put(i as usize, leaf);
+            while self.len() < i as usize {
+                self.push_leaf(leaf_hash(b""));
+            }
+            self.push_leaf(leaf);
+        }
+        if outside_top || !appends.is_empty() {
+            self.refresh_rest();
         }
     }
 
@@ -193,21 +252,16 @@ impl MerkleTree {
     /// The RFC 6962 root: the right fold of the perfect subtrees that make up
     /// the leaf count, largest first. The empty tree hashes the empty string.
     pub fn root(&self) -> Hash {
-        let n = self.len();
-        // Smallest (rightmost) perfect subtree first: the subtree of size
-        // 2^h starts where the bits of `n` above `h` end.
-        let mut acc: Option<Hash> = None;
-        for h in 0..self.levels.len() {
-            if n & (1usize << h) == 0 {
-                continue;
-            }
-            let part = self.levels[h][(n >> (h + 1)) << 1];
-            acc = Some(match acc {
-                None => part,
-                Some(right) => node_hash(&part, &right),
-            });
+        let top = self.top_size();
+        if top == 0 {
+            return *blake3::hash(b"").as_bytes();
         }
-        acc.unwrap_or_else(|| *blake3::hash(b"").as_bytes())
+        let h = top.trailing_zeros() as usize;
+        let left = self.levels[h][0];
+        match &self.rest {
+            Some(rest) => node_hash(&left, rest),
+            None => left,
+        }
     }
 }
 

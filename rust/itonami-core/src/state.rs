@@ -28,6 +28,25 @@ pub type Json = Box<RawValue>;
 /// copying a state for a snapshot or a reader copies no key bytes.
 pub type Key = Arc<str>;
 
+/// The hasher of the state's maps: SipHash with keys drawn once per process
+/// (as `RandomState` does), but zero-sized, so a map does not carry its own
+/// 16 bytes of keys; states are many and mostly small.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KeyHasher;
+
+impl std::hash::BuildHasher for KeyHasher {
+    type Hasher = std::collections::hash_map::DefaultHasher;
+
+    fn build_hasher(&self) -> Self::Hasher {
+        static KEYS: std::sync::OnceLock<std::collections::hash_map::RandomState> =
+            std::sync::OnceLock::new();
+        KEYS.get_or_init(Default::default).build_hasher()
+    }
+}
+
+/// A map of the state: insertion-ordered, keyed by [`Key`].
+pub type StateMap<V> = IndexMap<Key, V, KeyHasher>;
+
 /// Workflow status.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -248,11 +267,11 @@ pub struct ExecutionState {
     pub error: Option<Json>,
     /// Step records are shared between versions (snapshots, readers) and
     /// copied only when an event changes them.
-    pub steps: IndexMap<Key, Arc<StepState>>,
-    pub timers: IndexMap<Key, Slotted<i64>>,
-    pub waits: IndexMap<Key, Slotted<Json>>,
-    pub signals: IndexMap<Key, SignalQueue>,
-    pub compensations: IndexMap<Key, Compensation>,
+    pub steps: StateMap<Arc<StepState>>,
+    pub timers: StateMap<Slotted<i64>>,
+    pub waits: StateMap<Slotted<Json>>,
+    pub signals: StateMap<SignalQueue>,
+    pub compensations: StateMap<Compensation>,
     /// Number of Merkle slots handed out (slot 0 is the header).
     pub(crate) next_slot: u32,
     /// Hash of the header fields fixed by `workflow_started`.
@@ -500,11 +519,11 @@ impl ExecutionState {
             status: Status::Pending,
             outputs: None,
             error: None,
-            steps: IndexMap::new(),
-            timers: IndexMap::new(),
-            waits: IndexMap::new(),
-            signals: IndexMap::new(),
-            compensations: IndexMap::new(),
+            steps: StateMap::default(),
+            timers: StateMap::default(),
+            waits: StateMap::default(),
+            signals: StateMap::default(),
+            compensations: StateMap::default(),
             next_slot: 1,
             header_static: [0u8; 32],
         }
@@ -779,12 +798,11 @@ impl ExecutionState {
             }
             EventKind::TimerScheduled => {
                 let d: FireAt = Self::parse(ev)?;
-                if let Some(t) = self.timers.get(path) {
-                    if t.value.is_some() {
-                        return Err("a timer is already pending for this step".into());
-                    }
+                let existing = self.timers.get_index_of(path);
+                if existing.is_some_and(|i| self.timers[i].value.is_some()) {
+                    return Err("a timer is already pending for this step".into());
                 }
-                let index = match self.timers.get_index_of(path) {
+                let index = match existing {
                     Some(i) => i,
                     None => {
                         let slot = self.alloc_slot();
@@ -1203,7 +1221,7 @@ fn check_path(path: &str) -> Result<(), String> {
     Ok(())
 }
 
-struct LiveTimers<'a>(&'a IndexMap<Key, Slotted<i64>>);
+struct LiveTimers<'a>(&'a StateMap<Slotted<i64>>);
 
 impl Serialize for LiveTimers<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -1217,7 +1235,7 @@ impl Serialize for LiveTimers<'_> {
     }
 }
 
-struct LiveWaits<'a>(&'a IndexMap<Key, Slotted<Json>>);
+struct LiveWaits<'a>(&'a StateMap<Slotted<Json>>);
 
 impl Serialize for LiveWaits<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -1231,7 +1249,7 @@ impl Serialize for LiveWaits<'_> {
     }
 }
 
-struct SignalPayloads<'a>(&'a IndexMap<Key, SignalQueue>);
+struct SignalPayloads<'a>(&'a StateMap<SignalQueue>);
 
 impl Serialize for SignalPayloads<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -1239,7 +1257,7 @@ impl Serialize for SignalPayloads<'_> {
     }
 }
 
-struct SignalCursors<'a>(&'a IndexMap<Key, SignalQueue>);
+struct SignalCursors<'a>(&'a StateMap<SignalQueue>);
 
 impl Serialize for SignalCursors<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {

@@ -1,0 +1,168 @@
+//! Timing harness of the core without Python (`cargo run --release --example perf`).
+//!
+//! Builds the same 1,000,000-event history as `benches/test_core_bench.py` and
+//! times replay, load with hash checks, verify, single appends, `state_at_tx`
+//! and the memory of small idle executions.
+
+use std::time::Instant;
+
+use itonami_core::{replay, Event, EventKind, StoreConfig, VersionStore};
+
+fn tick(v: u64) -> Event {
+    let path = format!("0/{}", ((v - 1) / 2) % 100);
+    if v % 2 == 1 {
+        let data = format!(r#"{{"fire_at":{v}}}"#);
+        Event::new(
+            EventKind::TimerScheduled,
+            path,
+            0,
+            data.as_bytes(),
+            v as i64,
+        )
+        .unwrap()
+    } else {
+        Event::new(EventKind::TimerFired, path, 0, b"{}", v as i64).unwrap()
+    }
+}
+
+fn start() -> Event {
+    Event::new(
+        EventKind::WorkflowStarted,
+        "",
+        0,
+        br#"{"workflow_id":"wf","workflow_version":"1","inputs":{"n":1}}"#,
+        0,
+    )
+    .unwrap()
+}
+
+fn rss() -> usize {
+    let text = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: usize = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
+fn main() {
+    let n: u64 = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1_000_000);
+    let store = VersionStore::new(StoreConfig {
+        snapshot_every: 1000,
+        snapshot_retention: 0,
+        ..StoreConfig::default()
+    });
+    store.append("big", 0, start()).unwrap();
+    let t = Instant::now();
+    let mut v = 1;
+    while v < n {
+        let k = (n - v).min(10_000);
+        let batch: Vec<Event> = (0..k).map(|i| tick(v + i)).collect();
+        store.append_batch("big", v, &batch).unwrap();
+        v += k;
+    }
+    let el = t.elapsed().as_secs_f64();
+    println!("append_batch: {:.2} us/event", el * 1e6 / n as f64);
+    let history = store.encoded_history("big", 0).unwrap();
+    let hashes: Vec<u8> = store
+        .history("big")
+        .unwrap()
+        .iter()
+        .flat_map(|i| i.hash)
+        .collect();
+
+    let t = Instant::now();
+    let s = replay("big", &history).unwrap();
+    let el = t.elapsed().as_secs_f64();
+    assert_eq!(s.version, n);
+    println!("replay: {:.2} M events/s", n as f64 / el / 1e6);
+
+    let t = Instant::now();
+    let other = VersionStore::default();
+    other
+        .load("big", &history, Some(&hashes), None, None)
+        .unwrap();
+    let el = t.elapsed().as_secs_f64();
+    println!("load+check: {:.2} M events/s", n as f64 / el / 1e6);
+
+    let t = Instant::now();
+    store.verify("big").unwrap();
+    let el = t.elapsed().as_secs_f64();
+    println!("verify: {:.3} s", el);
+
+    let infos = store.history("big").unwrap();
+    let txs: Vec<u64> = [10usize, 250_123, 500_999, 999_998]
+        .iter()
+        .map(|&i| infos[i.min(infos.len() - 1)].tx)
+        .collect();
+    let rounds = 2000;
+    let t = Instant::now();
+    for r in 0..rounds {
+        let s = store.state_at_tx("big", txs[r % txs.len()]).unwrap();
+        assert!(s.version > 0);
+    }
+    let el = t.elapsed().as_secs_f64();
+    println!("state_at_tx: {:.1} us", el * 1e6 / rounds as f64);
+
+    let single = VersionStore::default();
+    single.append("a", 0, start()).unwrap();
+    let m = 200_000u64;
+    let events: Vec<Event> = (1..=m).map(tick).collect();
+    let t = Instant::now();
+    for (i, e) in events.into_iter().enumerate() {
+        single.append("a", i as u64 + 1, e).unwrap();
+    }
+    let el = t.elapsed().as_secs_f64();
+    println!(
+        "append single (core only): {:.2} us/event",
+        el * 1e6 / m as f64
+    );
+
+    let t = Instant::now();
+    for i in 0..m {
+        let e = tick(i + 1);
+        std::hint::black_box(e);
+    }
+    let el = t.elapsed().as_secs_f64();
+    println!("  of which Event::new: {:.2} us/event", el * 1e6 / m as f64);
+
+    let t = Instant::now();
+    let mut h = [7u8; 32];
+    let k = 1_000_000;
+    for _ in 0..k {
+        h = itonami_core::merkle::node_hash(&h, &h);
+    }
+    let el = t.elapsed().as_secs_f64();
+    println!(
+        "node hash (65 bytes): {:.0} ns {}",
+        el * 1e9 / k as f64,
+        h[0]
+    );
+
+    let small = VersionStore::default();
+    let before = rss();
+    let count = 10_000;
+    let def = "d".repeat(64);
+    for i in 0..count {
+        let id = format!("exec-{i:08}");
+        let data = format!(
+            r#"{{"definition_hash":"{def}","inputs":{{}},"workflow_id":"wf","workflow_version":"1"}}"#
+        );
+        let a = Event::new(EventKind::WorkflowStarted, "", 0, data.as_bytes(), 1).unwrap();
+        let b = Event::new(
+            EventKind::WaitStarted,
+            "0",
+            0,
+            br#"{"kind":"signal","name":"go"}"#,
+            2,
+        )
+        .unwrap();
+        small.append_batch(&id, 0, &[a]).unwrap();
+        small.append(&id, 1, b).unwrap();
+    }
+    println!("small execution: {} bytes each", (rss() - before) / count);
+}
