@@ -460,8 +460,9 @@ class WorkflowEngine:
         """The run waits for a signal: keep its id, drop everything else."""
         eid = run.execution_id
         self._parked.add(eid)
-        if self.storage.durable:
-            self._forget(eid)
+        # Every backend (memory included) holds the events: the core's copy
+        # is rebuilt when a signal revives the run.
+        self._forget(eid)
         if any(run.signal_buffer.values()):
             # A signal came in while the run was unwinding to park: resume.
             self._resuming[eid] = asyncio.ensure_future(self._resume_parked(eid))
