@@ -7,6 +7,24 @@ unknown kind, rejected event), ``ConflictError``, ``IntegrityError``,
 
 from typing import Any, final
 
+__all__ = [
+    "VersionStore",
+    "Appended",
+    "ExecutionState",
+    "Event",
+    "VersionInfo",
+    "VerifyReport",
+    "InclusionProof",
+    "encode_event",
+    "frame_history",
+    "decode_history",
+    "replay",
+    "replay_verified",
+    "verify_proof",
+    "event_kinds",
+    "FORMAT_VERSION",
+]
+
 FORMAT_VERSION: int
 
 @final
@@ -149,13 +167,13 @@ class InclusionProof:
 class VersionStore:
     """The in-memory MVCC store of executions (thread-safe)."""
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         *,
         snapshot_every: int = 0,
         snapshot_retention: int = 2,
-        max_payload_bytes: int = 4 * 1024 * 1024,
-    ) -> None:
+        max_payload_bytes: int = 4194304,
+    ) -> VersionStore:
         """``snapshot_every`` = 0 keeps no snapshots; ``snapshot_retention`` = 0 keeps all."""
     def append(
         self,
@@ -198,7 +216,7 @@ class VersionStore:
     def inclusion_proof(self, execution_id: str, version: int) -> InclusionProof: ...
     def evict(self, execution_id: str) -> None: ...
     def contains(self, execution_id: str) -> bool: ...
-    def __contains__(self, execution_id: str) -> bool: ...
+    def __contains__(self, execution_id: str, /) -> bool: ...
     def execution_ids(self) -> list[str]: ...
     @property
     def last_tx(self) -> int: ...

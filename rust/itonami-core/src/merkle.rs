@@ -1,13 +1,41 @@
-//! An append-and-update Merkle tree in the RFC 6962 shape.
+//! The state's Merkle tree: the RFC 6962 shape with BLAKE3 domain separation.
 //!
-//! Leaves and internal nodes are domain-separated (`0x00` / `0x01` prefix).
+//! Leaves are `blake3(0x00 || content)`. Internal nodes are
+//! `blake3_keyed(NODE_KEY, left || right)`: BLAKE3's keyed mode separates them
+//! from leaves (a different key and mode flag) the way RFC 6962's `0x01`
+//! prefix does, but the input is exactly one 64-byte block, so a node costs
+//! one compression instead of two (a 65-byte input needs two).
 //! The tree of `n` leaves is the RFC 6962 `MTH`: the left subtree is the
 //! perfect tree over the largest power of two strictly below `n`. Every
 //! perfect subtree is cached, so updating one leaf re-hashes only its path
 //! and the root is a fold over at most `log2(n)` cached subtrees.
+//!
+//! A state root combines the header leaf (which changes with every event)
+//! with the root of the tree over the other entries:
+//! `blake3_keyed(ROOT_KEY, header_leaf || entries_root)`, so the header has
+//! no path of its own to re-hash.
 
 /// A 32-byte blake3 digest.
 pub type Hash = [u8; 32];
+
+/// BLAKE3 key-derivation context of [`NODE_KEY`].
+pub const NODE_KEY_CONTEXT: &str = "itonami 2025-11 state tree internal node v2";
+
+/// `blake3::derive_key(NODE_KEY_CONTEXT, b"")`: the key of internal nodes
+/// (spelled out so the hot path needs no lazy initialisation; a test checks it).
+pub const NODE_KEY: Hash = [
+    0x3e, 0xc7, 0x69, 0x60, 0x52, 0xdf, 0xe8, 0x57, 0x72, 0x7d, 0x41, 0xbc, 0x7d, 0x43, 0xdc, 0x29,
+    0xae, 0x56, 0x69, 0xe4, 0xb0, 0x7f, 0x4a, 0x17, 0xaa, 0xc7, 0x73, 0x32, 0xe9, 0x51, 0x09, 0x07,
+];
+
+/// BLAKE3 key-derivation context of [`ROOT_KEY`].
+pub const ROOT_KEY_CONTEXT: &str = "itonami 2025-11 state root v2";
+
+/// `blake3::derive_key(ROOT_KEY_CONTEXT, b"")`: the key of state roots.
+pub const ROOT_KEY: Hash = [
+    0x50, 0x7d, 0x25, 0xbb, 0xd2, 0xf4, 0xac, 0x09, 0x41, 0x25, 0xce, 0xfd, 0x3c, 0x6a, 0x3f, 0xed,
+    0xc9, 0x7a, 0xd6, 0x91, 0x9e, 0x6e, 0x68, 0xbd, 0x00, 0xef, 0x7e, 0x64, 0x29, 0xdd, 0x2e, 0x66,
+];
 
 /// The hash of a leaf with this content.
 pub fn leaf_hash(content: &[u8]) -> Hash {
@@ -24,14 +52,30 @@ pub fn leaf_hash_prefixed(prefixed: &[u8]) -> Hash {
     *blake3::hash(prefixed).as_bytes()
 }
 
-/// The hash of an internal node.
+/// Keyed BLAKE3 of two hashes (one 64-byte block).
+#[inline]
+fn keyed_pair(key: &Hash, left: &Hash, right: &Hash) -> Hash {
+    let mut buf = [0u8; 64];
+    buf[..32].copy_from_slice(left);
+    buf[32..].copy_from_slice(right);
+    *blake3::keyed_hash(key, &buf).as_bytes()
+}
+
+/// The hash of an internal node: `blake3_keyed(NODE_KEY, left || right)`.
 #[inline]
 pub fn node_hash(left: &Hash, right: &Hash) -> Hash {
-    let mut buf = [0u8; 65];
-    buf[0] = 0x01;
-    buf[1..33].copy_from_slice(left);
-    buf[33..].copy_from_slice(right);
-    *blake3::hash(&buf).as_bytes()
+    keyed_pair(&NODE_KEY, left, right)
+}
+
+/// The state root: `blake3_keyed(ROOT_KEY, header_leaf || entries_root)`.
+#[inline]
+pub fn state_root_hash(header_leaf: &Hash, entries_root: &Hash) -> Hash {
+    keyed_pair(&ROOT_KEY, header_leaf, entries_root)
+}
+
+/// The root of the empty tree: `blake3("")`.
+pub fn empty_root() -> Hash {
+    *blake3::hash(b"").as_bytes()
 }
 
 /// A Merkle tree whose perfect subtrees are cached level by level:
@@ -254,7 +298,7 @@ impl MerkleTree {
     pub fn root(&self) -> Hash {
         let top = self.top_size();
         if top == 0 {
-            return *blake3::hash(b"").as_bytes();
+            return empty_root();
         }
         let h = top.trailing_zeros() as usize;
         let left = self.levels[h][0];
@@ -268,7 +312,7 @@ impl MerkleTree {
 /// The RFC 6962 root computed directly from leaves (reference for tests).
 pub fn root_of(leaves: &[Hash]) -> Hash {
     match leaves.len() {
-        0 => *blake3::hash(b"").as_bytes(),
+        0 => empty_root(),
         1 => leaves[0],
         n => {
             let mut k = 1usize;
@@ -286,6 +330,35 @@ mod tests {
 
     fn leaf(i: u32) -> Hash {
         leaf_hash(&i.to_le_bytes())
+    }
+
+    #[test]
+    fn keys_are_derived_from_their_contexts() {
+        assert_eq!(NODE_KEY, blake3::derive_key(NODE_KEY_CONTEXT, b""));
+        assert_eq!(ROOT_KEY, blake3::derive_key(ROOT_KEY_CONTEXT, b""));
+    }
+
+    #[test]
+    fn hashes_follow_the_definition() {
+        let (a, b) = (leaf(1), leaf(2));
+        let mut content = vec![0x00];
+        content.extend_from_slice(&1u32.to_le_bytes());
+        assert_eq!(a, *blake3::hash(&content).as_bytes());
+        let mut pair = a.to_vec();
+        pair.extend_from_slice(&b);
+        let node = node_hash(&a, &b);
+        assert_eq!(node, *blake3::keyed_hash(&NODE_KEY, &pair).as_bytes());
+        assert_eq!(
+            state_root_hash(&a, &b),
+            *blake3::keyed_hash(&ROOT_KEY, &pair).as_bytes()
+        );
+        // Nodes, roots and leaves are three different functions.
+        assert_ne!(node, state_root_hash(&a, &b));
+        assert_ne!(node, *blake3::hash(&pair).as_bytes());
+        let mut prefixed = vec![0x01];
+        prefixed.extend_from_slice(&pair);
+        assert_ne!(node, *blake3::hash(&prefixed).as_bytes());
+        assert_eq!(MerkleTree::new().root(), *blake3::hash(b"").as_bytes());
     }
 
     #[test]

@@ -65,7 +65,6 @@ pub fn encode(state: &ExecutionState, head: &Hash, root: &Hash) -> Result<Vec<u8
     let order: Vec<(u8, &str)> = state
         .entries()
         .into_iter()
-        .skip(1)
         .filter_map(|(_, cat, i)| {
             let key = match cat {
                 Category::Header => return None,

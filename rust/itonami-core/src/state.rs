@@ -5,8 +5,10 @@
 //! does not interpret are kept as raw canonical JSON (`Box<RawValue>`).
 //!
 //! Every entry of the state (the header, each step, timer, wait, signal name
-//! and compensation) owns a *slot*: its leaf position in the state's Merkle
-//! tree, handed out in first-insertion order. Entries are never removed from
+//! and compensation) owns a *slot*, handed out in first-insertion order. The
+//! header is slot 0 and is hashed on its own; slot `s >= 1` is leaf `s - 1`
+//! of the Merkle tree over the other entries, and the state root combines
+//! the two (see [`crate::merkle::state_root_hash`]). Entries are never removed from
 //! the maps (a fired timer or a closed wait stays as a tombstone and is hidden
 //! from the public JSON) so slots, and map order, are stable.
 
@@ -19,7 +21,7 @@ use serde::{Deserialize, Serialize, Serializer};
 use serde_json::value::RawValue;
 
 use crate::event::{Event, EventKind, EventRef};
-use crate::merkle::{leaf_hash_prefixed, Hash, MerkleTree};
+use crate::merkle::{leaf_hash_prefixed, state_root_hash, Hash, MerkleTree};
 
 /// Raw canonical JSON.
 pub type Json = Box<RawValue>;
@@ -1129,10 +1131,9 @@ impl ExecutionState {
         })
     }
 
-    /// Every entry as `(slot, category, map index)`.
+    /// Every entry but the header as `(slot, category, map index)`, in slot order.
     pub(crate) fn entries(&self) -> Vec<(u32, Category, usize)> {
         let mut out = Vec::with_capacity(self.next_slot as usize);
-        out.push((0, Category::Header, 0));
         out.extend(
             self.steps
                 .values()
@@ -1167,7 +1168,8 @@ impl ExecutionState {
         out
     }
 
-    /// Builds the Merkle tree of this state from scratch.
+    /// Builds the Merkle tree of the entries other than the header (slot
+    /// `s` is leaf `s - 1`) from scratch.
     pub fn merkle_tree(&self) -> MerkleTree {
         let leaves = self
             .entries()
@@ -1177,9 +1179,10 @@ impl ExecutionState {
         MerkleTree::from_leaves(leaves)
     }
 
-    /// The state root, computed from scratch.
+    /// The state root, computed from scratch:
+    /// `state_root_hash(header_leaf, entries_root)`.
     pub fn state_root(&self) -> Hash {
-        self.merkle_tree().root()
+        state_root_hash(&self.header_leaf(), &self.merkle_tree().root())
     }
 
     /// Deterministic JSON of the public state.
@@ -1298,7 +1301,13 @@ impl Serialize for ExecutionState {
 #[derive(Clone, Debug)]
 pub struct HashedState {
     pub state: Arc<ExecutionState>,
+    /// The tree over the entries other than the header.
     pub tree: MerkleTree,
+    /// `tree.root()`, kept so an event that changes only the header costs
+    /// two hashes (header leaf, state root).
+    entries_root: Hash,
+    /// The current state root.
+    root: Hash,
 }
 
 impl HashedState {
@@ -1310,7 +1319,14 @@ impl HashedState {
     /// Wraps a state, building its tree from scratch.
     pub fn from_state(state: Arc<ExecutionState>) -> Self {
         let tree = state.merkle_tree();
-        HashedState { state, tree }
+        let entries_root = tree.root();
+        let root = state_root_hash(&state.header_leaf(), &entries_root);
+        HashedState {
+            state,
+            tree,
+            entries_root,
+            root,
+        }
     }
 
     /// Applies an event and returns the new state root. On error nothing changed.
@@ -1318,8 +1334,9 @@ impl HashedState {
         self.apply_ref(event.view())
     }
 
-    /// Applies a borrowed event and returns the new state root; each changed
-    /// leaf and each internal node on their paths is hashed once.
+    /// Applies a borrowed event and returns the new state root; the header
+    /// leaf, each changed entry leaf and each internal node on their paths
+    /// is hashed once.
     pub fn apply_ref(&mut self, event: EventRef<'_>) -> Result<Hash, ReduceError> {
         let mut touched = Touched::new();
         let state = Arc::make_mut(&mut self.state);
@@ -1335,12 +1352,16 @@ impl HashedState {
                 more.push(update);
             }
         };
-        add((0, state.header_leaf()));
         for &(cat, i) in touched.iter() {
-            if let Some(update) = state.entry_leaf(cat, i) {
-                add(update);
+            if cat == Category::Header {
+                continue;
+            }
+            if let Some((slot, leaf)) = state.entry_leaf(cat, i) {
+                // Entry slots start at 1; the tree's leaves at 0.
+                add((slot.saturating_sub(1), leaf));
             }
         }
+        let header = state.header_leaf();
         let updates: &mut [(u32, Hash)] = if more.is_empty() {
             &mut inline[..n]
         } else {
@@ -1358,12 +1379,16 @@ impl HashedState {
                 m += 1;
             }
         }
-        self.tree.put_sorted(&updates[..m]);
-        Ok(self.tree.root())
+        if m > 0 {
+            self.tree.put_sorted(&updates[..m]);
+            self.entries_root = self.tree.root();
+        }
+        self.root = state_root_hash(&header, &self.entries_root);
+        Ok(self.root)
     }
 
     /// The current state root.
     pub fn root(&self) -> Hash {
-        self.tree.root()
+        self.root
     }
 }

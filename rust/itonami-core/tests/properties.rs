@@ -2,6 +2,8 @@
 //! full replay, MVCC reads == folds, and tamper detection.
 
 use itonami_core::event::{frame_into, frames};
+use itonami_core::merkle::{root_of, state_root_hash, Hash, ROOT_KEY};
+use itonami_core::state::Category;
 use itonami_core::{
     decode_history, replay, Event, EventKind, ExecutionState, StoreConfig, StoreError, VersionStore,
 };
@@ -133,6 +135,59 @@ fn append_all(store: &VersionStore, id: &str, events: &[Event]) -> Vec<u8> {
     hashes
 }
 
+/// The leaves of the entries other than the header, in slot order (slot
+/// `s` is leaf `s - 1`), computed independently of the store's tree.
+fn entry_leaves(state: &ExecutionState) -> Vec<Hash> {
+    let mut slots: Vec<(u32, Category, usize)> = Vec::new();
+    slots.extend(
+        state
+            .steps
+            .values()
+            .enumerate()
+            .map(|(i, v)| (v.slot, Category::Step, i)),
+    );
+    slots.extend(
+        state
+            .timers
+            .values()
+            .enumerate()
+            .map(|(i, v)| (v.slot, Category::Timer, i)),
+    );
+    slots.extend(
+        state
+            .waits
+            .values()
+            .enumerate()
+            .map(|(i, v)| (v.slot, Category::Wait, i)),
+    );
+    slots.extend(
+        state
+            .signals
+            .values()
+            .enumerate()
+            .map(|(i, v)| (v.slot, Category::Signal, i)),
+    );
+    slots.extend(
+        state
+            .compensations
+            .values()
+            .enumerate()
+            .map(|(i, v)| (v.slot, Category::Compensation, i)),
+    );
+    slots.sort_unstable_by_key(|e| e.0);
+    for (k, (slot, _, _)) in slots.iter().enumerate() {
+        assert_eq!(*slot as usize, k + 1, "slots are dense from 1");
+    }
+    slots
+        .into_iter()
+        .map(|(slot, cat, i)| {
+            let (s, leaf) = state.entry_leaf(cat, i).expect("entry exists");
+            assert_eq!(s, slot);
+            leaf
+        })
+        .collect()
+}
+
 fn json(state: &ExecutionState) -> Vec<u8> {
     let mut s = state.clone();
     s.tx = 0;
@@ -164,6 +219,41 @@ proptest! {
         // The incrementally maintained tree equals one built from scratch.
         let (state, root) = store.state_with_root(ID).unwrap();
         prop_assert_eq!(state.state_root(), root);
+    }
+
+    #[test]
+    fn state_root_follows_its_definition(cands in prop::collection::vec(candidate(), 0..80)) {
+        let events = build(&cands);
+        let store = VersionStore::default();
+        append_all(&store, ID, &events);
+        let infos = store.history(ID).unwrap();
+        let mut state = ExecutionState::new(ID);
+        let mut entries_root = root_of(&[]);
+        for (event, info) in events.iter().zip(&infos) {
+            state.apply(event).unwrap();
+            let leaves = entry_leaves(&state);
+            let new_entries_root = root_of(&leaves);
+            // Events that change only the header leave the entries' tree alone.
+            let header_only = matches!(
+                event.kind,
+                EventKind::WorkflowCompleted
+                    | EventKind::WorkflowFailed
+                    | EventKind::WorkflowTimedOut
+                    | EventKind::WorkflowCompensated
+                    | EventKind::SnapshotTaken
+            );
+            if header_only {
+                prop_assert_eq!(new_entries_root, entries_root);
+            }
+            entries_root = new_entries_root;
+            prop_assert_eq!(state.merkle_tree().root(), entries_root);
+            let mut pair = state.header_leaf().to_vec();
+            pair.extend_from_slice(&entries_root);
+            let expected = *blake3::keyed_hash(&ROOT_KEY, &pair).as_bytes();
+            prop_assert_eq!(info.state_root, expected);
+            prop_assert_eq!(state.state_root(), expected);
+            prop_assert_eq!(state_root_hash(&state.header_leaf(), &entries_root), expected);
+        }
     }
 
     #[test]

@@ -27,10 +27,15 @@ where
     py.detach(f).map_err(|e| store_err(py, e))
 }
 
+static ERRORS: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
+
 /// Instantiates `itonami.errors.<class>(message, **kwargs)` as a `PyErr`.
 fn make_err(py: Python<'_>, class: &str, message: String, kwargs: &[(&str, Py<PyAny>)]) -> PyErr {
     let build = || -> PyResult<PyErr> {
-        let cls = py.import("itonami.errors")?.getattr(class)?;
+        let errors = ERRORS.get_or_try_init(py, || -> PyResult<Py<PyModule>> {
+            Ok(py.import("itonami.errors")?.unbind())
+        })?;
+        let cls = errors.bind(py).getattr(class)?;
         let kw = PyDict::new(py);
         for (k, v) in kwargs {
             kw.set_item(k, v)?;
@@ -180,6 +185,9 @@ fn build_event(
 }
 
 /// What an append created; what a durable store persists.
+///
+/// Fields are plain Rust values: creating one allocates no Python object
+/// besides itself, and `hash` / `encoded` become `bytes` only when read.
 #[pyclass(frozen, module = "itonami._core")]
 struct Appended {
     #[pyo3(get)]
@@ -190,16 +198,24 @@ struct Appended {
     timestamp: i64,
     #[pyo3(get)]
     kind: &'static str,
-    #[pyo3(get)]
-    hash: Py<PyBytes>,
-    #[pyo3(get)]
-    encoded: Py<PyBytes>,
+    hash: Hash,
+    encoded: Vec<u8>,
     #[pyo3(get)]
     status: &'static str,
 }
 
 #[pymethods]
 impl Appended {
+    /// The 32-byte node hash of this version.
+    #[getter]
+    fn hash<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.hash)
+    }
+    /// The canonical encoding of the event (without the length prefix).
+    #[getter]
+    fn encoded<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.encoded)
+    }
     fn __repr__(&self) -> String {
         format!(
             "Appended(version={}, tx={}, kind={:?}, status={:?})",
@@ -208,15 +224,17 @@ impl Appended {
     }
 }
 
-fn appended(py: Python<'_>, a: core::Appended) -> Appended {
-    Appended {
-        version: a.version,
-        tx: a.tx,
-        timestamp: a.timestamp,
-        kind: a.kind.name(),
-        hash: PyBytes::new(py, &a.hash).unbind(),
-        encoded: PyBytes::new(py, &a.encoded).unbind(),
-        status: a.status,
+impl From<core::Appended> for Appended {
+    fn from(a: core::Appended) -> Self {
+        Appended {
+            version: a.version,
+            tx: a.tx,
+            timestamp: a.timestamp,
+            kind: a.kind.name(),
+            hash: a.hash,
+            encoded: a.encoded,
+            status: a.status,
+        }
     }
 }
 
@@ -513,7 +531,8 @@ type BatchItem = (String, String, u32, Vec<u8>, i64);
 #[pymethods]
 impl VersionStore {
     #[new]
-    #[pyo3(signature = (*, snapshot_every = 0, snapshot_retention = 2, max_payload_bytes = 4 * 1024 * 1024))]
+    // The default is spelled as a literal so `__text_signature__` shows it.
+    #[pyo3(signature = (*, snapshot_every = 0, snapshot_retention = 2, max_payload_bytes = 4194304))]
     fn py_new(snapshot_every: u64, snapshot_retention: usize, max_payload_bytes: usize) -> Self {
         VersionStore {
             inner: core::VersionStore::new(core::StoreConfig {
@@ -541,10 +560,7 @@ impl VersionStore {
         let limit = self.inner.config().max_payload_bytes;
         let result = build_event(limit, 0, kind, step, attempt, data, timestamp)
             .and_then(|event| self.inner.append(execution_id, expected_version, event));
-        match result {
-            Ok(a) => Ok(appended(py, a)),
-            Err(e) => Err(store_err(py, e)),
-        }
+        result.map(Appended::from).map_err(|e| store_err(py, e))
     }
 
     /// Appends `(kind, step, attempt, data, timestamp)` events atomically.
@@ -567,7 +583,7 @@ impl VersionStore {
             self.inner
                 .append_batch(execution_id, expected_version, &built)
         })?;
-        Ok(out.into_iter().map(|a| appended(py, a)).collect())
+        Ok(out.into_iter().map(Appended::from).collect())
     }
 
     /// Replaces (or creates) an execution from stored bytes, verifying hashes.
