@@ -20,8 +20,8 @@ from itonami.storage import AppendRequest, Storage, StoredEvent, open_storage
 PG_URL = os.environ.get("ITONAMI_TEST_POSTGRES_URL", "")
 PG_SKIP = "PostgreSQL tests need ITONAMI_TEST_POSTGRES_URL (run: source .ci/postgres.sh)"
 
-BACKENDS = ["memory", "sqlite", "sqlite-memory", "postgres"]
-DURABLE_BACKENDS = ["sqlite", "postgres"]
+BACKENDS = ["memory", "sqlite", "sqlite-thread", "sqlite-memory", "postgres"]
+DURABLE_BACKENDS = ["sqlite", "sqlite-thread", "postgres"]
 
 
 def new_pg_schema() -> str:
@@ -64,6 +64,8 @@ class StoreFactory:
             return self._memory
         if self.kind == "sqlite":
             return open_storage(f"sqlite:///{self.path}", **options)
+        if self.kind == "sqlite-thread":
+            return open_storage(f"sqlite:///{self.path}", writer="thread", **options)
         if self.kind == "sqlite-memory":
             return open_storage("sqlite:///:memory:", **options)
         assert self.kind == "postgres"
