@@ -109,13 +109,16 @@ def measure(
     def round_() -> None:
         all_lat.extend(loop.run_until_complete(run_batch(eng, ir, n, in_flight)))
 
+    commits0 = eng.storage.commits
     benchmark.pedantic(round_, rounds=rounds, iterations=1)
+    commits = eng.storage.commits - commits0
     loop.run_until_complete(eng.close())
     loop.close()
     all_lat.sort()
     benchmark.extra_info["workflows_per_s"] = round(n / benchmark.stats.stats.mean)
     benchmark.extra_info["p50_ms"] = round(statistics.median(all_lat) * 1e3, 3)
     benchmark.extra_info["p99_ms"] = round(all_lat[int(len(all_lat) * 0.99) - 1] * 1e3, 3)
+    benchmark.extra_info["commits_per_workflow"] = round(commits / (n * rounds), 2)
 
 
 @pytest.mark.parametrize("in_flight", [1, 50])

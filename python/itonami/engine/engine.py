@@ -417,9 +417,13 @@ class WorkflowEngine:
             if self._by_hash.get(ir.content_hash) is None:
                 await self._register(ir)
         clean = ir.validate_inputs(dict(inputs or {}))
-        eid = execution_id or str(uuid.uuid4())
-        await self._start(ir, clean, eid, parent=None)
-        return eid
+        if execution_id is None:
+            # A fresh random id cannot exist yet: no lookup needed.
+            eid = str(uuid.uuid4())
+            await self._start(ir, clean, eid, parent=None, fresh=True)
+            return eid
+        await self._start(ir, clean, execution_id, parent=None)
+        return execution_id
 
     async def _start(
         self,
@@ -427,8 +431,10 @@ class WorkflowEngine:
         inputs: dict[str, Any],
         execution_id: str,
         parent: dict[str, Any] | None,
+        *,
+        fresh: bool = False,
     ) -> None:
-        if execution_id in self._runs or await self._exists(execution_id):
+        if not fresh and (execution_id in self._runs or await self._exists(execution_id)):
             return
         run = Run(self, ir, execution_id, inputs, parent=parent)
         try:
