@@ -1,15 +1,23 @@
-"""The SQLite backend: one file, WAL mode, one writer thread with group commit.
+"""The SQLite backend: one file, WAL mode, one write connection with group commit.
 
 Design:
 
-* **One writer thread** owns the only write connection. Writes (appends,
-  snapshots, definitions, pruning) are queued as operations; the thread takes
-  everything that queued up while its previous commit was in flight and runs
-  it as ONE transaction (``BEGIN IMMEDIATE`` ... ``COMMIT``), each operation
-  inside its own ``SAVEPOINT`` so that one conflict rolls back only that
-  operation. One commit means one fsync for the whole batch. Futures are
-  settled on the caller's event loop with ``loop.call_soon_threadsafe``
-  only after the commit returned, so an awaited append is durable.
+* **One write connection.** Writes (appends, snapshots, definitions,
+  pruning) are queued as operations and run as ONE transaction per batch
+  (``BEGIN IMMEDIATE`` ... ``COMMIT``): one commit, one fsync for the batch.
+  A conflict is detected before its operation writes, so batches run without
+  savepoints; any other failure rolls the batch back and runs it again with
+  a ``SAVEPOINT`` around each operation, so one bad operation fails alone.
+  Futures are settled only after the commit returned, so an awaited append
+  is durable.
+* **Where the writes run** (``writer=``): ``"loop"`` (default) runs each
+  batch on the event loop's thread at the end of the loop turn in which its
+  operations were submitted. ``"thread"`` runs them on a dedicated thread,
+  batching whatever queued up while the previous commit was in flight.
+  Python's ``sqlite3`` releases the GIL around every statement; a writer
+  thread must then wait to take it back from a busy event loop for each
+  statement, which made the thread mode several times slower than the fsync
+  it keeps off the loop (measured: see docs/benchmarks.md).
 * **Readers** use their own connections (a small pool served by a small
   thread pool). In WAL mode they read a consistent snapshot and never block
   the writer, nor it them.
@@ -21,8 +29,8 @@ Design:
 * **Schema versions**: the ``schema_version`` table holds the version of the
   schema; on open the missing entries of :data:`MIGRATIONS` are applied in one
   transaction. A store written by a newer itonami is refused.
-* ``sqlite:///:memory:`` keeps everything in the writer's connection, and the
-  reads go through the writer thread too.
+* ``sqlite:///:memory:`` keeps everything in the write connection, and the
+  reads go through it too.
 """
 
 from __future__ import annotations
