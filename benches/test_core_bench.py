@@ -55,7 +55,7 @@ def test_replay_1m_from_bytes(benchmark, big) -> None:
     _, history, _ = big
     state = benchmark.pedantic(_core.replay, args=("big", history), rounds=3, iterations=1)
     assert state.version == N
-    print(f"\nreplay: {N / benchmark.stats.stats.mean:,.0f} events/s")
+    benchmark.extra_info["events_per_s"] = round(N / benchmark.stats.stats.mean)
 
 
 def test_load_1m_with_hash_check(benchmark, big) -> None:
@@ -63,14 +63,15 @@ def test_load_1m_with_hash_check(benchmark, big) -> None:
     store = _core.VersionStore()
     benchmark.pedantic(store.load, args=("big", history, hashes), rounds=2, iterations=1)
     assert store.version("big") == N
-    print(f"\nload+verify: {N / benchmark.stats.stats.mean:,.0f} events/s")
+    benchmark.extra_info["events_per_s"] = round(N / benchmark.stats.stats.mean)
 
 
 def test_verify_1m_chain(benchmark, big) -> None:
     store, _, hashes = big
     report = benchmark.pedantic(store.verify, args=("big",), rounds=2, iterations=1)
     assert report.head_hash == hashes[-32:]
-    print(f"\nverify: {N / benchmark.stats.stats.mean:,.0f} events/s")
+    benchmark.extra_info["events_per_s"] = round(N / benchmark.stats.stats.mean)
+    benchmark.extra_info["seconds"] = round(benchmark.stats.stats.mean, 3)
 
 
 def test_append_single(benchmark) -> None:
@@ -131,7 +132,7 @@ def test_blake3_package_same_bytes(benchmark, big) -> None:
         return last
 
     assert len(benchmark.pedantic(hash_all, rounds=3, iterations=1)) == 32
-    print(f"\nblake3 package: {len(events) / benchmark.stats.stats.mean:,.0f} events/s")
+    benchmark.extra_info["events_per_s"] = round(len(events) / benchmark.stats.stats.mean)
 
 
 def test_state_at_tx_1m(benchmark, big) -> None:
@@ -168,7 +169,8 @@ def test_memory_per_version(benchmark) -> None:
         return (after - before) / store.version("m"), event_bytes
 
     per_version, event_bytes = benchmark.pedantic(measure, rounds=1, iterations=1)
-    print(f"\nmemory: ~{per_version:.0f} bytes/version (event itself {event_bytes:.0f} bytes)")
+    benchmark.extra_info["bytes_per_version"] = round(per_version)
+    benchmark.extra_info["event_bytes"] = round(event_bytes)
 
 
 _SMALL_EXECUTIONS = """
