@@ -87,3 +87,62 @@ async def test_corrupt_file_gives_a_clear_error(tmp_path: Path) -> None:
         await h.engine.start()
     assert str(db) in str(info.value)
     await asyncio.sleep(0)
+
+
+async def test_tampered_snapshot_is_detected_on_load(tmp_path: Path) -> None:
+    from itonami import DecodeError, WorkflowEngine
+
+    db = tmp_path / "snap.db"
+    url = f"sqlite:///{db}"
+
+    def build(h: Harness) -> WorkflowEngine:
+        @h.registry.activity()
+        async def step(name: str) -> dict:
+            return {"name": name}
+
+        return (
+            WorkflowEngine.builder()
+            .with_storage(url)
+            .with_activities(h.registry)
+            .with_clock(h.clock)
+            .with_snapshots(every=4)
+            .build()
+        )
+
+    h = Harness(url)
+    h._engine = build(h)
+    ir = wf(
+        {
+            "op": "seq",
+            "strategies": [
+                *(act("step", input_mapping={"name": f"s{i}"}) for i in range(4)),
+                {"op": "wait", "condition": {"type": "signal", "signal_name": "go"}},
+            ],
+        }
+    )
+    eid = await h.engine.start_workflow(ir, {}, execution_id="snapped")
+    await eventually(lambda: eid in h.engine._parked, "parked")
+    assert await h.engine.storage.load_snapshot(eid) is not None
+    await h.engine.close()
+
+    with sqlite3.connect(db) as conn:
+        version, data = conn.execute(
+            "SELECT version, data FROM snapshots WHERE execution_id = ? ORDER BY version DESC",
+            (eid,),
+        ).fetchone()
+        bad = bytearray(data)
+        bad[len(bad) // 2] ^= 0x01
+        conn.execute(
+            "UPDATE snapshots SET data = ? WHERE execution_id = ? AND version = ?",
+            (bytes(bad), eid, version),
+        )
+
+    h2 = Harness(url)
+    h2._engine = build(h2)
+    try:
+        await h2.engine.start()  # reported and skipped, not resumed from bad data
+        assert eid not in h2.engine._runs and eid not in h2.engine._parked
+        with pytest.raises((DecodeError, IntegrityError)):
+            await h2.engine.get_execution(eid)
+    finally:
+        await h2.engine.close()
