@@ -10,7 +10,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from cli_helpers import EXAMPLES, itonami
+from cli_run import EXAMPLES, itonami
 from hypothesis import given
 from hypothesis import strategies as st
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from dsl_helpers import EXAMPLES
 
@@ -28,72 +30,7 @@ SEED_ACTIVITIES = {
 }
 
 # The seed's example, verbatim (no step ids).
-SEED = """
-{
-  workflow: {
-    id: "order_processing",
-    name: "Order Processing Workflow",
-    version: "1.0.0",
-
-    inputs: [
-      { name: "orderId", type: "string", required: true },
-      { name: "customerId", type: "string", required: true },
-      { name: "amount", type: "number", required: true },
-    ],
-
-    outputs: [
-      { name: "processed", type: "boolean" },
-      { name: "confirmationId", type: "string" },
-    ],
-
-    strategy: {
-      op: "saga",
-      main_flow: {
-        op: "seq",
-        strategies: [
-          {
-            op: "activity",
-            activity_ref: "validate_order",
-            input_mapping: {
-              order_id: "$.inputs.orderId",
-              customer_id: "$.inputs.customerId",
-            },
-          },
-          {
-            op: "parallel",
-            branches: [
-              {
-                op: "activity",
-                activity_ref: "process_payment",
-                input_mapping: { amount: "$.inputs.amount" },
-              },
-              {
-                op: "activity",
-                activity_ref: "reserve_inventory",
-                input_mapping: { order_id: "$.inputs.orderId" },
-              },
-            ],
-          },
-          {
-            op: "activity",
-            activity_ref: "send_confirmation",
-          },
-        ],
-      },
-      compensation: {
-        op: "seq",
-        strategies: [
-          { op: "activity", activity_ref: "cancel_payment" },
-          { op: "activity", activity_ref: "release_inventory" },
-          { op: "activity", activity_ref: "send_failure_notification" },
-        ],
-      },
-    },
-
-    timeout: "PT30M",
-  },
-}
-"""
+SEED = (Path(__file__).parent.parent / "support" / "seed.kotoba").read_text()
 
 
 def test_seed_example_compiles_as_written() -> None:

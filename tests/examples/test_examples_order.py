@@ -7,7 +7,7 @@ import shlex
 from pathlib import Path
 
 import orjson
-from examples_helpers import EXAMPLES, itonami
+from cli_run import EXAMPLES, itonami
 
 ROOT = EXAMPLES.parent
 ORDER = '{"orderId": "ORD-1001", "customerId": "CUST-7", "amount": 249.5}'

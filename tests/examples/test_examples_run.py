@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from examples_helpers import EXAMPLES, itonami
+from cli_run import EXAMPLES, itonami
 
 ACT = ("--activities", "example_activities.py")
 

@@ -1,4 +1,4 @@
-"""Run the ``itonami`` CLI in a subprocess, as a user would (same as tests/examples)."""
+"""Run the ``itonami`` CLI in a subprocess, as a user would (tests/cli, tests/examples)."""
 
 from __future__ import annotations
 
