@@ -661,6 +661,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return asyncio.run(_COMMANDS[args.command](args))
+    except BrokenPipeError:
+        # The reader went away (`itonami history ID | head`): stop quietly,
+        # and keep Python from complaining while it flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except UsageError as e:
         print(f"itonami: {e}", file=sys.stderr)
     except ItonamiError as e:

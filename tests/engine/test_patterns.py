@@ -746,3 +746,27 @@ async def test_oversized_inputs_are_refused_and_nothing_is_stored() -> None:
         assert not h.engine.core.contains("big")
     finally:
         await h.close()
+
+
+async def test_concurrent_signals_to_a_parked_execution_are_all_delivered(h: Harness) -> None:
+    @h.registry.activity()
+    def collect(a: Any, b: Any) -> dict:
+        return {"got": sorted([a["n"], b["n"]])}
+
+    ir = wf(
+        {
+            "op": "seq",
+            "strategies": [
+                {"op": "wait", "id": "one", "condition": {"type": "signal", "signal_name": "s"}},
+                {"op": "wait", "id": "two", "condition": {"type": "signal", "signal_name": "s"}},
+                act(
+                    "collect",
+                    input_mapping={"a": "$.steps.one.output", "b": "$.steps.two.output"},
+                ),
+            ],
+        }
+    )
+    eid = await h.engine.start_workflow(ir, {})
+    await eventually(lambda: eid in h.engine._parked, "parked")
+    await asyncio.gather(h.engine.signal(eid, "s", {"n": 1}), h.engine.signal(eid, "s", {"n": 2}))
+    assert await h.engine.wait_for_completion(eid, timeout=10) == {"got": [1, 2]}

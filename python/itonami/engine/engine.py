@@ -223,6 +223,7 @@ class WorkflowEngine:
         self._parked: set[str] = set()
         self._wakeups: dict[str, asyncio.Future[None]] = {}
         self._resuming: dict[str, asyncio.Future[None]] = {}
+        self._unparking: dict[str, asyncio.Future[None]] = {}
         self.park_idle = park_idle
         self._recover_scope = recover
 
@@ -482,11 +483,27 @@ class WorkflowEngine:
             self._resuming.pop(execution_id, None)
 
     async def _unpark(self, execution_id: str) -> Run | None:
-        """Bring a parked execution back as a live run (not yet launched)."""
+        """Bring a parked execution back as a live run (not yet launched).
+
+        Returns None when it was not parked. A caller that arrives while
+        another is reviving it waits for that, then finds the live run.
+        """
+        reviving = self._unparking.get(execution_id)
+        if reviving is not None:
+            await asyncio.shield(reviving)
+            return None
         if execution_id not in self._parked:
             return None
         self._parked.discard(execution_id)
-        run = await self._revive(execution_id)
+        done = self._unparking[execution_id] = asyncio.get_running_loop().create_future()
+        try:
+            run = await self._revive(execution_id)
+        except BaseException:
+            self._parked.add(execution_id)
+            raise
+        finally:
+            del self._unparking[execution_id]
+            done.set_result(None)
         wake = self._wakeups.pop(execution_id, None)
         if wake is not None and not wake.done():
             wake.set_result(None)
