@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import replace
 
 from itonami.errors import StorageError
 from itonami.storage.base import (
@@ -36,7 +35,7 @@ class MemoryStorage(Storage):
         self._events: dict[str, list[StoredEvent]] = {}
         self._executions: dict[str, ExecutionRecord] = {}
         self._snapshots: dict[str, dict[int, bytes]] = {}
-        self._timers: dict[tuple[str, str], int] = {}
+        self._timers: dict[str, dict[str, int]] = {}  # execution -> step -> fire_at
         # (workflow_id, version) -> (content_hash, document); dict order = registration order
         self._definitions: dict[tuple[str, str], tuple[str, bytes]] = {}
         self._txs: set[int] = set()
@@ -95,23 +94,27 @@ class MemoryStorage(Storage):
                 updated_at=first_ts if last_ts is None else last_ts,
                 version=0,
             )
-        self._executions[eid] = replace(
-            rec,
-            status=req.status,
-            updated_at=rec.updated_at if last_ts is None else last_ts,
-            version=req.expected_version + len(req.events),
+        self._executions[eid] = ExecutionRecord(
+            rec.execution_id,
+            rec.workflow_id,
+            rec.workflow_version,
+            req.status,
+            rec.parent_id,
+            rec.created_at,
+            rec.updated_at if last_ts is None else last_ts,
+            req.expected_version + len(req.events),
         )
         self._events.setdefault(eid, []).extend(req.events)
         for ev in req.events:
             self._txs.add(ev.tx)
             self._max_tx = max(self._max_tx, ev.tx)
-        for step in req.timers_cleared:
-            self._timers.pop((eid, step), None)
-        for step, fire_at in req.timers_set.items():
-            self._timers[(eid, step)] = fire_at
         if req.status in TERMINAL_STATUSES:
-            for key in [k for k in self._timers if k[0] == eid]:
-                del self._timers[key]
+            self._timers.pop(eid, None)
+        elif req.timers_cleared or req.timers_set:
+            timers = self._timers.setdefault(eid, {})
+            for step in req.timers_cleared:
+                timers.pop(step, None)
+            timers.update(req.timers_set)
         self.commits += 1
         self.appends += 1
 
@@ -190,7 +193,9 @@ class MemoryStorage(Storage):
     async def all_timers(self) -> list[tuple[str, str, int]]:
         """Every timer, soonest first."""
         self._check_open()
-        timers = [(eid, step, at) for (eid, step), at in self._timers.items()]
+        timers = [
+            (eid, step, at) for eid, steps in self._timers.items() for step, at in steps.items()
+        ]
         timers.sort(key=lambda t: (t[2], t[0], t[1]))
         return timers
 
