@@ -5,8 +5,10 @@ the stored history equals the live state and its Merkle head."""
 from __future__ import annotations
 
 import asyncio
+import tempfile
 from typing import Any
 
+import pytest
 from engine_helpers import Harness, wf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -93,34 +95,39 @@ def outcomes(tree: Any, flag: bool) -> set[str]:
     return {"completed"} if outcomes(tree[1], flag) == {"completed"} else {"compensated"}
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(tree=trees(), flag=st.booleans())
-def test_any_tree_ends_as_its_semantics_say_and_replays_identically(tree: Any, flag: bool) -> None:
-    async def scenario() -> None:
-        h = Harness()
+@pytest.mark.parametrize("store", ["memory", "sqlite"])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(tree=trees(), flag=st.booleans(), writer=st.sampled_from(["loop", "thread"]))
+def test_any_tree_ends_as_its_semantics_say_and_replays_identically(
+    store: str, tree: Any, flag: bool, writer: str
+) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        asyncio.run(scenario(store, tree, flag, writer, tmp))
 
-        @h.registry.activity()
-        async def work(name: str, fails: bool) -> dict:
-            await asyncio.sleep(0)
-            if fails:
-                raise NonRetryableError(f"{name} failed")
-            return {"name": name}
 
-        @h.registry.activity()
-        async def undo(name: str) -> dict:
-            return {"undone": name}
+async def scenario(store: str, tree: Any, flag: bool, writer: str, tmp: str) -> None:
+    h = Harness() if store == "memory" else Harness(f"sqlite:///{tmp}/p.db", writer=writer)
 
+    @h.registry.activity()
+    async def work(name: str, fails: bool) -> dict:
+        await asyncio.sleep(0)
+        if fails:
+            raise NonRetryableError(f"{name} failed")
+        return {"name": name}
+
+    @h.registry.activity()
+    async def undo(name: str) -> dict:
+        return {"undone": name}
+
+    try:
+        ir = wf(to_strategy(tree))
+        eid = await h.engine.start_workflow(ir, {"flag": flag})
         try:
-            ir = wf(to_strategy(tree))
-            eid = await h.engine.start_workflow(ir, {"flag": flag})
-            try:
-                await h.engine.wait_for_completion(eid, timeout=10)
-                status = "completed"
-            except WorkflowFailedError as e:
-                status = e.status
-            assert status in outcomes(tree, flag), (tree, flag, status)
-            assert await h.check_replay() >= 1
-        finally:
-            await h.close()
-
-    asyncio.run(scenario())
+            await h.engine.wait_for_completion(eid, timeout=10)
+            status = "completed"
+        except WorkflowFailedError as e:
+            status = e.status
+        assert status in outcomes(tree, flag), (tree, flag, status)
+        assert await h.check_replay() >= 1
+    finally:
+        await h.close()
