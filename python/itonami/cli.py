@@ -29,7 +29,7 @@ import importlib.util
 import os
 import sys
 from collections.abc import Iterable, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -249,7 +249,7 @@ def _compact(value: Any) -> str:
 def _when(micros: int | float | None) -> str:
     if not micros:
         return "-"
-    moment = datetime.fromtimestamp(micros / 1e6, tz=timezone.utc)
+    moment = datetime.fromtimestamp(micros / 1e6, tz=UTC)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 

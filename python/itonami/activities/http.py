@@ -477,7 +477,7 @@ class HttpActivity:
                 ),
                 budget,
             )
-        except (httpx.TimeoutException, asyncio.TimeoutError) as exc:
+        except (TimeoutError, httpx.TimeoutException) as exc:
             raise ActivityTimeoutError(
                 f"activity {self.name!r}: {self.method} {redact(url)} timed out after "
                 f"{time.monotonic() - started:.3g}s (limit {budget:g}s)",

@@ -559,7 +559,7 @@ class WorkflowEngine:
             status, outputs, error = await asyncio.wait_for(
                 self._await_terminal(execution_id), timeout
             )
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise WaitTimeoutError(
                 f"execution {execution_id!r} did not finish within {timeout} s",
                 execution_id=execution_id,
