@@ -770,3 +770,32 @@ async def test_concurrent_signals_to_a_parked_execution_are_all_delivered(h: Har
     await eventually(lambda: eid in h.engine._parked, "parked")
     await asyncio.gather(h.engine.signal(eid, "s", {"n": 1}), h.engine.signal(eid, "s", {"n": 2}))
     assert await h.engine.wait_for_completion(eid, timeout=10) == {"got": [1, 2]}
+
+
+async def test_executions_sleeping_on_timers_leave_memory_and_wake_in_order(h: Harness) -> None:
+    woke: list[int] = []
+
+    @h.registry.activity()
+    def after(n: int) -> dict:
+        woke.append(n)
+        return {"n": n}
+
+    ir = wf(
+        {
+            "op": "seq",
+            "strategies": [
+                {"op": "wait", "condition": {"type": "timer", "duration": "PT1H"}},
+                act("after", input_mapping={"n": "$.inputs.n"}),
+            ],
+        },
+        inputs=[{"name": "n", "type": "integer", "required": True}],
+    )
+    ids = [await h.engine.start_workflow(ir, {"n": n}) for n in range(20)]
+    await eventually(lambda: len(h.engine._parked) == 20, "all parked on their timers")
+    assert not any(eid in h.engine._runs for eid in ids)
+    await h.clock.advance(3599)
+    assert woke == []
+    await h.clock.advance(1)
+    for eid in ids:
+        await h.engine.wait_for_completion(eid, timeout=10)
+    assert sorted(woke) == list(range(20))

@@ -10,6 +10,8 @@ the interpreter acts on it.
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import logging
 import random
 import struct
@@ -224,6 +226,10 @@ class WorkflowEngine:
         self._wakeups: dict[str, asyncio.Future[None]] = {}
         self._resuming: dict[str, asyncio.Future[None]] = {}
         self._unparking: dict[str, asyncio.Future[None]] = {}
+        self._wake_heap: list[tuple[float, int, str]] = []
+        self._wake_seq = itertools.count()
+        self._timer_task: asyncio.Task[None] | None = None
+        self._timer_changed = asyncio.Event()
         self.park_idle = park_idle
         self._recover_scope = recover
 
@@ -264,6 +270,8 @@ class WorkflowEngine:
         self._closed = True
         for fut in list(self._resuming.values()):
             fut.cancel()
+        if self._timer_task is not None:
+            self._timer_task.cancel()
         tasks = [r.task for r in self._runs.values() if r.task is not None]
         for task in tasks:
             task.cancel()
@@ -463,15 +471,49 @@ class WorkflowEngine:
         self._runs[run.execution_id] = run
         run.task = asyncio.ensure_future(run.drive())
 
-    def _park(self, run: Run) -> None:
-        """The run waits for a signal: keep its id, drop everything else."""
+    def _park(self, run: Run, wake_at: float | None = None) -> None:
+        """The run waits: keep its id (and wake time), drop everything else."""
         eid = run.execution_id
         self._parked.add(eid)
+        if wake_at is not None:
+            self._wake_at(eid, wake_at)
         # Every backend (memory included) holds the events: the core's copy
         # is rebuilt when a signal revives the run.
         self._forget(eid)
         if any(run.signal_buffer.values()):
             # A signal came in while the run was unwinding to park: resume.
+            self._resuming[eid] = asyncio.ensure_future(self._resume_parked(eid))
+
+    def _wake_at(self, execution_id: str, when: float) -> None:
+        """Revive a parked execution at ``when`` (engine clock).
+
+        One task serves every parked execution: a heap of wake times and a
+        sleep until the earliest. An entry whose execution was revived
+        meanwhile only causes a harmless extra walk back to its wait.
+        """
+        heapq.heappush(self._wake_heap, (when, next(self._wake_seq), execution_id))
+        if self._timer_task is None or self._timer_task.done():
+            self._timer_task = asyncio.ensure_future(self._timer_loop())
+        elif self._wake_heap[0][2] == execution_id:
+            self._timer_changed.set()  # a new earliest time
+
+    async def _timer_loop(self) -> None:
+        clock = self.clock
+        while self._wake_heap and not self._closed:
+            when = self._wake_heap[0][0]
+            if when > clock.now():
+                self._timer_changed.clear()
+                sleeper = asyncio.ensure_future(clock.sleep_until(when))
+                changed = asyncio.ensure_future(self._timer_changed.wait())
+                try:
+                    await asyncio.wait({sleeper, changed}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    sleeper.cancel()
+                    changed.cancel()
+                continue
+            _, _, eid = heapq.heappop(self._wake_heap)
+            if eid not in self._parked or eid in self._resuming:
+                continue
             self._resuming[eid] = asyncio.ensure_future(self._resume_parked(eid))
 
     async def _resume_parked(self, execution_id: str) -> None:

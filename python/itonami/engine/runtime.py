@@ -65,11 +65,17 @@ class Compensated(StepFailure):
 
 
 class Parked(Exception):
-    """The run waits for a signal with nothing else to do: it leaves memory.
+    """The run waits (for a signal, a time, or both) with nothing else to do:
+    it leaves memory.
 
-    The wait is durable; ``WorkflowEngine.signal`` resumes the execution from
-    its recorded state (the same path as recovery after a crash).
+    What it waits for is durable; a signal (``WorkflowEngine.signal``) or the
+    engine's timer service at ``wake_at`` resumes the execution from its
+    recorded state, the same path as recovery after a crash.
     """
+
+    def __init__(self, path: str, wake_at: float | None = None) -> None:
+        super().__init__(path)
+        self.wake_at = wake_at
 
 
 class BranchCancelled(Exception):
@@ -345,8 +351,8 @@ class Run:
                 raise  # not the workflow's failure: the store's (see below)
             except ItonamiError as e:
                 await self.finish("workflow_failed", {"error": describe_error(e)})
-        except Parked:
-            self.engine._park(self)
+        except Parked as parked:
+            self.engine._park(self, parked.wake_at)
         except Exception as exc:
             # Storage failure or a bug: the execution stays unfinished in the
             # store and resumes when an engine next starts; waiters see why.
@@ -441,7 +447,7 @@ class Run:
         if rec is not None:
             attempt = int(rec.get("attempts") or 0)
             if rec.get("status") == "retrying" and rec.get("retry_at"):
-                await clock.sleep_until(rec["retry_at"] / 1e6)
+                await self._sleep_or_park(rec["retry_at"] / 1e6, node.path)
             elif rec.get("status") in ("scheduled", "running"):
                 # The process running this attempt stopped before its outcome
                 # was recorded: record that, then run the activity again
@@ -493,7 +499,7 @@ class Run:
                     attempt,
                     {"error": error, "retry_at": to_micros(retry_at)},
                 )
-                await clock.sleep_until(retry_at)
+                await self._sleep_or_park(retry_at, node.path)
                 continue
             self.append_local("activity_failed", node.path, attempt, {"error": error})
             scope.record(node, "failed", error=error)
@@ -705,7 +711,7 @@ class Run:
                 await self.emit("timer_scheduled", node.path, 0, {"fire_at": to_micros(fire_at)})
             else:
                 fire_at = fire_at_us / 1e6
-            await clock.sleep_until(fire_at)
+            await self._sleep_or_park(fire_at, node.path)
             hit("timer.fire")
             self.clear_timer(node.path)
             self.append_local("timer_fired", node.path, 0, {})
@@ -729,6 +735,16 @@ class Run:
         else:
             t = opened.get("timeout_at")
             timeout_at = t / 1e6 if t is not None else None
+        if (
+            node.kind == "signal"
+            and timeout_at is not None
+            and timeout_at > clock.now()
+            and not self.signal_buffer.get(node.signal_name or "")
+            and self._can_park()
+        ):
+            await self.flush()
+            if not self.signal_buffer.get(node.signal_name or ""):
+                raise Parked(node.path, wake_at=timeout_at)
         try:
             if node.kind == "signal":
                 payload = await race_deadline(clock, self._next_signal(node), timeout_at)
@@ -761,7 +777,7 @@ class Run:
                     "step_completed", node.path, 0, {"output": payload, "consume_signal": name}
                 )
                 return payload
-            if self._parkable(node):
+            if node.timeout is None and self._can_park():
                 await self.flush()
                 if self.signal_buffer.get(name):
                     continue  # it arrived while the wait was being committed
@@ -775,15 +791,27 @@ class Run:
                 if fut in waiters:
                     waiters.remove(fut)
 
-    def _parkable(self, node: WaitNode) -> bool:
-        """Only a run whose whole tree is this one wait, with no timer, parks."""
+    def _can_park(self) -> bool:
+        """Whether this run may leave memory now: only when the whole tree is
+        this one wait (no concurrent branch, no child, no workflow deadline
+        being raced), so nothing else of it is in flight."""
         return (
             self.engine.park_idle
-            and node.timeout is None
             and not self.ir.timeout
             and not self.children
             and asyncio.current_task() is self.task
         )
+
+    async def _sleep_or_park(self, when: float, path: str) -> None:
+        """Wait until ``when`` on the engine clock: parked if the run may park
+        (the durable fire time brings it back), else asleep in memory."""
+        clock = self.engine.clock
+        if when <= clock.now():
+            return
+        if self._can_park():
+            await self.flush()
+            raise Parked(path, wake_at=when)
+        await clock.sleep_until(when)
 
     async def deliver_signal(self, name: str, payload: Any) -> None:
         """Record a signal, wake a wait on it (if any); durable on return.
