@@ -534,7 +534,10 @@ class Run:
             info={"workflow_version": self.ir.version},
         )
         try:
-            result = await race_deadline(clock, run_activity(activity, input_, ctx, None), deadline)
+            attempt_ = run_activity(activity, input_, ctx, None)
+            result = await (
+                attempt_ if deadline is None else race_deadline(clock, attempt_, deadline)
+            )
         except DeadlineExceeded:
             which = "start-to-close" if deadline != overall else "schedule-to-close"
             return False, describe_error(
