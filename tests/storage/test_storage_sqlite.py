@@ -271,6 +271,11 @@ def test_open_storage_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
         open_storage("mysql://localhost/db")
     with pytest.raises(ValueError, match="unknown SQLite option 'journal'"):
         open_storage("sqlite:///x.db?journal=off")
+    tuned = open_storage("sqlite:///x.db?writer=thread&durability=normal&readers=4")
+    assert isinstance(tuned, SqliteStorage)
+    assert (tuned.writer, tuned.durability, tuned._n_readers) == ("thread", "normal", 4)
+    with pytest.raises(ValueError, match="writer must be 'loop' or 'thread'"):
+        open_storage("sqlite:///x.db?writer=fast")
 
 
 def test_default_storage_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -57,7 +57,7 @@ def open_storage(url: str, **options: Any) -> Storage:
     """Make the backend named by ``url`` (not yet opened: ``await s.open()``).
 
     ``options`` go to the backend's constructor (SQLite: ``durability``,
-    ``readers``, ``busy_timeout``; PostgreSQL: ``schema``). An unknown scheme
+    ``writer``, ``readers``, ``busy_timeout``; PostgreSQL: ``schema``). An unknown scheme
     raises ``ValueError`` naming the supported ones.
     """
     if not isinstance(url, str):
@@ -75,12 +75,12 @@ def open_storage(url: str, **options: Any) -> Storage:
                 merged[key] = int(value)
             elif key in _SQLITE_FLOAT_OPTIONS:
                 merged[key] = float(value)
-            elif key == "durability":
+            elif key in ("durability", "writer"):
                 merged[key] = value
             else:
                 raise ValueError(
                     f"storage URL {url!r}: unknown SQLite option {key!r} "
-                    "(known: durability, readers, busy_timeout)"
+                    "(known: durability, writer, readers, busy_timeout)"
                 )
         merged.update(options)
         return SqliteStorage(path, url=url, **merged)
