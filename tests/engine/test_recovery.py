@@ -336,3 +336,29 @@ async def test_signal_right_after_restart_is_not_lost(r: Restartable) -> None:
     h = await r.restart()
     await h.engine.signal(eid, "go", None)  # no yield between start and signal
     assert await h.engine.wait_for_completion(eid, timeout=10) == {"name": "after", "n": 1}
+
+
+async def test_delivered_event_is_not_waited_for_again_after_restart(r: Restartable) -> None:
+    r.gates["after"] = asyncio.Event()
+    h = r.new()
+    ir = wf(
+        {
+            "op": "seq",
+            "strategies": [
+                {"op": "wait", "id": "paid", "condition": {"type": "event", "event_type": "paid"}},
+                s("after"),
+            ],
+        }
+    )
+    eid = await h.engine.start_workflow(ir, {})
+    await eventually(lambda: h.engine._event_waiters.get("paid"), "waiting for the event")
+    assert await h.engine.send_event("paid", {"amount": 5}) == [eid]
+    await eventually(lambda: r.calls.get("after") == 1, "next step running")
+    events = await h.engine.get_event_history(eid)
+    kinds = [e.kind for e in events]
+    at = kinds.index("external_event_received")
+    assert kinds[at + 1] == "step_completed" and events[at + 1].data["output"] == {"amount": 5}
+    h = await r.restart()
+    r.gates["after"].set()
+    assert await h.engine.wait_for_completion(eid, timeout=10) == {"name": "after", "n": 2}
+    assert [e.kind for e in await h.engine.get_event_history(eid)].count("wait_started") == 1

@@ -743,14 +743,11 @@ class WorkflowEngine:
             if not matched:
                 continue
             self._remove_event_waiter(waiter)
-            await waiter.run.emit(
-                "external_event_received",
-                waiter.node.path,
-                0,
-                {"event_type": event_type, "payload": payload},
-            )
-            if not waiter.future.done():
-                waiter.future.set_result(payload)
+            waiter.future.set_result((event_type, payload))
+            try:
+                await asyncio.shield(waiter.recorded)
+            except Exception:
+                continue  # the wait ended first (timeout, cancellation): not delivered
             delivered.append(waiter.run.execution_id)
         return delivered
 

@@ -832,15 +832,32 @@ class Run:
         await self.flush()
 
     async def _next_event(self, node: WaitNode, scope: Scope) -> Any:
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        waiter = EventWaiter(self, node, scope, fut)
+        loop = asyncio.get_running_loop()
+        waiter = EventWaiter(self, node, scope, loop.create_future(), loop.create_future())
         self.engine._add_event_waiter(waiter)
         try:
-            payload = await fut
+            event_type, payload = await waiter.future
+            # Receipt and completion in one commit: a crash cannot separate
+            # them, so a delivered event is never waited for again.
+            self.append_local(
+                "external_event_received",
+                node.path,
+                0,
+                {"event_type": event_type, "payload": payload},
+            )
+            self.clear_timer(node.path)
+            self.append_local("step_completed", node.path, 0, {"output": payload})
+            await self.flush()
+        except BaseException as exc:
+            if not waiter.recorded.done():
+                waiter.recorded.set_exception(
+                    exc if isinstance(exc, Exception) else RuntimeError("wait ended")
+                )
+                waiter.recorded.exception()  # the sender reads it; never "unretrieved"
+            raise
         finally:
             self.engine._remove_event_waiter(waiter)
-        self.clear_timer(node.path)
-        await self.emit("step_completed", node.path, 0, {"output": payload})
+        waiter.recorded.set_result(None)
         return payload
 
     async def _saga(self, node: SagaNode, scope: Scope) -> Any:
@@ -1019,15 +1036,27 @@ class _FixedScope(Scope):
 
 
 class EventWaiter:
-    """An open ``wait`` for an external event, as the engine routes events to it."""
+    """An open ``wait`` for an external event, as the engine routes events to it.
 
-    __slots__ = ("future", "node", "run", "scope")
+    ``future`` hands the event to the waiting run; ``recorded`` tells the
+    sender once the run has committed it (or why it could not).
+    """
 
-    def __init__(self, run: Run, node: WaitNode, scope: Scope, future: asyncio.Future[Any]):
+    __slots__ = ("future", "node", "recorded", "run", "scope")
+
+    def __init__(
+        self,
+        run: Run,
+        node: WaitNode,
+        scope: Scope,
+        future: asyncio.Future[Any],
+        recorded: asyncio.Future[None],
+    ):
         self.run = run
         self.node = node
         self.scope = scope
         self.future = future
+        self.recorded = recorded
 
     def matches(self, payload: Any) -> bool:
         if self.node.filter is None:
