@@ -278,7 +278,12 @@ class WorkflowEngine:
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
         if self._started:
-            await self.storage.close()
+            try:
+                await self.storage.close()
+            except StorageError as e:
+                # Everything acknowledged is already durable; an unreachable
+                # store must not turn a shutdown into a crash.
+                log.warning("closing storage failed: %s", e)
 
     async def _recover(self) -> None:
         """Resume every unfinished execution: snapshot + later events, then run.

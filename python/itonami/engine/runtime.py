@@ -275,7 +275,11 @@ class Run:
         if self._flushing is not fut:
             return
         self._flushing = None
-        exc = fut.exception()
+        exc = (
+            StorageError("the commit was cancelled (the store closed)")
+            if fut.cancelled()
+            else fut.exception()
+        )
         if exc is not None:
             # The core holds events the store does not: forget them, so the
             # next reader reloads what is durable, and stop this run.
