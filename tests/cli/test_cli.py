@@ -4,13 +4,15 @@ and that a command resumes only the executions it names."""
 from __future__ import annotations
 
 import asyncio
+import shutil
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
 import pytest
-from cli_run import EXAMPLES, itonami
+from cli_run import EXAMPLES, cli_env, itonami
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -298,3 +300,33 @@ def test_verify_reports_a_damaged_chain(tmp_path: Path) -> None:
     assert bad.code == EXIT_FAILED
     assert bad.err.startswith(f"itonami: {eid} does NOT verify: ")
     assert "Traceback" not in bad.err
+
+
+def test_installed_console_script_runs_a_workflow(tmp_path: Path) -> None:
+    """The `itonami` command a `pip install` puts beside the interpreter."""
+    script = Path(sys.executable).parent / "itonami"
+    if not script.exists():
+        found = shutil.which("itonami")
+        if found is None:
+            pytest.skip("itonami is imported from the source tree, not installed")
+        script = Path(found)
+    proc = subprocess.run(
+        [
+            str(script),
+            "--db",
+            str(tmp_path / "s.db"),
+            "run",
+            "order_processing.kotoba",
+            "--activities",
+            "order_activities.py",
+            "--input",
+            '{"orderId": "ORD-9", "customerId": "C", "amount": 5}',
+        ],
+        cwd=EXAMPLES,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "status:    completed" in proc.stdout
