@@ -61,9 +61,9 @@ bench: install ## run the benchmarks and print a table
 		--benchmark-sort=name
 
 .PHONY: torture
-torture: install ## long crash-test run (many SIGKILLs)
-	cd tests && ITONAMI_TORTURE_KILLS=500 ../$(PY) -m pytest -q -p no:cacheprovider \
-		--rootdir=.. -c ../pyproject.toml -m crash --timeout 3600 .
+torture: install ## long crash-test run (many SIGKILLs), SQLite and a private PostgreSQL
+	cd tests && ITONAMI_TORTURE_KILLS=500 bash ../.ci/postgres.sh run ../$(PY) -m pytest -q \
+		-p no:cacheprovider --rootdir=.. -c ../pyproject.toml -m crash --timeout 3600 .
 
 .PHONY: clean
 clean: ## remove build outputs and the virtualenv
