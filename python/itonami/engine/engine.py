@@ -28,6 +28,7 @@ from ..errors import (
     ExecutionNotFoundError,
     ExecutionNotRunningError,
     ItonamiError,
+    Problem,
     StorageError,
     WaitTimeoutError,
     WorkflowDefinitionError,
@@ -361,7 +362,7 @@ class WorkflowEngine:
         if known is not None and known.content_hash != ir.content_hash:
             raise WorkflowDefinitionError(
                 [
-                    _problem(
+                    Problem(
                         "workflow.version",
                         f"{ir.id} version {ir.version} is already registered with "
                         "different content; give the changed definition a new version",
@@ -826,7 +827,8 @@ class WorkflowEngine:
                 f"no execution {execution_id!r}", execution_id=execution_id
             )
         history = b"".join(struct.pack("<I", len(e.encoded)) + e.encoded for e in events)
-        state = await asyncio.to_thread(_core.replay, execution_id, history)
+        hashes = b"".join(e.hash for e in events)
+        state = await asyncio.to_thread(_core.replay_verified, execution_id, history, hashes)
         return Execution.from_state(state)
 
     async def get_execution_at_tx(self, execution_id: str, tx: int) -> Execution:
@@ -844,12 +846,6 @@ class WorkflowEngine:
         """Recompute the Merkle chain; raises ``IntegrityError`` at the first bad node."""
         store = await self._full(execution_id)
         return await asyncio.to_thread(store.verify, execution_id)
-
-
-def _problem(path: str, message: str) -> Any:
-    from ..errors import Problem
-
-    return Problem(path, message)
 
 
 def _document(ir: WorkflowIR) -> bytes:
