@@ -36,7 +36,7 @@ from ..errors import (
     WorkflowNotFoundError,
 )
 from ..retry import RetryPolicy
-from ..storage import Storage, default_storage_url, open_storage
+from ..storage import ExecutionRecord, Storage, default_storage_url, open_storage
 from .clock import Clock, SystemClock
 from .runtime import TERMINAL, EventWaiter, Run
 
@@ -699,8 +699,13 @@ class WorkflowEngine:
         workflow_id: str | None = None,
         limit: int = 1000,
         offset: int = 0,
-    ) -> list[Any]:
-        """Executions by status and/or workflow id (index records)."""
+    ) -> list[ExecutionRecord]:
+        """Executions by status and/or workflow id, oldest first.
+
+        Returns the store's index records (:class:`itonami.storage.ExecutionRecord`:
+        id, workflow, status, parent, version; times in microseconds); use
+        :meth:`get_execution` for an execution's inputs, outputs and error.
+        """
         await self._ensure_started()
         return await self.storage.list_executions(
             status=status, workflow_id=workflow_id, limit=limit, offset=offset
