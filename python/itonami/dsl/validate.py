@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from collections.abc import Callable, Container, Mapping
+from collections.abc import Callable, Container, Iterator, Mapping
 from typing import Any
 
 import orjson
@@ -369,13 +369,16 @@ class _Compiler:
             source_lines=self.lines,
         )
 
-    def inputs(self, raw: Any, where: str) -> list[InputSpec]:
+    def _specs(
+        self, raw: Any, where: str, keys: Any, what: str
+    ) -> Iterator[tuple[str, Mapping[str, Any], str | None, str | None, int]]:
+        """The entries of an ``inputs``/``outputs`` array, with their common
+        fields checked: ``(at, item, name, type, problems before the item)``."""
         if raw is None:
-            return []
+            return
         if not isinstance(raw, list):
             self.problem(where, f"expected an array, got {_json_type(raw)}")
-            return []
-        out: list[InputSpec] = []
+            return
         seen: set[str] = set()
         for i, item in enumerate(raw):
             at = f"{where}[{i}]"
@@ -383,9 +386,13 @@ class _Compiler:
                 self.problem(at, f"expected an object, got {_json_type(item)}")
                 continue
             before = len(self.problems)
-            self.keys(item, at, _INPUT_KEYS, "an input")
-            name = self.name(item, at, seen, "input")
-            type_name = self.type_name(item, at)
+            self.keys(item, at, keys, f"an {what}")
+            name = self.name(item, at, seen, what)
+            yield at, item, name, self.type_name(item, at), before
+
+    def inputs(self, raw: Any, where: str) -> list[InputSpec]:
+        out: list[InputSpec] = []
+        for at, item, name, type_name, before in self._specs(raw, where, _INPUT_KEYS, "input"):
             required = item.get("required", False)
             if not isinstance(required, bool):
                 self.problem(f"{at}.required", f"expected a boolean, got {_json_type(required)}")
@@ -402,22 +409,8 @@ class _Compiler:
         return out
 
     def outputs(self, raw: Any, where: str) -> list[OutputSpec]:
-        if raw is None:
-            return []
-        if not isinstance(raw, list):
-            self.problem(where, f"expected an array, got {_json_type(raw)}")
-            return []
         out: list[OutputSpec] = []
-        seen: set[str] = set()
-        for i, item in enumerate(raw):
-            at = f"{where}[{i}]"
-            if not isinstance(item, Mapping):
-                self.problem(at, f"expected an object, got {_json_type(item)}")
-                continue
-            before = len(self.problems)
-            self.keys(item, at, _OUTPUT_KEYS, "an output")
-            name = self.name(item, at, seen, "output")
-            type_name = self.type_name(item, at)
+        for at, item, name, type_name, before in self._specs(raw, where, _OUTPUT_KEYS, "output"):
             source = None
             if item.get("source") is not None:
                 source = self.jsonpath(item["source"], f"{at}.source")
