@@ -202,7 +202,7 @@ async def main(n):
     before = rss()
     for _ in range(n):
         await eng.start_workflow(PARKED, {})
-    while len(eng._parked) < n + 200:
+    while eng.lifecycle_counts()["parked"] < n + 200:
         await asyncio.sleep(0.01)
     gc.collect()
     print((rss() - before) / n)
@@ -258,7 +258,7 @@ def test_recovery_10k(benchmark: Any, tmp_path: Path) -> None:
 
         async def go() -> None:
             await e2.start()
-            while len(e2._parked) < n:  # every resumed run walks back to its wait
+            while e2.lifecycle_counts()["parked"] < n:  # every resumed run walks back to its wait
                 await asyncio.sleep(0.01)
             await e2.close()
 

@@ -27,7 +27,8 @@ def test_kind_table_is_stable() -> None:
     assert kinds[1] == "workflow_started"
     assert kinds[23] == "snapshot_taken"
     assert kinds[30] == "wait_started"
-    assert sorted(kinds) == list(range(1, 31))
+    assert kinds[31] == "engine_error"
+    assert sorted(kinds) == list(range(1, 32))
 
 
 def test_encoding_layout() -> None:

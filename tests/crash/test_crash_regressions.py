@@ -69,11 +69,11 @@ async def main():
     engine = WorkflowEngine.builder().with_storage(storage).with_activities(reg).build()
     async with engine:
         eid = await engine.start_workflow(ir, {})
-        while eid not in engine._runs or engine._runs[eid].durable_version < 3:
+        while engine.phase(eid) != "live" or engine._table.get(eid).run.journal.durable_version < 3:
             await asyncio.sleep(0.001)
-        run = engine._runs[eid]  # its activity is running: the run stays live
+        run = engine._table.get(eid).run  # its activity is running: the run stays live
         storage.hold = True
-        run.append_local("signal_received", "", 0, {"name": "note", "payload": 1})
+        run.append("signal_received", "", 0, {"name": "note", "payload": 1})
         first = asyncio.ensure_future(run.flush())
         while not storage.held:
             await asyncio.sleep(0)

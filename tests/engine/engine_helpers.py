@@ -41,6 +41,17 @@ async def eventually(predicate: Callable[[], Any], what: str = "condition") -> A
         await asyncio.sleep(0.001)
 
 
+async def waiting(engine: WorkflowEngine, *ids: str) -> None:
+    """Until each execution's state shows an open wait (what ``send_event`` delivers to)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    for eid in ids:
+        while not (await engine.query(eid)).get("waits"):
+            if loop.time() > deadline:
+                raise AssertionError(f"execution {eid} never opened a wait")
+            await asyncio.sleep(0.001)
+
+
 class Harness:
     """An engine plus its clock and registry, built lazily so tests can add activities."""
 

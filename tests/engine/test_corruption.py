@@ -31,7 +31,7 @@ async def park_two(path: Path) -> tuple[str, str]:
     )
     a = await h.engine.start_workflow(ir, {}, execution_id="damaged")
     b = await h.engine.start_workflow(ir, {}, execution_id="healthy")
-    await eventually(lambda: {a, b} <= h.engine._parked, "both parked")
+    await eventually(lambda: h.engine.phase(a) == h.engine.phase(b) == "parked", "both parked")
     await h.engine.close()
     return a, b
 
@@ -121,7 +121,7 @@ async def test_tampered_snapshot_is_detected_on_load(tmp_path: Path) -> None:
         }
     )
     eid = await h.engine.start_workflow(ir, {}, execution_id="snapped")
-    await eventually(lambda: eid in h.engine._parked, "parked")
+    await eventually(lambda: h.engine.phase(eid) == "parked", "parked")
     assert await h.engine.storage.load_snapshot(eid) is not None
     await h.engine.close()
 
@@ -141,7 +141,7 @@ async def test_tampered_snapshot_is_detected_on_load(tmp_path: Path) -> None:
     h2._engine = build(h2)
     try:
         await h2.engine.start()  # reported and skipped, not resumed from bad data
-        assert eid not in h2.engine._runs and eid not in h2.engine._parked
+        assert h2.engine.phase(eid) in (None, "broken")
         with pytest.raises((DecodeError, IntegrityError)):
             await h2.engine.get_execution(eid)
     finally:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from engine_helpers import Harness, act, eventually, wf
+from engine_helpers import Harness, act, eventually, waiting, wf
 
 from itonami import (
     InputValidationError,
@@ -320,7 +320,7 @@ async def test_map_over_non_list_fails_clearly(h: Harness) -> None:
     ir = wf({"op": "map", "items": "$.inputs.xs", "strategy": act("noop")})
     with pytest.raises(WorkflowFailedError) as info:
         await h.run(ir, {"xs": 5})
-    assert "not a list" in info.value.error["message"]
+    assert "must select an array, got integer" in info.value.error["message"]
 
 
 @pytest.mark.parametrize(("amount", "taken"), [(5000, "big"), (50, "small"), (0, "zero")])
@@ -428,7 +428,7 @@ def finish_registry(h: Harness) -> None:
 async def test_signal_after_the_wait_started(h: Harness) -> None:
     finish_registry(h)
     eid = await h.engine.start_workflow(wf(SIGNAL_WF), {})
-    await eventually(lambda: eid in h.engine._parked, "parked on the signal wait")
+    await eventually(lambda: h.engine.phase(eid) == "parked", "parked on the signal wait")
     await h.engine.signal(eid, "approve", {"by": "alice"})
     assert await h.engine.wait_for_completion(eid, timeout=10) == {
         "approved_by": "alice",
@@ -481,7 +481,7 @@ async def test_external_events_are_routed_by_filter(h: Harness) -> None:
     )
     a = await h.engine.start_workflow(ir, {"order": "A"})
     b = await h.engine.start_workflow(ir, {"order": "B"})
-    await eventually(lambda: len(h.engine._event_waiters.get("payment", [])) == 2, "both waiting")
+    await waiting(h.engine, a, b)
     assert await h.engine.send_event("payment", {"order": "C"}) == []
     assert await h.engine.send_event("payment", {"order": "B", "amount": 3}) == [b]
     assert await h.engine.wait_for_completion(b, timeout=10) == {"order": "B", "amount": 3}
@@ -633,7 +633,7 @@ async def test_cancel_mid_flight_cancels_children(h: Harness) -> None:
         await h.engine.wait_for_completion(eid, timeout=10)
     assert info.value.status == "cancelled"
     child_id = f"{eid}/0/1"
-    await eventually(lambda: child_id not in h.engine._runs, "child stopped")
+    await eventually(lambda: h.engine.phase(child_id) != "live", "child stopped")
     assert (await h.engine.get_execution(child_id)).status == "cancelled"
     assert sorted(gates["__cancelled__"]) == ["child", "own"]  # type: ignore[arg-type]
     assert await h.engine.cancel(eid) is False
@@ -767,7 +767,7 @@ async def test_concurrent_signals_to_a_parked_execution_are_all_delivered(h: Har
         }
     )
     eid = await h.engine.start_workflow(ir, {})
-    await eventually(lambda: eid in h.engine._parked, "parked")
+    await eventually(lambda: h.engine.phase(eid) == "parked", "parked")
     await asyncio.gather(h.engine.signal(eid, "s", {"n": 1}), h.engine.signal(eid, "s", {"n": 2}))
     assert await h.engine.wait_for_completion(eid, timeout=10) == {"got": [1, 2]}
 
@@ -791,8 +791,8 @@ async def test_executions_sleeping_on_timers_leave_memory_and_wake_in_order(h: H
         inputs=[{"name": "n", "type": "integer", "required": True}],
     )
     ids = [await h.engine.start_workflow(ir, {"n": n}) for n in range(20)]
-    await eventually(lambda: len(h.engine._parked) == 20, "all parked on their timers")
-    assert not any(eid in h.engine._runs for eid in ids)
+    await eventually(lambda: all(h.engine.phase(i) == "parked" for i in ids), "all parked")
+    assert h.engine.lifecycle_counts()["live"] == 0
     await h.clock.advance(3599)
     assert woke == []
     await h.clock.advance(1)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from engine_helpers import Harness, act, drop_schema, eventually, wf
+from engine_helpers import Harness, act, drop_schema, eventually, waiting, wf
 
 from itonami import NonRetryableError, WorkflowFailedError
 
@@ -332,7 +332,7 @@ async def test_signal_right_after_restart_is_not_lost(r: Restartable) -> None:
         }
     )
     eid = await h.engine.start_workflow(ir, {})
-    await eventually(lambda: eid in h.engine._parked, "parked")
+    await eventually(lambda: h.engine.phase(eid) == "parked", "parked")
     h = await r.restart()
     await h.engine.signal(eid, "go", None)  # no yield between start and signal
     assert await h.engine.wait_for_completion(eid, timeout=10) == {"name": "after", "n": 1}
@@ -351,7 +351,7 @@ async def test_delivered_event_is_not_waited_for_again_after_restart(r: Restarta
         }
     )
     eid = await h.engine.start_workflow(ir, {})
-    await eventually(lambda: h.engine._event_waiters.get("paid"), "waiting for the event")
+    await waiting(h.engine, eid)
     assert await h.engine.send_event("paid", {"amount": 5}) == [eid]
     await eventually(lambda: r.calls.get("after") == 1, "next step running")
     events = await h.engine.get_event_history(eid)

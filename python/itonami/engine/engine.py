@@ -10,18 +10,21 @@ the interpreter acts on it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import heapq
 import itertools
 import logging
 import random
 import struct
+import traceback
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from .. import _core
-from ..activities import ActivityRegistry
+from ..activities import Activity, ActivityRegistry, redact
 from ..dsl import WorkflowIR
 from ..errors import (
     ConflictError,
@@ -38,7 +41,9 @@ from ..errors import (
 from ..retry import RetryPolicy
 from ..storage import ExecutionRecord, Storage, default_storage_url, open_storage
 from .clock import Clock, SystemClock
-from .runtime import TERMINAL, EventWaiter, Run
+from .journal import Journal
+from .lifecycle import Blocked, Entry, ExecutionTable, Phase
+from .runtime import TERMINAL, Run
 
 __all__ = ["Execution", "WorkflowEngine", "WorkflowEngineBuilder"]
 
@@ -99,6 +104,7 @@ class WorkflowEngineBuilder:
         self._max_payload = 4 * 1024 * 1024
         self._seed: int | None = None
         self._park = True
+        self._max_engine_errors = 3
         self._recover: bool | frozenset[str] = True
         self._storage_options: dict[str, Any] = {}
 
@@ -149,6 +155,15 @@ class WorkflowEngineBuilder:
         self._park = enabled
         return self
 
+    def with_engine_error_policy(self, max_errors: int = 3) -> WorkflowEngineBuilder:
+        """How often the engine's own code may fail running one execution
+        before that execution fails with the error (each failure is recorded
+        as an ``engine_error`` event and retried after a backoff)."""
+        if max_errors < 1:
+            raise ValueError("max_errors must be >= 1")
+        self._max_engine_errors = max_errors
+        return self
+
     def with_random_seed(self, seed: int) -> WorkflowEngineBuilder:
         """Seed the retry jitter (for reproducible tests)."""
         self._seed = seed
@@ -172,6 +187,7 @@ class WorkflowEngineBuilder:
             seed=self._seed,
             park_idle=self._park,
             recover=self._recover,
+            max_engine_errors=self._max_engine_errors,
         )
 
     def build_sync(self) -> Any:
@@ -186,6 +202,11 @@ class WorkflowEngine:
 
     All methods are coroutines; ``async with engine:`` opens storage,
     resumes unfinished executions and closes cleanly.
+
+    Each unfinished execution the engine holds is in one phase of its
+    lifecycle (``engine/lifecycle.py``: resuming, live, parked, backoff,
+    broken); :meth:`phase` tells which. Signals, external events, cancels
+    and timers act on an execution in every one of them.
     """
 
     def __init__(
@@ -201,6 +222,7 @@ class WorkflowEngine:
         seed: int | None = None,
         park_idle: bool = True,
         recover: bool | frozenset[str] = True,
+        max_engine_errors: int = 3,
     ) -> None:
         self.storage = storage
         self.activities = activities
@@ -209,29 +231,29 @@ class WorkflowEngine:
         self.snapshot_retention = snapshot_retention
         self.rng = random.Random(seed)
         self.core = _core.VersionStore(max_payload_bytes=max_payload_bytes)
+        self.park_idle = park_idle
+        self.max_engine_errors = max_engine_errors
         self._definitions: dict[tuple[str, str], WorkflowIR] = {}
         self._by_hash: dict[str, WorkflowIR] = {}
         self._latest: dict[str, WorkflowIR] = {}
         self._initial = list(workflows)
-        self._runs: dict[str, Run] = {}
-        self._event_waiters: dict[str, list[EventWaiter]] = {}
+        self._table = ExecutionTable()
         self._started = False
         self._start_lock: asyncio.Lock | None = None
         self._closed = False
         # Executions whose core copy starts at a snapshot (history queries
         # read the full durable history instead).
         self._partial: set[str] = set()
-        # Executions parked on a signal wait: no task, no Run, only their
-        # stored state; and who waits for them to finish.
-        self._parked: set[str] = set()
-        self._wakeups: dict[str, asyncio.Future[None]] = {}
-        self._resuming: dict[str, asyncio.Future[None]] = {}
-        self._unparking: dict[str, asyncio.Future[None]] = {}
+        # Wake times of parked executions: one heap, one task sleeping until
+        # the earliest (on the engine clock).
         self._wake_heap: list[tuple[float, int, str]] = []
         self._wake_seq = itertools.count()
         self._timer_task: asyncio.Task[None] | None = None
         self._timer_changed = asyncio.Event()
-        self.park_idle = park_idle
+        # Revivals, error records: kept so they are not collected mid-flight
+        # and are stopped on close.
+        self._background: set[asyncio.Task[Any]] = set()
+        self._backoff_timers: dict[str, asyncio.TimerHandle] = {}
         self._recover_scope = recover
 
     @staticmethod
@@ -239,7 +261,36 @@ class WorkflowEngine:
         """Start configuring an engine."""
         return WorkflowEngineBuilder()
 
-    # ------------------------------------------------------------ lifecycle
+    # ------------------------------------------------------------ the host a run sees
+
+    @property
+    def may_park(self) -> bool:
+        return self.park_idle and not self._closed
+
+    @property
+    def closing(self) -> bool:
+        return self._closed
+
+    def activity(self, name: str) -> Activity:
+        return self.activities.get(name)
+
+    def activity_defaults(self, name: str) -> tuple[RetryPolicy | None, float | None]:
+        if name in self.activities:
+            return self.activities.defaults_for(name)
+        return None, None
+
+    async def start_child(
+        self, ir: WorkflowIR, inputs: dict[str, Any], child_id: str, parent: dict[str, Any]
+    ) -> None:
+        await self._start(ir, inputs, child_id, parent=parent)
+
+    async def child_outcome(self, child_id: str) -> tuple[str, Any, Any]:
+        return await self._await_terminal(child_id)
+
+    async def cancel_child(self, child_id: str, reason: str) -> None:
+        await self.cancel(child_id, reason=reason)
+
+    # ------------------------------------------------------------ opening and closing
 
     async def __aenter__(self) -> WorkflowEngine:
         await self.start()
@@ -269,15 +320,19 @@ class WorkflowEngine:
         if self._closed:
             return
         self._closed = True
-        for fut in list(self._resuming.values()):
-            fut.cancel()
         if self._timer_task is not None:
             self._timer_task.cancel()
-        tasks = [r.task for r in self._runs.values() if r.task is not None]
+        for handle in self._backoff_timers.values():
+            handle.cancel()
+        self._backoff_timers.clear()
+        tasks = [r.task for r in self._table.live_runs() if r.task is not None]
+        tasks += list(self._background)
         for task in tasks:
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+        for entry in self._table.entries():
+            self._table.finish(entry)  # waiters wake and see the execution unfinished
         if self._started:
             try:
                 await self.storage.close()
@@ -289,42 +344,340 @@ class WorkflowEngine:
     async def _recover(self) -> None:
         """Resume every unfinished execution: snapshot + later events, then run.
 
-        All runs are registered before any is launched, so a parent that
-        resumes first finds its resuming children.
+        All are admitted before any is revived, so a parent that resumes
+        first finds its resuming children.
         """
-        runs: list[Run] = []
         scope = self._recover_scope
         if scope is False:
             return
-        for eid in await self.storage.unfinished_executions():
-            if eid in self._runs or (scope is not True and eid not in scope):
-                continue
-            try:
-                runs.append(await self._revive(eid, in_thread=False))
-            except ItonamiError as e:
-                # Damage to one execution must not keep the others from resuming.
-                log.error("cannot resume execution %s: %s", eid, e)
-        for run in runs:
-            self._launch(run)
+        entries = [
+            self._table.admit(eid)
+            for eid in await self.storage.unfinished_executions()
+            if eid not in self._table and (scope is True or eid in scope)
+        ]
+        for entry in entries:
+            await self._revive(entry, in_thread=False)
 
-    async def _revive(self, execution_id: str, *, in_thread: bool = True) -> Run:
-        """A run rebuilt from stored state (snapshot + later events), registered
-        but not launched."""
-        await self._load(execution_id, in_thread=in_thread)
-        d = self.core.state(execution_id).to_dict()
-        ir = await self._definition_for(d)
-        run = Run(
-            self,
-            ir,
+    async def _ensure_started(self) -> None:
+        if not self._started:
+            await self.start()
+
+    # ------------------------------------------------------------ the lifecycle
+
+    def phase(self, execution_id: str) -> str | None:
+        """Where the execution is in this engine: ``"live"``, ``"parked"``,
+        ``"resuming"``, ``"backoff"`` or ``"broken"``; ``None`` when the
+        engine holds nothing of it (finished, or not loaded here)."""
+        entry = self._table.get(execution_id)
+        return None if entry is None else entry.phase.value
+
+    def lifecycle_counts(self) -> dict[str, int]:
+        """How many executions are in each phase, and transitions so far
+        (``transitions.<phase>``): the numbers an operator (or a test proving
+        an idle engine does nothing) reads."""
+        out = {p.value: self._table.count(p) for p in Phase}
+        out.update({f"transitions.{k}": v for k, v in self._table.transitions.items()})
+        return out
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+    def _journal(
+        self, execution_id: str, version: int, first: tuple[str, str, str | None] | None = None
+    ) -> Journal:
+        return Journal(
+            self.core,
+            self.storage,
+            self.clock,
             execution_id,
+            version=version,
+            first=first,
+            snapshot_every=self.snapshot_every,
+            snapshot_retention=self.snapshot_retention,
+            on_broken=self._journal_broken,
+        )
+
+    def _journal_broken(self, journal: Journal) -> None:
+        """A commit failed: the core's copy is ahead of the store. A live run
+        writing through this journal stops (its entry backs off and revives
+        from the store), even one that is idle on a wait."""
+        eid = journal.execution_id
+        self._forget(eid)
+        entry = self._table.get(eid)
+        if entry is not None and entry.run is not None and entry.run.journal is journal:
+            task = entry.run.task
+            if task is not None and not task.done():
+                task.cancel()
+
+    def _launch(self, entry: Entry, run: Run) -> None:
+        """RESUMING → LIVE: the run's task starts driving it."""
+        self._table.go_live(entry, run)
+        run.task = asyncio.ensure_future(self._drive(entry, run))
+        run.task.add_done_callback(lambda task: self._task_ended(entry, run, task))
+
+    async def _drive(self, entry: Entry, run: Run) -> None:
+        """The run's task: drive it, then take the transition its outcome asks for."""
+        try:
+            blocked = await run.drive()
+        except asyncio.CancelledError:
+            self._run_stopped(entry, run, None)
+            raise
+        except Exception as exc:
+            self._run_stopped(entry, run, exc)
+            return
+        if blocked is not None:
+            self._run_parked(entry, run, blocked)
+        elif run.status in TERMINAL:
+            self._forget_partial(entry.execution_id)
+            self._table.finish(entry)
+        else:
+            self._run_stopped(
+                entry, run, RuntimeError("the run stopped before the execution ended")
+            )
+
+    def _task_ended(self, entry: Entry, run: Run, task: asyncio.Task[None]) -> None:
+        # A task cancelled before it ever ran skips _drive entirely: the
+        # entry must not stay live with nobody driving it.
+        if self._table.get(entry.execution_id) is entry and entry.run is run:
+            self._run_stopped(entry, run, None)
+
+    def _run_parked(self, entry: Entry, run: Run, blocked: Blocked) -> None:
+        """LIVE → PARKED, unless what it waits for arrived while it unwound."""
+        eid = entry.execution_id
+        state = self.core.state(eid).to_dict()
+        signals = state.get("signals") or {}
+        cursor = state.get("signal_cursor") or {}
+        arrived = any(len(signals.get(n) or []) > cursor.get(n, 0) for n in blocked.signals)
+        quiet = run.journal.version == run.journal.durable_version
+        if run.cancel_requested is not None:
+            entry.cancel_reason = run.cancel_requested
+        self._forget(eid)
+        self._table.park(entry, blocked)
+        log.debug("execution %s parked on %s", eid, blocked.describe())
+        if arrived or not quiet or entry.cancel_reason is not None:
+            self._wake(entry)
+        elif blocked.wake_at is not None:
+            self._wake_at(entry, blocked.wake_at)
+
+    def _run_stopped(self, entry: Entry, run: Run, exc: BaseException | None) -> None:
+        """The run ended without a terminal event: the engine is closing
+        (``exc`` None), the store failed, or the engine's own code did."""
+        if self._table.get(entry.execution_id) is not entry or entry.run is not run:
+            return
+        eid = entry.execution_id
+        self._forget(eid)
+        if run.cancel_requested is not None:
+            entry.cancel_reason = run.cancel_requested
+        if self._closed:
+            self._table.finish(entry)
+            return
+        if run.journal.durable_version == 0:
+            # Its start never committed (the caller of start_workflow was
+            # told): nothing of it exists to resume.
+            log.warning("execution %s did not start: %r", eid, exc)
+            self._table.finish(entry)
+            return
+        if exc is None:
+            exc = run.journal.broken or RuntimeError(
+                "the run was cancelled from outside the engine"
+            )
+        delay = _backoff(entry.failures)
+        if isinstance(exc, (StorageError, ConflictError)):
+            # The store failed (a restarted database, a full disk): what it
+            # holds is intact, so resume from it once it answers again.
+            log.warning("execution %s stopped: %s; resuming in %.2fs", eid, exc, delay)
+            self._table.break_off(entry, exc, self.clock.now() + delay)
+            self._backoff(entry, delay)
+            return
+        log.error("engine error in execution %s: %r", eid, exc, exc_info=exc)
+        self._table.break_off(entry, exc, self.clock.now() + delay)
+        self._spawn(self._record_engine_error(entry, run.journal, exc, delay))
+
+    async def _record_engine_error(
+        self, entry: Entry, journal: Journal, exc: BaseException, delay: float
+    ) -> None:
+        """Record an engine error in the history; after ``max_engine_errors``
+        of them, fail the execution with it (the documented policy)."""
+        eid = entry.execution_id
+        error = _engine_error(exc)
+        failed = False
+        async with entry.lock:
+            # What the run had appended before the fault is valid (the core
+            # accepted it): let it land, then build on what the store holds.
+            await journal.settle()
+            self._forget(eid)
+            try:
+                await self._load(eid)
+                if self.core.state(eid).status in TERMINAL:
+                    self._table.finish(entry)
+                    return
+                count = 1 + sum(1 for e in self.core.events(eid) if e.kind == "engine_error")
+                journal = self._journal(eid, self.core.version(eid))
+                journal.append("engine_error", "", 0, {"error": error, "attempt": count})
+                if count >= self.max_engine_errors:
+                    failed = True
+                    journal.append(
+                        "workflow_failed",
+                        "",
+                        0,
+                        {
+                            "error": {
+                                "type": "EngineError",
+                                "message": f"the engine failed {count} times running this "
+                                f"execution; last: {error['type']}: {error['message']}",
+                                "retryable": False,
+                                "cause": error,
+                            }
+                        },
+                    )
+                await journal.flush()
+                children = _running_children(self.core.state(eid).to_dict())
+            except StorageError as e:
+                log.warning("could not record the engine error of %s: %s", eid, e)
+                failed = False
+                children = []
+            except ItonamiError as e:
+                log.error("execution %s cannot be loaded: %s", eid, e)
+                self._forget(eid)
+                if self._table.get(eid) is entry:
+                    self._table.fail_to_load(entry, e)
+                return
+            finally:
+                self._forget(eid)
+        if failed:
+            log.error("execution %s failed: the engine's own code kept failing", eid)
+            for child in children:
+                with contextlib.suppress(ItonamiError):
+                    await self.cancel(child, reason="parent failed")
+            if self._table.get(eid) is entry:
+                self._table.finish(entry)
+            return
+        self._backoff(entry, delay)
+
+    def _backoff(self, entry: Entry, delay: float) -> None:
+        """Revive a BACKOFF entry after ``delay`` real seconds (engine and
+        storage faults are not workflow time)."""
+        eid = entry.execution_id
+
+        def due() -> None:
+            self._backoff_timers.pop(eid, None)
+            if self._table.get(eid) is entry and entry.phase is Phase.BACKOFF:
+                self._wake(entry)
+
+        old = self._backoff_timers.pop(eid, None)
+        if old is not None:
+            old.cancel()
+        self._backoff_timers[eid] = asyncio.get_running_loop().call_later(delay, due)
+
+    def _wake(self, entry: Entry, before_launch: Any = None) -> None:
+        """PARKED/BACKOFF → RESUMING, and revive it."""
+        timer = self._backoff_timers.pop(entry.execution_id, None)
+        if timer is not None:
+            timer.cancel()
+        self._table.wake(entry)
+        self._spawn(self._revive(entry, before_launch=before_launch))
+
+    async def _revive(
+        self, entry: Entry, *, in_thread: bool = True, before_launch: Any = None
+    ) -> None:
+        """RESUMING → LIVE (or BACKOFF / BROKEN / gone): a run rebuilt from the
+        stored state (snapshot + later events). ``before_launch(run)`` runs
+        first (a signal delivered into the revived run); it gets ``None`` when
+        no run came of the revival, so its caller can look again."""
+        async with entry.lock:
+            run = await self._rebuild(entry, in_thread=in_thread)
+            if run is None:
+                if before_launch is not None:
+                    await before_launch(None)
+                return
+            if entry.cancel_reason is not None:
+                run.request_cancel(entry.cancel_reason)
+            try:
+                if before_launch is not None:
+                    await before_launch(run)
+            finally:
+                self._launch(entry, run)
+
+    async def _rebuild(self, entry: Entry, *, in_thread: bool) -> Run | None:
+        """The run of a RESUMING entry, from the store; None (and the entry
+        moved to its next phase) when the execution ended or cannot load."""
+        eid = entry.execution_id
+        try:
+            await self._load(eid, in_thread=in_thread)
+            d = self.core.state(eid).to_dict()
+            if d["status"] in TERMINAL:
+                self._forget_partial(eid)
+                self._table.finish(entry)
+                return None
+            ir = await self._definition_for(d)
+        except StorageError as e:
+            delay = _backoff(entry.failures)
+            log.warning("cannot load execution %s: %s; retry in %.2fs", eid, e, delay)
+            self._forget(eid)
+            self._table.break_off(entry, e, self.clock.now() + delay)
+            self._backoff(entry, delay)
+            return None
+        except ItonamiError as e:
+            # Damage to one execution must not keep the others from resuming.
+            log.error("cannot resume execution %s: %s", eid, e)
+            self._forget(eid)
+            self._table.fail_to_load(entry, e)
+            return None
+        return Run(
+            self,
+            self._journal(eid, d["version"]),
+            ir,
+            eid,
             d.get("inputs") or {},
-            version=d["version"],
             recorded=d,
             parent=d.get("parent"),
         )
-        run.status = d["status"]
-        self._runs[execution_id] = run
-        return run
+
+    def _wake_at(self, entry: Entry, when: float) -> None:
+        """Revive a parked execution at ``when`` (engine clock).
+
+        One task serves every parked execution: a heap of wake times and a
+        sleep until the earliest. Entries whose execution moved on are
+        skipped when they come up.
+        """
+        heapq.heappush(self._wake_heap, (when, next(self._wake_seq), entry.execution_id))
+        if self._timer_task is None or self._timer_task.done():
+            self._timer_task = asyncio.ensure_future(self._timer_loop())
+        elif self._wake_heap[0][2] == entry.execution_id:
+            self._timer_changed.set()  # a new earliest time
+
+    async def _timer_loop(self) -> None:
+        clock = self.clock
+        while self._wake_heap and not self._closed:
+            when = self._wake_heap[0][0]
+            if when > clock.now():
+                self._timer_changed.clear()
+                sleeper = asyncio.ensure_future(clock.sleep_until(when))
+                changed = asyncio.ensure_future(self._timer_changed.wait())
+                try:
+                    await asyncio.wait({sleeper, changed}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    sleeper.cancel()
+                    changed.cancel()
+                continue
+            _, _, eid = heapq.heappop(self._wake_heap)
+            entry = self._table.get(eid)
+            if entry is not None and entry.phase is Phase.PARKED and entry.wake_at == when:
+                self._wake(entry)
+
+    def _forget(self, execution_id: str) -> None:
+        """Drop the core's copy (it is ahead of, or disagrees with, storage)."""
+        self.core.evict(execution_id)
+        self._partial.discard(execution_id)
+
+    def _forget_partial(self, execution_id: str) -> None:
+        # A finished execution's copy stays for queries, but one that began
+        # at a snapshot is reloaded in full by history queries anyway.
+        if execution_id in self._partial:
+            self._forget(execution_id)
 
     async def _definition_for(self, state: Mapping[str, Any]) -> WorkflowIR:
         h = state.get("definition_hash")
@@ -342,10 +695,6 @@ class WorkflowEngine:
                 version=state.get("workflow_version"),
             )
         return ir
-
-    async def _ensure_started(self) -> None:
-        if not self._started:
-            await self.start()
 
     # ------------------------------------------------------------ definitions
 
@@ -403,11 +752,6 @@ class WorkflowEngine:
             )
         return ir
 
-    def activity_defaults(self, name: str) -> tuple[RetryPolicy | None, float | None]:
-        if name in self.activities:
-            return self.activities.defaults_for(name)
-        return None, None
-
     # ------------------------------------------------------------ executions
 
     async def start_workflow(
@@ -449,20 +793,26 @@ class WorkflowEngine:
         *,
         fresh: bool = False,
     ) -> None:
-        if not fresh and (execution_id in self._runs or await self._exists(execution_id)):
-            return
-        run = Run(self, ir, execution_id, inputs, parent=parent)
+        if not fresh:
+            if execution_id in self._table or await self._exists(execution_id):
+                return
+            if execution_id in self._table:  # started while we looked
+                return
+        journal = self._journal(
+            execution_id, 0, first=(ir.id, ir.version, (parent or {}).get("execution_id"))
+        )
+        run = Run(self, journal, ir, execution_id, inputs, parent=parent)
         try:
             run.record_started()
         except BaseException:
             self.core.evict(execution_id)
             raise
-        self._launch(run)
+        self._launch(self._table.admit(execution_id), run)
         # Let the run reach its first durability barrier, so that its first
         # commit carries workflow_started together with the first step.
         await asyncio.sleep(0)
         try:
-            await run.flush(upto=1)
+            await journal.flush(upto=1)
         except ConflictError as e:
             if e.expected == 0:
                 return  # started concurrently by another engine: idempotent
@@ -472,126 +822,6 @@ class WorkflowEngine:
         if self.core.contains(execution_id):
             return True
         return await self.storage.get_execution(execution_id) is not None
-
-    def _launch(self, run: Run) -> None:
-        self._runs[run.execution_id] = run
-        run.task = asyncio.ensure_future(run.drive())
-
-    def _park(self, run: Run, wake_at: float | None = None) -> None:
-        """The run waits: keep its id (and wake time), drop everything else."""
-        eid = run.execution_id
-        self._parked.add(eid)
-        if wake_at is not None:
-            self._wake_at(eid, wake_at)
-        # Every backend (memory included) holds the events: the core's copy
-        # is rebuilt when a signal revives the run.
-        self._forget(eid)
-        if any(run.signal_buffer.values()):
-            # A signal came in while the run was unwinding to park: resume.
-            self._resuming[eid] = asyncio.ensure_future(self._resume_parked(eid))
-
-    def _wake_at(self, execution_id: str, when: float) -> None:
-        """Revive a parked execution at ``when`` (engine clock).
-
-        One task serves every parked execution: a heap of wake times and a
-        sleep until the earliest. An entry whose execution was revived
-        meanwhile only causes a harmless extra walk back to its wait.
-        """
-        heapq.heappush(self._wake_heap, (when, next(self._wake_seq), execution_id))
-        if self._timer_task is None or self._timer_task.done():
-            self._timer_task = asyncio.ensure_future(self._timer_loop())
-        elif self._wake_heap[0][2] == execution_id:
-            self._timer_changed.set()  # a new earliest time
-
-    async def _timer_loop(self) -> None:
-        clock = self.clock
-        while self._wake_heap and not self._closed:
-            when = self._wake_heap[0][0]
-            if when > clock.now():
-                self._timer_changed.clear()
-                sleeper = asyncio.ensure_future(clock.sleep_until(when))
-                changed = asyncio.ensure_future(self._timer_changed.wait())
-                try:
-                    await asyncio.wait({sleeper, changed}, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    sleeper.cancel()
-                    changed.cancel()
-                continue
-            _, _, eid = heapq.heappop(self._wake_heap)
-            if eid not in self._parked or eid in self._resuming:
-                continue
-            self._resuming[eid] = asyncio.ensure_future(self._resume_parked(eid))
-
-    async def _resume_parked(self, execution_id: str) -> None:
-        try:
-            run = await self._unpark(execution_id)
-            if run is not None:
-                self._launch(run)
-        finally:
-            self._resuming.pop(execution_id, None)
-
-    async def _unpark(self, execution_id: str) -> Run | None:
-        """Bring a parked execution back as a live run (not yet launched).
-
-        Returns None when it was not parked. A caller that arrives while
-        another is reviving it waits for that, then finds the live run.
-        """
-        reviving = self._unparking.get(execution_id)
-        if reviving is not None:
-            await asyncio.shield(reviving)
-            return None
-        if execution_id not in self._parked:
-            return None
-        self._parked.discard(execution_id)
-        done = self._unparking[execution_id] = asyncio.get_running_loop().create_future()
-        try:
-            run = await self._revive(execution_id)
-        except BaseException:
-            self._parked.add(execution_id)
-            raise
-        finally:
-            del self._unparking[execution_id]
-            done.set_result(None)
-        wake = self._wakeups.pop(execution_id, None)
-        if wake is not None and not wake.done():
-            wake.set_result(None)
-        return run
-
-    def _forget(self, execution_id: str) -> None:
-        """Drop the core's copy (it is ahead of, or disagrees with, storage)."""
-        self.core.evict(execution_id)
-        self._partial.discard(execution_id)
-
-    def _run_finished(self, run: Run) -> None:
-        if self._runs.get(run.execution_id) is run:
-            del self._runs[run.execution_id]
-
-    def _log_crash(self, run: Run, exc: BaseException) -> None:
-        log.error("execution %s stopped: %r", run.execution_id, exc, exc_info=exc)
-        if isinstance(exc, StorageError) and not self._closed:
-            # The store failed (a restarted database, a full disk): what it
-            # holds is intact, so resume from it once it answers again.
-            eid = run.execution_id
-            self._resuming[eid] = asyncio.ensure_future(self._resume_after_outage(eid))
-
-    async def _resume_after_outage(self, execution_id: str) -> None:
-        delay = 0.05
-        try:
-            while not self._closed:
-                await asyncio.sleep(delay)
-                try:
-                    self._forget(execution_id)
-                    run = await self._revive(execution_id)
-                except StorageError as e:
-                    delay = min(delay * 2, 5.0)
-                    log.warning(
-                        "storage still failing for %s (%s); retry in %.2fs", execution_id, e, delay
-                    )
-                    continue
-                self._launch(run)
-                return
-        finally:
-            self._resuming.pop(execution_id, None)
 
     async def wait_for_completion(
         self, execution_id: str, timeout: float | None = None
@@ -624,26 +854,12 @@ class WorkflowEngine:
 
     async def _await_terminal(self, execution_id: str) -> tuple[str, Any, Any]:
         while True:
-            run = self._runs.get(execution_id)
-            if run is not None:
-                await asyncio.shield(run.done)
-                if run.crash is not None:
-                    resuming = self._resuming.get(execution_id)
-                    if resuming is None:
-                        raise run.crash
-                    await asyncio.shield(resuming)
-                continue  # finished, parked or resumed: look again
-            resuming = self._resuming.get(execution_id)
-            if resuming is not None:
-                await asyncio.shield(resuming)
-                continue
-            if execution_id in self._parked:
-                wake = self._wakeups.get(execution_id)
-                if wake is None:
-                    wake = self._wakeups[execution_id] = asyncio.get_running_loop().create_future()
-                await asyncio.shield(wake)
-                continue
-            break
+            entry = self._table.get(execution_id)
+            if entry is None:
+                break
+            if entry.phase is Phase.BROKEN and entry.error is not None:
+                raise entry.error
+            await asyncio.shield(entry.changed)
         state = await self._state(execution_id)
         if state.status not in TERMINAL:
             raise ExecutionNotRunningError(
@@ -711,81 +927,153 @@ class WorkflowEngine:
             status=status, workflow_id=workflow_id, limit=limit, offset=offset
         )
 
+    # ------------------------------------------------------------ messages
+
     async def signal(self, execution_id: str, name: str, payload: Any = None) -> None:
         """Deliver a signal; it is durable when this returns.
 
-        A signal sent before the execution reaches its ``wait`` is kept and
-        consumed when the wait starts.
+        Signals are kept per name in arrival order: a signal sent before the
+        execution reaches its ``wait`` (or for a name it waits on only later)
+        is consumed when such a wait starts. Raises
+        :class:`ExecutionNotRunningError` once the execution has ended.
         """
-        parked = await self._unpark(execution_id)
-        if parked is not None:
-            # Record the signal first, then resume: the wait finds it buffered.
-            await parked.deliver_signal(name, payload)
-            self._launch(parked)
-            return
-        run = await self._live(execution_id)
-        await run.deliver_signal(name, payload)
-
-    async def _live(self, execution_id: str) -> Run:
         await self._ensure_started()
-        run = self._runs.get(execution_id)
-        if run is not None:
-            return run
-        state = await self._state(execution_id)
-        raise ExecutionNotRunningError(
-            f"execution {execution_id!r} is {state.status}; it takes no more signals",
-            execution_id=execution_id,
-            status=state.status,
-        )
+        data = {"name": name, "payload": payload}
+        while True:
+            entry = self._table.get(execution_id)
+            if entry is None:
+                # Not held here (not loaded, or run elsewhere): record it in
+                # the store; whoever runs the execution next consumes it.
+                await self._append_offline(execution_id, "signal_received", data)
+                return
+            if entry.phase is Phase.LIVE and entry.run is not None:
+                run = entry.run
+                if run.status in TERMINAL:
+                    await asyncio.shield(entry.changed)
+                    continue
+                await run.deliver_signal(name, payload)
+                return
+            if entry.phase is Phase.PARKED and entry.blocked and name in entry.blocked.signals:
+                delivered: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+                self._wake(
+                    entry, before_launch=functools.partial(_deliver, delivered, name, payload)
+                )
+                if await delivered:
+                    return
+                continue
+            if entry.phase in (Phase.PARKED, Phase.BACKOFF):
+                # Nothing of it waits for this name now: record it without
+                # bringing the execution back.
+                async with entry.lock:
+                    if entry.phase in (Phase.PARKED, Phase.BACKOFF):
+                        await self._append_offline(execution_id, "signal_received", data)
+                        return
+                continue
+            if entry.phase is Phase.BROKEN and entry.error is not None:
+                raise entry.error
+            await asyncio.shield(entry.changed)  # resuming: ask again once live
+
+    async def _append_offline(self, execution_id: str, kind: str, data: Any) -> None:
+        """Append one event to an execution no run of this engine drives."""
+        await self._load(execution_id)
+        try:
+            state = self.core.state(execution_id)
+            if state.status in TERMINAL:
+                raise ExecutionNotRunningError(
+                    f"execution {execution_id!r} is {state.status}; it takes no more signals",
+                    execution_id=execution_id,
+                    status=state.status,
+                )
+            journal = self._journal(execution_id, self.core.version(execution_id))
+            await journal.emit(kind, "", 0, data)
+        finally:
+            # A parked execution holds no memory; the next reader reloads it.
+            self._forget(execution_id)
 
     async def send_event(self, event_type: str, payload: Any = None) -> list[str]:
-        """Route an external event to every execution waiting for it whose filter
-        matches; returns their ids (each delivery is durable on return)."""
+        """Deliver an external event to every execution whose wait for
+        ``event_type`` is open when it is sent and whose filter matches it;
+        returns their ids (each delivery is durable on return).
+
+        Events are not kept for waits that open later (unlike signals, which
+        are addressed to one execution): a wait receives the events sent
+        while it is open.
+        """
         await self._ensure_started()
         delivered: list[str] = []
-        for waiter in list(self._event_waiters.get(event_type, ())):
-            if waiter.future.done():
-                continue
-            try:
-                matched = waiter.matches(payload)
-            except ItonamiError as e:
-                log.warning("event filter at %s failed: %s", waiter.node.path, e)
-                continue
-            if not matched:
-                continue
-            self._remove_event_waiter(waiter)
-            waiter.future.set_result((event_type, payload))
-            try:
-                await asyncio.shield(waiter.recorded)
-            except Exception:
-                continue  # the wait ended first (timeout, cancellation): not delivered
-            delivered.append(waiter.run.execution_id)
+        for entry in self._table.entries():
+            if await self._offer_event(entry, event_type, payload):
+                delivered.append(entry.execution_id)
         return delivered
 
-    def _add_event_waiter(self, waiter: EventWaiter) -> None:
-        self._event_waiters.setdefault(waiter.node.event_type or "", []).append(waiter)
-
-    def _remove_event_waiter(self, waiter: EventWaiter) -> None:
-        waiters = self._event_waiters.get(waiter.node.event_type or "", [])
-        if waiter in waiters:
-            waiters.remove(waiter)
+    async def _offer_event(self, entry: Entry, event_type: str, payload: Any) -> bool:
+        while self._table.get(entry.execution_id) is entry:
+            phase = entry.phase
+            if phase is Phase.LIVE and entry.run is not None:
+                run = entry.run
+                taken = run.offer_event(event_type, payload)
+                if not isinstance(taken, bool):
+                    # Kept for a wait the resumed run has not walked back to yet.
+                    taken = await taken
+                if taken:
+                    await run.flush()
+                return taken
+            if phase is Phase.PARKED:
+                if entry.blocked is None or event_type not in entry.blocked.events:
+                    return False
+                # Handed to the revived run before it starts: it takes the
+                # event when it walks back to its wait.
+                handed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+                self._wake(
+                    entry, before_launch=functools.partial(_hand_event, handed, event_type, payload)
+                )
+                outcome = await handed
+                if outcome is None:
+                    continue  # no run came of the revival: look again
+                taken, run = outcome
+                if not isinstance(taken, bool):
+                    taken = await taken
+                if taken:
+                    await run.flush()
+                return bool(taken)
+            if phase is not Phase.RESUMING:
+                return False
+            await asyncio.shield(entry.changed)
+        return False
 
     async def cancel(self, execution_id: str, reason: str = "cancelled") -> bool:
-        """Cancel a running execution (and its children); False if it had finished."""
+        """Cancel an execution in any unfinished state, and its children.
+
+        Returns once it has ended: True when it ended cancelled, False when it
+        had already finished (or finished on its own first).
+        """
         await self._ensure_started()
-        parked = await self._unpark(execution_id)
-        if parked is not None:
-            self._launch(parked)
-            await asyncio.sleep(0)  # let it start, so the cancellation reaches its code
-        run = self._runs.get(execution_id)
-        if run is None or run.task is None:
-            await self._state(execution_id)  # raises for an unknown id
-            return False
-        if run.cancel_requested is None:
-            run.cancel_requested = reason
-            run.task.cancel()
-        await asyncio.shield(run.done)
-        return True
+        requested = False
+        while True:
+            entry = self._table.get(execution_id)
+            if entry is None:
+                state = await self._state(execution_id)  # raises for an unknown id
+                if state.status in TERMINAL:
+                    return requested and state.status == "cancelled"
+                # Unfinished but not held here: bring it in to end it.
+                entry = self._table.admit(execution_id)
+                entry.cancel_reason = reason
+                requested = True
+                self._spawn(self._revive(entry))
+            elif entry.phase is Phase.LIVE and entry.run is not None:
+                entry.run.request_cancel(reason)
+                requested = True
+            elif entry.phase is Phase.BROKEN:
+                if entry.error is not None:
+                    raise entry.error
+                return False
+            else:
+                if entry.cancel_reason is None:
+                    entry.cancel_reason = reason
+                requested = True
+                if entry.phase in (Phase.PARKED, Phase.BACKOFF):
+                    self._wake(entry)
+            await asyncio.shield(entry.changed)
 
     # ------------------------------------------------------------ history
 
@@ -798,9 +1086,9 @@ class WorkflowEngine:
         await self._state(execution_id)
         if execution_id not in self._partial:
             return self.core
-        run = self._runs.get(execution_id)
-        if run is not None:
-            await run.flush()
+        entry = self._table.get(execution_id)
+        if entry is not None and entry.run is not None:
+            await entry.run.flush()
         events = await self.storage.read_events(execution_id)
         scratch = _core.VersionStore()
         history = b"".join(struct.pack("<I", len(e.encoded)) + e.encoded for e in events)
@@ -853,5 +1141,51 @@ class WorkflowEngine:
         return await asyncio.to_thread(store.verify, execution_id)
 
 
+async def _deliver(done: asyncio.Future[bool], name: str, payload: Any, run: Run | None) -> None:
+    """Deliver a signal into a revived run before it starts (``done`` tells
+    the sender: True delivered, False no run came of the revival)."""
+    if run is None:
+        done.set_result(False)
+        return
+    try:
+        await run.deliver_signal(name, payload)
+    except Exception as exc:  # the sender gets it; the run still launches
+        done.set_exception(exc)
+    else:
+        done.set_result(True)
+
+
+async def _hand_event(
+    done: asyncio.Future[Any], event_type: str, payload: Any, run: Run | None
+) -> None:
+    """Offer an external event to a revived run before it starts (``done``
+    gets ``(taken, run)``, or None when no run came of the revival)."""
+    done.set_result(None if run is None else (run.offer_event(event_type, payload), run))
+
+
 def _document(ir: WorkflowIR) -> bytes:
     return ir.to_json()
+
+
+def _backoff(failures: int) -> float:
+    """Real seconds before reviving after the ``failures``-th fault in a row."""
+    return min(0.05 * 2 ** min(failures, 10), 5.0)
+
+
+def _engine_error(exc: BaseException) -> dict[str, Any]:
+    """An engine fault as recorded: type, message and a short traceback,
+    secrets redacted."""
+    frames = traceback.format_exception(type(exc), exc, exc.__traceback__, limit=-8)
+    return {
+        "type": type(exc).__name__,
+        "message": redact(str(exc))[:2000],
+        "traceback": redact("".join(frames))[-4000:],
+    }
+
+
+def _running_children(state: Mapping[str, Any]) -> list[str]:
+    return sorted(
+        s["child_execution_id"]
+        for s in (state.get("steps") or {}).values()
+        if s.get("child_execution_id") and s.get("status") == "running"
+    )

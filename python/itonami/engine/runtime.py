@@ -1,19 +1,26 @@
 """One live execution: the interpreter that walks a workflow's strategy tree.
 
-Every state change is an event appended through the Rust core's reducer
-(``VersionStore.append``) and made durable by the storage backend before the
-interpreter acts on it. The interpreter itself keeps no state that cannot be
-rebuilt from events: when an execution resumes after a crash, it walks the
-tree again and every step that the recorded state shows as finished returns
-its recorded outcome instead of running. That makes live execution and
-recovery the same code path.
+Every state change is an event appended through the execution's
+:class:`~itonami.engine.journal.Journal` (the Rust core's reducer, then
+storage) before the interpreter acts on it. The interpreter keeps no state
+that cannot be rebuilt from events: when an execution resumes, it walks the
+tree again and every step the recorded state shows as finished returns its
+recorded outcome instead of running. Live execution and recovery are the
+same code path.
+
+The run talks to its engine through :class:`~itonami.engine.host.Host` only.
+What reaches it from outside (a signal, an external event, a cancel) comes
+through :meth:`Run.deliver_signal`, :meth:`Run.offer_event` and
+:meth:`Run.request_cancel`; each either takes effect through the journal or
+tells the caller to try again once the run's phase has moved.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import deque
+import logging
+import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -35,21 +42,30 @@ from ..dsl import (
 from ..errors import (
     ActivityTimeoutError,
     ConflictError,
+    DecodeError,
+    IntegrityError,
     ItonamiError,
     StorageError,
     UnknownActivityError,
 )
 from ..retry import DEFAULT_RETRY_POLICY
-from ..storage import AppendRequest, StoredEvent
 from .clock import DeadlineExceeded, race_deadline, to_micros
+from .lifecycle import Blocked
 
 if TYPE_CHECKING:
     from ..dsl import WorkflowIR
-    from .engine import WorkflowEngine
+    from .host import Host
+    from .journal import Journal
 
 __all__ = ["TERMINAL", "Run", "StepFailure"]
 
+log = logging.getLogger("itonami.engine")
+
 TERMINAL = frozenset({"completed", "failed", "cancelled", "timed_out", "compensated"})
+
+#: Errors that are not the workflow's failure but the engine's or the
+#: store's: they stop the run and the engine's error policy takes over.
+ENGINE_FAULTS = (StorageError, ConflictError, DecodeError, IntegrityError)
 
 
 class StepFailure(Exception):
@@ -65,25 +81,30 @@ class Compensated(StepFailure):
 
 
 class Parked(Exception):
-    """The run waits (for a signal, a time, or both) with nothing else to do:
-    it leaves memory.
+    """The run waits with nothing else to do: it leaves memory.
 
-    What it waits for is durable; a signal (``WorkflowEngine.signal``) or the
-    engine's timer service at ``wake_at`` resumes the execution from its
-    recorded state, the same path as recovery after a crash.
+    What it waits for is durable; ``blocked`` tells the engine what brings it
+    back (a signal, an event, a time), through the same path as recovery.
     """
 
-    def __init__(self, path: str, wake_at: float | None = None) -> None:
-        super().__init__(path)
-        self.wake_at = wake_at
+    def __init__(self, blocked: Blocked) -> None:
+        super().__init__(blocked.describe())
+        self.blocked = blocked
 
 
 class BranchCancelled(Exception):
     """A branch that a previous run of this execution recorded as cancelled."""
 
 
+class _NotStarted(Exception):
+    """A map/parallel child that was never started: its siblings already decided."""
+
+
 def _error(type_: str, message: str, **extra: Any) -> dict[str, Any]:
     return {"type": type_, "message": message, **extra}
+
+
+_NOTHING = object()
 
 
 class Scope:
@@ -111,7 +132,7 @@ class Scope:
         ctx: dict[str, Any] = {
             "inputs": self.run.inputs,
             "steps": self.all_steps(),
-            "signals": self.run.latest_signals,
+            "signals": self.run.latest_signals(),
         }
         scope: Scope | None = self
         while scope is not None:
@@ -127,192 +148,97 @@ class Scope:
             self.steps[node.id] = {"output": output, "status": status, "error": error}
 
 
+class _WaitSlot:
+    """An open signal or event wait, as the run holds it in memory."""
+
+    __slots__ = ("future", "node", "scope")
+
+    def __init__(self, node: WaitNode, scope: Scope, future: asyncio.Future[Any]) -> None:
+        self.node = node
+        self.scope = scope
+        self.future = future
+
+
+class _Offer:
+    """An external event kept for a wait the resumed run has not reached yet."""
+
+    __slots__ = ("delivered", "event_type", "future", "payload")
+
+    def __init__(self, event_type: str, payload: Any, future: asyncio.Future[bool]) -> None:
+        self.event_type = event_type
+        self.payload = payload
+        self.future = future
+        self.delivered = False
+
+
 class Run:
-    """The interpreter of one execution, plus its durable append pipeline."""
+    """The interpreter of one execution."""
 
     def __init__(
         self,
-        engine: WorkflowEngine,
+        host: Host,
+        journal: Journal,
         ir: WorkflowIR,
         execution_id: str,
         inputs: dict[str, Any],
         *,
-        version: int = 0,
         recorded: dict[str, Any] | None = None,
         parent: dict[str, Any] | None = None,
     ) -> None:
-        self.engine = engine
+        self.host = host
+        self.journal = journal
         self.ir = ir
         self.execution_id = execution_id
         self.inputs = inputs
         self.parent = parent
-        self.version = version  # newest version appended to the core
-        self.durable_version = version  # newest version the storage holds
-        self.status = "pending"
-        self._pending: list[StoredEvent] = []
-        self._timers_set: dict[str, int] = {}
-        self._timers_cleared: list[str] = []
-        self._flushing: asyncio.Future[None] | None = None
-        self._flush_target = version
-        self._broken: BaseException | None = None
-        self._last_snapshot = version
         state = recorded or {}
         self.recorded_steps: dict[str, dict[str, Any]] = state.get("steps") or {}
         self.recorded_waits: dict[str, dict[str, Any]] = state.get("waits") or {}
         self.recorded_timers: dict[str, int] = state.get("timers") or {}
         self.recorded_compensations: dict[str, Any] = state.get("compensations") or {}
-        self.started_at: float = (state.get("created_at") or 0) / 1e6 or engine.clock.now()
-        signals = state.get("signals") or {}
-        cursor = state.get("signal_cursor") or {}
-        self.signal_buffer: dict[str, deque[Any]] = {
-            name: deque(payloads[cursor.get(name, 0) :]) for name, payloads in signals.items()
-        }
-        self.latest_signals: dict[str, Any] = {
-            name: payloads[-1] for name, payloads in signals.items() if payloads
-        }
-        self.signal_waiters: dict[str, list[asyncio.Future[None]]] = {}
-        self.timer_paths: set[str] = set(self.recorded_timers)
+        self.started_at: float = (state.get("created_at") or 0) / 1e6 or host.clock.now()
+        self._signals_seen: dict[str, Any] | None = None
+        self._signal_waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._slots: dict[str, _WaitSlot] = {}
+        self._offers: list[_Offer] = []
         self.last_output: tuple[int, Any] = (-1, None)
         self.cancel_requested: str | None = None
-        self.crash: BaseException | None = None
+        self.started = False
         self.children: set[str] = set()
         self.task: asyncio.Task[None] | None = None
-        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
-    # ------------------------------------------------------------------ events
+    # ------------------------------------------------------------ journal
 
-    def append_local(self, kind: str, step: str = "", attempt: int = 0, data: Any = None) -> Any:
-        """Apply one event through the core's reducer; durable after :meth:`flush`."""
-        if self._broken is not None:
-            raise self._broken
-        payload = orjson.dumps({} if data is None else data)
-        a = self.engine.core.append(
-            self.execution_id,
-            self.version,
-            kind,
-            step,
-            attempt,
-            payload,
-            to_micros(self.engine.clock.now()),
-        )
-        self.version = a.version
-        self.status = a.status
-        self._pending.append(StoredEvent(a.version, a.tx, a.timestamp, a.kind, a.hash, a.encoded))
-        return a
+    @property
+    def status(self) -> str:
+        return str(self.journal.status)
+
+    def append(self, kind: str, step: str = "", attempt: int = 0, data: Any = None) -> Any:
+        return self.journal.append(kind, step, attempt, data)
 
     async def emit(self, kind: str, step: str = "", attempt: int = 0, data: Any = None) -> Any:
-        """Append one event and return once it is durable."""
-        a = self.append_local(kind, step, attempt, data)
-        await self.flush()
-        return a
-
-    def set_timer(self, path: str, fire_at: float) -> None:
-        self.timer_paths.add(path)
-        self._timers_set[path] = to_micros(fire_at)
-
-    def clear_timer(self, path: str) -> None:
-        if path in self.timer_paths:
-            self.timer_paths.discard(path)
-            self._timers_set.pop(path, None)
-            self._timers_cleared.append(path)
+        return await self.journal.emit(kind, step, attempt, data)
 
     async def flush(self, upto: int | None = None) -> None:
-        """Return once every event appended so far (or up to version ``upto``)
-        is durable.
+        await self.journal.flush(upto)
 
-        Events of one execution appended while a commit is in flight ride in
-        the next commit together (group commit within the execution; the
-        storage groups commits across executions). A waiter that is cancelled
-        does not cancel the commit.
-        """
-        target = self.version if upto is None else upto
-        while self.durable_version < target:
-            if self._broken is not None:
-                raise self._broken
-            fut = self._flushing
-            if fut is None:
-                fut = self._submit()
-            if fut.done():
-                # Resolved, but its done-callback may still be queued (the
-                # memory backend commits on the spot; SQLite resolves from its
-                # thread): apply it here, or this loop would never yield.
-                self._committed(fut)
-                continue
-            await asyncio.shield(fut)
-        if upto is None and self._broken is not None:
-            raise self._broken
-        if self._snapshot_due():
-            await self._snapshot()
+    def state(self) -> dict[str, Any]:
+        """The execution's state now (pending events included), as a dict."""
+        d: dict[str, Any] = self.journal.state().to_dict()
+        return d
 
-    def _submit(self) -> asyncio.Future[None]:
-        events, self._pending = self._pending, []
-        timers_set, self._timers_set = self._timers_set, {}
-        timers_cleared, self._timers_cleared = self._timers_cleared, []
-        first = self.durable_version == 0
-        req = AppendRequest(
-            execution_id=self.execution_id,
-            expected_version=self.durable_version,
-            events=events,
-            status=self.status,
-            workflow_id=self.ir.id if first else None,
-            workflow_version=self.ir.version if first else None,
-            parent_id=(self.parent or {}).get("execution_id") if first else None,
-            timers_set=timers_set,
-            timers_cleared=timers_cleared,
-        )
-        self._flush_target = events[-1].version
-        try:
-            fut = self.engine.storage.submit(req)
-        except BaseException as exc:
-            fut = asyncio.get_running_loop().create_future()
-            fut.set_exception(exc)
-        self._flushing = fut
-        if not fut.done():
-            fut.add_done_callback(self._committed)
-        return fut
+    def latest_signals(self) -> dict[str, Any]:
+        """The newest payload of every signal name received (the ``signals`` variable)."""
+        if self._signals_seen is None:
+            signals = self.state().get("signals") or {}
+            self._signals_seen = {name: p[-1] for name, p in signals.items() if p}
+        return self._signals_seen
 
-    def _committed(self, fut: asyncio.Future[None]) -> None:
-        if self._flushing is not fut:
-            return
-        self._flushing = None
-        exc = (
-            StorageError("the commit was cancelled (the store closed)")
-            if fut.cancelled()
-            else fut.exception()
-        )
-        if exc is not None:
-            # The core holds events the store does not: forget them, so the
-            # next reader reloads what is durable, and stop this run.
-            self._broken = exc
-            self.engine._forget(self.execution_id)
-            return
-        self.durable_version = self._flush_target
-
-    def _snapshot_due(self) -> bool:
-        every = self.engine.snapshot_every
-        return bool(every) and self.durable_version - self._last_snapshot >= every
-
-    async def _snapshot(self) -> None:
-        # Only a durable version may be snapshotted: a snapshot that covered
-        # events the log lacks would resurrect them after a crash.
-        if self.status in TERMINAL or self.engine.core.version(self.execution_id) != (
-            self.durable_version
-        ):
-            return
-        data = self.engine.core.snapshot(self.execution_id)
-        version = self.durable_version
-        self._last_snapshot = version  # before any await: concurrent flushers skip it
-        hit("snapshot.during")
-        await self.engine.storage.save_snapshot(self.execution_id, version, data)
-        await self.engine.storage.prune_snapshots(self.execution_id, self.engine.snapshot_retention)
-        # Recorded in the history too; rides with the next commit.
-        self.append_local("snapshot_taken", "", 0, {"version": version})
-
-    # ------------------------------------------------------------------ driver
+    # ------------------------------------------------------------ from outside
 
     def record_started(self) -> None:
         """Append ``workflow_started`` (durable with the run's first commit)."""
-        self.append_local(
+        self.append(
             "workflow_started",
             "",
             0,
@@ -325,52 +251,162 @@ class Run:
             },
         )
 
-    async def drive(self) -> None:
-        """Run the execution to a terminal event (or until the engine stops)."""
-        scope = Scope(self)
-        try:
-            deadline = self.started_at + self.ir.timeout if self.ir.timeout else None
+    async def deliver_signal(self, name: str, payload: Any) -> None:
+        """Record a signal and wake a wait on it (if any); durable on return.
+
+        The signal is applied before the first await, so a wait that is about
+        to park sees it.
+        """
+        self.append("signal_received", "", 0, {"name": name, "payload": payload})
+        self._signals_seen = None
+        for fut in self._signal_waiters.get(name, []):
+            if not fut.done():
+                fut.set_result(None)
+                break
+        await self.flush()
+
+    def offer_event(self, event_type: str, payload: Any) -> bool | asyncio.Future[bool]:
+        """Hand an external event to this run's open waits for ``event_type``.
+
+        True when a wait took it (receipt and completion are appended
+        together; the caller flushes), False when no open wait's filter
+        matches. When the state shows such a wait open that the resumed run
+        has not walked back to yet, the offer is kept for it and a future
+        tells the caller the outcome (by the time the run reaches the wait,
+        parks or stops).
+        """
+        delivered = False
+        for slot in list(self._slots.values()):
+            delivered = self._try_slot(slot, event_type, payload) or delivered
+        if delivered:
+            return True
+        if self.status != "running" or not self._unreached(event_type):
+            return False
+        offer = _Offer(event_type, payload, asyncio.get_running_loop().create_future())
+        self._offers.append(offer)
+        return offer.future
+
+    def _try_slot(self, slot: _WaitSlot, event_type: str, payload: Any) -> bool:
+        node = slot.node
+        if node.kind != "event" or node.event_type != event_type or slot.future.done():
+            return False
+        if node.filter is not None:
+            ctx = slot.scope.context()
+            ctx["event"] = payload
             try:
-                out = await race_deadline(
-                    self.engine.clock, self.run_node(self.ir.strategy, scope), deadline
-                )
-                outputs = self.compute_outputs(scope, out)
-                await self.finish("workflow_completed", {"outputs": outputs})
-            except DeadlineExceeded:
-                await self.cancel_children("workflow timed out")
-                err = _error(
-                    "WorkflowTimeout", f"workflow exceeded its timeout of {self.ir.timeout} s"
-                )
-                await self.finish("workflow_timed_out", {"error": err})
-            except Compensated as c:
-                await self.finish("workflow_compensated", {"error": c.error})
-            except StepFailure as f:
-                await self.finish("workflow_failed", {"error": f.error})
-            except asyncio.CancelledError:
-                if self.cancel_requested is None:
-                    raise  # the engine is stopping: the execution resumes later
-                await self.cancel_children(self.cancel_requested)
-                await self.finish("workflow_cancelled", {"reason": self.cancel_requested})
-            except (StorageError, ConflictError):
-                raise  # not the workflow's failure: the store's (see below)
+                if not node.filter.evaluate(ctx):
+                    return False
             except ItonamiError as e:
-                await self.finish("workflow_failed", {"error": describe_error(e)})
+                # A filter that cannot be evaluated on this payload does not
+                # match it; the wait stays open for the next event.
+                log.warning("event filter at %s failed: %s", node.path, e)
+                return False
+        # Receipt and completion in one commit: a crash cannot separate them,
+        # so a delivered event is never waited for again.
+        self.append(
+            "external_event_received", node.path, 0, {"event_type": event_type, "payload": payload}
+        )
+        self.append("step_completed", node.path, 0, {"output": payload})
+        self._slots.pop(node.path, None)
+        slot.future.set_result(payload)
+        return True
+
+    def _unreached(self, event_type: str) -> bool:
+        """Whether a wait for ``event_type`` that the recorded state shows open
+        has not been reached by this run yet."""
+        state = self.journal.state()
+        return any(
+            w.get("kind") == "event"
+            and w.get("event_type") == event_type
+            and p not in self._slots
+            and state.step_status(p) == "waiting"
+            for p, w in self.recorded_waits.items()
+        )
+
+    def _settle_offers(self, slot: _WaitSlot | None) -> None:
+        """Give kept offers to a wait just reached; answer those no wait can take."""
+        for offer in list(self._offers):
+            if slot is not None and self._try_slot(slot, offer.event_type, offer.payload):
+                offer.delivered = True
+            if slot is None or not self._unreached(offer.event_type):
+                self._offers.remove(offer)
+                if not offer.future.done():
+                    offer.future.set_result(offer.delivered)
+
+    def request_cancel(self, reason: str) -> None:
+        """Ask the run to end ``cancelled`` (children too); idempotent."""
+        if self.cancel_requested is not None:
+            return
+        self.cancel_requested = reason
+        # A run that has not started sees the request first thing; one that
+        # runs is interrupted at its current await.
+        if self.started and self.task is not None and not self.task.done():
+            self.task.cancel()
+
+    # ------------------------------------------------------------ driver
+
+    async def drive(self) -> Blocked | None:
+        """Run the execution to a terminal event; or return what it parks on.
+
+        Raises for what is not the workflow's outcome (an engine fault, the
+        engine stopping): the engine's error policy handles those.
+        """
+        self.started = True
+        try:
+            if self.cancel_requested is not None:
+                await self._end_cancelled()
+                return None
+            await self._drive_tree()
+            return None
         except Parked as parked:
-            self.engine._park(self, parked.wake_at)
-        except Exception as exc:
-            # Storage failure or a bug: the execution stays unfinished in the
-            # store and resumes when an engine next starts; waiters see why.
-            self.crash = exc
-            self.engine._log_crash(self, exc)
+            return parked.blocked
         finally:
-            if not self.done.done():
-                self.done.set_result(None)
-            self.engine._run_finished(self)
+            self._slots.clear()
+            self._settle_offers(None)
+
+    async def _drive_tree(self) -> None:
+        scope = Scope(self)
+        deadline = self.started_at + self.ir.timeout if self.ir.timeout else None
+        try:
+            if deadline is not None and deadline <= self.host.clock.now():
+                raise DeadlineExceeded
+            out = await race_deadline(
+                self.host.clock, self.run_node(self.ir.strategy, scope), deadline
+            )
+            outputs = self.compute_outputs(scope, out)
+            await self.finish("workflow_completed", {"outputs": outputs})
+        except DeadlineExceeded:
+            await self.cancel_children("workflow timed out")
+            err = _error("WorkflowTimeout", f"workflow exceeded its timeout of {self.ir.timeout} s")
+            await self.finish("workflow_timed_out", {"error": err})
+        except Compensated as c:
+            await self.finish("workflow_compensated", {"error": c.error})
+        except StepFailure as f:
+            await self.finish("workflow_failed", {"error": f.error})
+        except asyncio.CancelledError:
+            if self.cancel_requested is None:
+                raise  # the engine is stopping: the execution resumes later
+            await self._end_cancelled()
+        except ENGINE_FAULTS:
+            raise
+        except ItonamiError as e:
+            await self.finish("workflow_failed", {"error": describe_error(e)})
+
+    async def _end_cancelled(self) -> None:
+        if self.status in TERMINAL:
+            await self.flush()  # it ended on its own while the cancel arrived
+            return
+        reason = self.cancel_requested or "cancelled"
+        await self.cancel_children(reason)
+        await self.finish("workflow_cancelled", {"reason": reason})
 
     async def finish(self, kind: str, data: dict[str, Any]) -> None:
-        for path in sorted(self.timer_paths):
-            self.append_local("timer_cancelled", path, 0, {})
-            self.clear_timer(path)
+        """Append the terminal event (cancelling pending timers) and commit."""
+        if self.status in TERMINAL:
+            await self.flush()
+            return
+        for path in sorted(self.state().get("timers") or {}):
+            self.append("timer_cancelled", path, 0, {})
         await self.emit(kind, "", 0, data)
 
     def compute_outputs(self, scope: Scope, out: Any) -> dict[str, Any]:
@@ -392,12 +428,22 @@ class Run:
         if version >= self.last_output[0]:
             self.last_output = (version, output)
 
-    async def cancel_children(self, reason: str) -> None:
-        for child in list(self.children):
-            with contextlib.suppress(ItonamiError):
-                await self.engine.cancel(child, reason=f"parent: {reason}")
+    def running_children(self) -> list[str]:
+        """Child executions this run started that have not reported back:
+        those being awaited now, and those the recorded state shows running."""
+        kids = set(self.children)
+        for step in (self.state().get("steps") or {}).values():
+            child = step.get("child_execution_id")
+            if child and step.get("status") == "running":
+                kids.add(child)
+        return sorted(kids)
 
-    # ------------------------------------------------------------------ nodes
+    async def cancel_children(self, reason: str) -> None:
+        for child in self.running_children():
+            with contextlib.suppress(ItonamiError):
+                await self.host.cancel_child(child, f"parent: {reason}")
+
+    # ------------------------------------------------------------ nodes
 
     async def run_node(self, node: Node, scope: Scope) -> Any:
         rec = self.recorded_steps.get(node.path)
@@ -442,21 +488,21 @@ class Run:
     async def _activity(self, node: ActivityNode, scope: Scope, rec: dict[str, Any] | None) -> Any:
         if self._recorded_success(node, scope, rec):
             return rec["result"]  # type: ignore[index]
-        engine = self.engine
-        clock = engine.clock
-        reg_policy, reg_timeout = engine.activity_defaults(node.activity_ref)
+        host = self.host
+        clock = host.clock
+        reg_policy, reg_timeout = host.activity_defaults(node.activity_ref)
         policy = node.retry_policy or reg_policy or self.ir.retry_policy or DEFAULT_RETRY_POLICY
         timeout = node.timeout if node.timeout is not None else reg_timeout
         attempt = 0
         if rec is not None:
             attempt = int(rec.get("attempts") or 0)
             if rec.get("status") == "retrying" and rec.get("retry_at"):
-                await self._sleep_or_park(rec["retry_at"] / 1e6, node.path)
+                await self._sleep_or_park(rec["retry_at"] / 1e6)
             elif rec.get("status") in ("scheduled", "running"):
                 # The process running this attempt stopped before its outcome
                 # was recorded: record that, then run the activity again
                 # (at-least-once; the idempotency key stays the same).
-                self.append_local(
+                self.append(
                     "activity_retry_scheduled",
                     node.path,
                     attempt,
@@ -478,7 +524,7 @@ class Run:
             overall = (first_at / 1e6 if first_at else clock.now()) + node.schedule_to_close_timeout
         while True:
             attempt += 1
-            self.append_local(
+            self.append(
                 "activity_scheduled",
                 node.path,
                 attempt,
@@ -493,7 +539,7 @@ class Run:
                 return outcome
             error = outcome
             retryable = bool(error.get("retryable", True))
-            retry_at = clock.now() + policy.delay(attempt, engine.rng)
+            retry_at = clock.now() + policy.delay(attempt, host.rng)
             if policy.should_retry(attempt, str(error.get("type")), retryable) and (
                 overall is None or retry_at < overall
             ):
@@ -503,9 +549,9 @@ class Run:
                     attempt,
                     {"error": error, "retry_at": to_micros(retry_at)},
                 )
-                await self._sleep_or_park(retry_at, node.path)
+                await self._sleep_or_park(retry_at)
                 continue
-            self.append_local("activity_failed", node.path, attempt, {"error": error})
+            self.append("activity_failed", node.path, attempt, {"error": error})
             scope.record(node, "failed", error=error)
             raise StepFailure(error)
 
@@ -518,10 +564,9 @@ class Run:
         overall: float | None,
     ) -> tuple[bool, Any]:
         """Run one attempt: ``(True, result)`` once recorded, or ``(False, error)``."""
-        engine = self.engine
-        clock = engine.clock
+        clock = self.host.clock
         try:
-            activity = engine.activities.get(node.activity_ref)
+            activity = self.host.activity(node.activity_ref)
         except UnknownActivityError as e:
             return False, describe_error(e) | {"retryable": False}
         deadline = clock.now() + timeout if timeout is not None else None
@@ -534,7 +579,11 @@ class Run:
             activity=node.activity_ref,
             attempt=attempt,
             idempotency_key=make_idempotency_key(self.execution_id, node.path),
-            deadline=None,
+            # The activity's own budget (ActivityContext.remaining(), the HTTP
+            # activity's time limit) is on the monotonic clock.
+            deadline=None
+            if deadline is None
+            else time.monotonic() + max(deadline - clock.now(), 0.0),
             info={"workflow_version": self.ir.version},
         )
         try:
@@ -557,15 +606,17 @@ class Run:
         try:
             # Not flushed here: the next side effect's barrier (or the
             # workflow's end) commits it, with whatever else was recorded.
-            a = self.append_local("activity_completed", node.path, attempt, {"result": result})
+            a = self.append("activity_completed", node.path, attempt, {"result": result})
         except (TypeError, orjson.JSONEncodeError) as e:
             return False, _error(
                 "ResultNotSerializable",
                 f"activity {node.activity_ref!r} returned a value that is not JSON: {e}",
                 retryable=False,
             )
+        except ENGINE_FAULTS:
+            raise
         except ItonamiError as e:  # e.g. PayloadTooLargeError from the core
-            if self._broken is not None:
+            if self.journal.broken is not None:
                 raise
             return False, describe_error(e) | {"retryable": False}
         self.note_output(a.version, result)
@@ -573,7 +624,6 @@ class Run:
 
     async def _gather_children(
         self,
-        scope: Scope,
         jobs: list[tuple[Node, Scope]],
         need: int,
         limit: int | None,
@@ -581,18 +631,36 @@ class Run:
         """Run child nodes concurrently until ``need`` succeed; cancel the rest.
 
         Results come back in job order, ``None`` for a job that did not finish.
-        Fails (with the first failure) once ``need`` successes became impossible.
+        Fails (with the first failure) once ``need`` successes became
+        impossible; from that moment no further child starts.
         """
         n = len(jobs)
         results: list[Any] = [None] * n
         sem = asyncio.Semaphore(limit) if limit else None
+        tally = {"ok": 0, "lost": 0}
+
+        def decided() -> bool:
+            return tally["ok"] >= need or n - tally["lost"] < need
+
+        async def run(i: int) -> Any:
+            node, child_scope = jobs[i]
+            try:
+                out = await self.run_node(node, child_scope)
+            except (StepFailure, BranchCancelled):
+                # Counted before the semaphore lets the next child in, so a
+                # failure stops the queue at once.
+                tally["lost"] += 1
+                raise
+            tally["ok"] += 1
+            return out
 
         async def one(i: int) -> Any:
-            node, child_scope = jobs[i]
             if sem is None:
-                return await self.run_node(node, child_scope)
+                return await run(i)
             async with sem:
-                return await self.run_node(node, child_scope)
+                if decided():
+                    raise _NotStarted
+                return await run(i)
 
         tasks = {asyncio.ensure_future(one(i)): i for i in range(n)}
         ok = lost = 0
@@ -606,7 +674,7 @@ class Run:
                     if exc is None:
                         results[tasks[t]] = t.result()
                         ok += 1
-                    elif isinstance(exc, BranchCancelled):
+                    elif isinstance(exc, (BranchCancelled, _NotStarted)):
                         lost += 1
                     elif isinstance(exc, StepFailure):
                         lost += 1
@@ -624,56 +692,57 @@ class Run:
             for t in tasks:  # finished after the decision: their outcome is moot
                 if t.done() and not t.cancelled():
                     t.exception()
+        unfinished = [jobs[i][0].path for t, i in tasks.items() if t in leftover or _never_ran(t)]
         if ok < need:
-            await self._record_cancelled(leftover, tasks, jobs, "sibling failed")
+            await self._record_cancelled(unfinished, "sibling failed")
             assert first_error is not None
             raise first_error
-        await self._record_cancelled(leftover, tasks, jobs, "completion condition met")
+        await self._record_cancelled(unfinished, "completion condition met")
         return results
 
-    async def _record_cancelled(
-        self,
-        leftover: Iterable[asyncio.Task[Any]],
-        tasks: dict[asyncio.Task[Any], int],
-        jobs: list[tuple[Node, Scope]],
-        reason: str,
-    ) -> None:
-        state = self.engine.core.state(self.execution_id)
-        # A branch cancelled while its last event was being committed has
-        # finished after all: it stays completed.
-        paths = sorted(
-            path
-            for path in (jobs[tasks[t]][0].path for t in leftover)
-            if state.step_status(path) not in ("completed", "failed", "cancelled")
-        )
-        for path in paths:
-            self.append_local("step_cancelled", path, 0, {"reason": reason})
-            for timer in [p for p in self.timer_paths if p == path or p.startswith(path + "/")]:
-                self.append_local("timer_cancelled", timer, 0, {})
-                self.clear_timer(timer)
-        if paths:
+    async def _record_cancelled(self, branches: Iterable[str], reason: str) -> None:
+        """Record branches that will not finish as cancelled, with everything
+        still open inside them (waits, timers), so nothing outside sees them
+        as pending."""
+        state = self.state()
+        steps = state.get("steps") or {}
+        timers = state.get("timers") or {}
+        waits = state.get("waits") or {}
+        done = ("completed", "failed", "cancelled")
+        wrote = False
+        for branch in sorted(branches):
+            prefix = branch + "/"
+            # A branch cancelled while its last event was being committed has
+            # finished after all: it stays completed.
+            if (steps.get(branch) or {}).get("status") in done:
+                continue
+            for wait in sorted(p for p in waits if p.startswith(prefix)):
+                if (steps.get(wait) or {}).get("status") not in done:
+                    self.append("step_cancelled", wait, 0, {"reason": reason})
+            self.append("step_cancelled", branch, 0, {"reason": reason})
+            for timer in sorted(p for p in timers if p == branch or p.startswith(prefix)):
+                self.append("timer_cancelled", timer, 0, {})
+            wrote = True
+        if wrote:
             await self.flush()
 
     async def _parallel(self, node: ParallelNode, scope: Scope) -> Any:
         need = node.completion.n
-        out = await self._gather_children(scope, [(b, scope) for b in node.branches], need, None)
+        out = await self._gather_children([(b, scope) for b in node.branches], need, None)
         scope.record(node, "completed", out)
         return out
 
     async def _map(self, node: MapNode, scope: Scope) -> Any:
-        items = node.items.find_one(scope.context())
-        if not isinstance(items, list):
-            error = _error(
-                "MapItemsNotAList",
-                f"map at {node.path}: {node.items.text} gave {type(items).__name__}, not a list",
-            )
+        try:
+            items = node.resolve_items(scope.context())
+        except (ValueError, ItonamiError) as e:
+            error = _error("MapItemsNotAList", f"map at {node.path}: {e}", retryable=False)
+            if (self.recorded_steps.get(node.path) or {}).get("status") != "failed":
+                await self.emit("step_failed", node.path, 0, {"error": error})
             scope.record(node, "failed", error=error)
-            raise StepFailure(error)
-        jobs = [
-            (node.strategy.at(f"{node.path}/{k}"), Scope(self, scope, item, k))
-            for k, item in enumerate(items)
-        ]
-        out = await self._gather_children(scope, jobs, len(jobs), node.max_concurrency)
+            raise StepFailure(error) from None
+        jobs = [(node.iteration(k), Scope(self, scope, item, k)) for k, item in enumerate(items)]
+        out = await self._gather_children(jobs, len(jobs), node.max_concurrency)
         scope.record(node, "completed", out)
         return out
 
@@ -681,20 +750,12 @@ class Run:
         if rec is not None and "branch" in rec:
             branch = rec["branch"]
         else:
-            ctx = scope.context()
-            branch = None
-            for i, (condition, _) in enumerate(node.conditions):
-                try:
-                    taken = condition.evaluate(ctx)
-                except ItonamiError as e:
-                    error = describe_error(e) | {"retryable": False}
-                    await self.emit("step_failed", node.path, 0, {"error": error})
-                    raise StepFailure(error) from e
-                if taken:
-                    branch = i
-                    break
-            if branch is None and node.default_branch is not None:
-                branch = "default"
+            try:
+                branch = node.choose(scope.context())
+            except ItonamiError as e:
+                error = describe_error(e) | {"retryable": False}
+                await self.emit("step_failed", node.path, 0, {"error": error})
+                raise StepFailure(error) from e
             await self.emit("decision_made", node.path, 0, {"branch": branch})
         if branch is None:
             chosen = None
@@ -706,22 +767,22 @@ class Run:
         scope.record(node, "completed", out)
         return out
 
+    # ------------------------------------------------------------ waits
+
     async def _wait(self, node: WaitNode, scope: Scope, rec: dict[str, Any] | None) -> Any:
         if self._recorded_success(node, scope, rec):
             return rec["result"]  # type: ignore[index]
-        clock = self.engine.clock
+        clock = self.host.clock
         if node.kind == "timer":
             fire_at_us = self.recorded_timers.get(node.path)
             if fire_at_us is None:
                 fire_at = clock.now() + (node.duration or 0.0)
-                self.set_timer(node.path, fire_at)
                 await self.emit("timer_scheduled", node.path, 0, {"fire_at": to_micros(fire_at)})
             else:
                 fire_at = fire_at_us / 1e6
-            await self._sleep_or_park(fire_at, node.path)
+            await self._sleep_or_park(fire_at)
             hit("timer.fire")
-            self.clear_timer(node.path)
-            self.append_local("timer_fired", node.path, 0, {})
+            self.append("timer_fired", node.path, 0, {})
             await self.emit("step_completed", node.path, 0, {"output": None})
             scope.record(node, "completed", None)
             return None
@@ -736,29 +797,19 @@ class Run:
                 data["filter"] = node.filter.text if node.filter is not None else None
             timeout_at = clock.now() + node.timeout if node.timeout is not None else None
             if timeout_at is not None:
+                # The timeout is part of the open wait (``waits[path].timeout_at``):
+                # no separate timer, so nothing to cancel when the wait ends early.
                 data["timeout_at"] = to_micros(timeout_at)
-                self.set_timer(node.path, timeout_at)
-            await self.emit("wait_started", node.path, 0, data)
+            self.append("wait_started", node.path, 0, data)
         else:
             t = opened.get("timeout_at")
             timeout_at = t / 1e6 if t is not None else None
-        if (
-            node.kind == "signal"
-            and timeout_at is not None
-            and timeout_at > clock.now()
-            and not self.signal_buffer.get(node.signal_name or "")
-            and self._can_park()
-        ):
-            await self.flush()
-            if not self.signal_buffer.get(node.signal_name or ""):
-                raise Parked(node.path, wake_at=timeout_at)
         try:
             if node.kind == "signal":
-                payload = await race_deadline(clock, self._next_signal(node), timeout_at)
+                payload = await self._next_signal(node, timeout_at)
             else:
-                payload = await race_deadline(clock, self._next_event(node, scope), timeout_at)
+                payload = await self._next_event(node, scope, timeout_at)
         except DeadlineExceeded:
-            self.clear_timer(node.path)
             what = (
                 f"signal {node.signal_name!r}"
                 if node.kind == "signal"
@@ -773,96 +824,108 @@ class Run:
         scope.record(node, "completed", payload)
         return payload
 
-    async def _next_signal(self, node: WaitNode) -> Any:
+    def _take_signal(self, node: WaitNode) -> Any:
+        """Consume the oldest unconsumed signal of the wait's name, if any
+        (appended at once: two waits on one name never take the same one)."""
         name = node.signal_name or ""
+        state = self.state()
+        payloads = (state.get("signals") or {}).get(name) or []
+        cursor = (state.get("signal_cursor") or {}).get(name, 0)
+        if cursor >= len(payloads):
+            return _NOTHING
+        payload = payloads[cursor]
+        self.append("step_completed", node.path, 0, {"output": payload, "consume_signal": name})
+        return payload
+
+    async def _next_signal(self, node: WaitNode, timeout_at: float | None) -> Any:
+        name = node.signal_name or ""
+        clock = self.host.clock
         while True:
-            buffered = self.signal_buffer.get(name)
-            if buffered:
-                payload = buffered.popleft()
-                self.clear_timer(node.path)
-                await self.emit(
-                    "step_completed", node.path, 0, {"output": payload, "consume_signal": name}
-                )
-                return payload
-            if node.timeout is None and self._can_park():
+            payload = self._take_signal(node)
+            if payload is not _NOTHING:
                 await self.flush()
-                if self.signal_buffer.get(name):
-                    continue  # it arrived while the wait was being committed
-                raise Parked(node.path)
+                return payload
+            if timeout_at is not None and timeout_at <= clock.now():
+                raise DeadlineExceeded
+            if self._can_park():
+                await self.flush()
+                if not self._quiet():
+                    continue  # something arrived while the wait was being committed
+                payload = self._take_signal(node)
+                if payload is _NOTHING:
+                    raise Parked(Blocked(signals=frozenset({name}), wake_at=timeout_at))
+                await self.flush()
+                return payload
+            if not self._quiet():
+                # A wait is a durability barrier: what the state shows open is stored.
+                await self.flush()
+                continue
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self.signal_waiters.setdefault(name, []).append(fut)
+            self._signal_waiters.setdefault(name, []).append(fut)
             try:
-                await fut
+                await race_deadline(clock, fut, timeout_at)
             finally:
-                waiters = self.signal_waiters.get(name, [])
+                waiters = self._signal_waiters.get(name, [])
                 if fut in waiters:
                     waiters.remove(fut)
+
+    async def _next_event(self, node: WaitNode, scope: Scope, timeout_at: float | None) -> Any:
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        slot = self._slots[node.path] = _WaitSlot(node, scope, fut)
+        self._settle_offers(slot)
+        try:
+            await self.flush()  # wait_started is durable before anyone is told it is open
+            while not fut.done():
+                if timeout_at is not None and timeout_at <= self.host.clock.now():
+                    raise DeadlineExceeded
+                if self._can_park():
+                    if not self._quiet():
+                        await self.flush()
+                        continue
+                    # No await from here to the park: an event offered now
+                    # finds the run without this wait and retries once it is
+                    # parked, which revives it.
+                    del self._slots[node.path]
+                    raise Parked(
+                        Blocked(events=frozenset({node.event_type or ""}), wake_at=timeout_at)
+                    )
+                await race_deadline(self.host.clock, asyncio.shield(fut), timeout_at)
+            payload = fut.result()
+            await self.flush()
+            return payload
+        finally:
+            if self._slots.get(node.path) is slot:
+                del self._slots[node.path]
+
+    def _quiet(self) -> bool:
+        """Whether everything appended is durable (nothing would be lost by leaving)."""
+        return self.journal.version == self.journal.durable_version
 
     def _can_park(self) -> bool:
         """Whether this run may leave memory now: only when the whole tree is
         this one wait (no concurrent branch, no child, no workflow deadline
         being raced), so nothing else of it is in flight."""
         return (
-            self.engine.park_idle
+            self.host.may_park
             and not self.ir.timeout
             and not self.children
+            and self.cancel_requested is None
             and asyncio.current_task() is self.task
         )
 
-    async def _sleep_or_park(self, when: float, path: str) -> None:
+    async def _sleep_or_park(self, when: float) -> None:
         """Wait until ``when`` on the engine clock: parked if the run may park
-        (the durable fire time brings it back), else asleep in memory."""
-        clock = self.engine.clock
+        (the durable wake time brings it back), else asleep in memory."""
+        clock = self.host.clock
         if when <= clock.now():
+            # Yield anyway: a zero-delay retry loop must not starve the event loop.
+            await asyncio.sleep(0)
             return
         if self._can_park():
             await self.flush()
-            raise Parked(path, wake_at=when)
+            if self._quiet():
+                raise Parked(Blocked(wake_at=when))
         await clock.sleep_until(when)
-
-    async def deliver_signal(self, name: str, payload: Any) -> None:
-        """Record a signal, wake a wait on it (if any); durable on return.
-
-        The signal is buffered before the first await, so a wait that is
-        about to park sees it.
-        """
-        self.append_local("signal_received", "", 0, {"name": name, "payload": payload})
-        self.signal_buffer.setdefault(name, deque()).append(payload)
-        self.latest_signals[name] = payload
-        for fut in self.signal_waiters.get(name, []):
-            if not fut.done():
-                fut.set_result(None)
-                break
-        await self.flush()
-
-    async def _next_event(self, node: WaitNode, scope: Scope) -> Any:
-        loop = asyncio.get_running_loop()
-        waiter = EventWaiter(self, node, scope, loop.create_future(), loop.create_future())
-        self.engine._add_event_waiter(waiter)
-        try:
-            event_type, payload = await waiter.future
-            # Receipt and completion in one commit: a crash cannot separate
-            # them, so a delivered event is never waited for again.
-            self.append_local(
-                "external_event_received",
-                node.path,
-                0,
-                {"event_type": event_type, "payload": payload},
-            )
-            self.clear_timer(node.path)
-            self.append_local("step_completed", node.path, 0, {"output": payload})
-            await self.flush()
-        except BaseException as exc:
-            if not waiter.recorded.done():
-                waiter.recorded.set_exception(
-                    exc if isinstance(exc, Exception) else RuntimeError("wait ended")
-                )
-                waiter.recorded.exception()  # the sender reads it; never "unretrieved"
-            raise
-        finally:
-            self.engine._remove_event_waiter(waiter)
-        waiter.recorded.set_result(None)
-        return payload
 
     async def _saga(self, node: SagaNode, scope: Scope) -> Any:
         comp_rec = self.recorded_compensations.get(node.path)
@@ -900,7 +963,7 @@ class Run:
             return None
 
     async def _compensate(self, node: SagaNode, scope: Scope, error: dict[str, Any]) -> None:
-        state = self.engine.core.state(self.execution_id).to_dict()
+        state = self.state()
         done = set(
             ((state.get("compensations") or {}).get(node.path) or {}).get("compensated") or []
         )
@@ -967,9 +1030,9 @@ class Run:
     ) -> Any:
         if self._recorded_success(node, scope, rec):
             return rec["result"]  # type: ignore[index]
-        engine = self.engine
+        host = self.host
         child_id = (rec or {}).get("child_execution_id") or f"{self.execution_id}/{node.path}"
-        child_ir = engine.resolve_workflow(node.workflow_ref, node.version)
+        child_ir = host.resolve_workflow(node.workflow_ref, node.version)
         inputs = node.input_mapping.evaluate(scope.context())
         if rec is None or not rec.get("child_execution_id"):
             await self.emit(
@@ -984,19 +1047,19 @@ class Run:
             )
         self.children.add(child_id)
         try:
-            await engine._start(
+            await host.start_child(
                 child_ir,
                 inputs,
                 child_id,
-                parent={"execution_id": self.execution_id, "step": node.path},
+                {"execution_id": self.execution_id, "step": node.path},
             )
-            status, outputs, error = await engine._await_terminal(child_id)
+            status, outputs, error = await host.child_outcome(child_id)
         except asyncio.CancelledError:
-            if not engine._closed:  # an engine shutting down leaves children to resume
+            if not host.closing:  # an engine shutting down leaves children to resume
                 with contextlib.suppress(ItonamiError):
-                    await asyncio.shield(engine.cancel(child_id, reason="parent step cancelled"))
+                    await asyncio.shield(host.cancel_child(child_id, "parent step cancelled"))
             raise
-        except (StorageError, ConflictError):
+        except ENGINE_FAULTS:
             raise
         except ItonamiError as e:
             status, outputs, error = "failed", None, describe_error(e)
@@ -1039,32 +1102,5 @@ class _FixedScope(Scope):
         return self._ctx
 
 
-class EventWaiter:
-    """An open ``wait`` for an external event, as the engine routes events to it.
-
-    ``future`` hands the event to the waiting run; ``recorded`` tells the
-    sender once the run has committed it (or why it could not).
-    """
-
-    __slots__ = ("future", "node", "recorded", "run", "scope")
-
-    def __init__(
-        self,
-        run: Run,
-        node: WaitNode,
-        scope: Scope,
-        future: asyncio.Future[Any],
-        recorded: asyncio.Future[None],
-    ):
-        self.run = run
-        self.node = node
-        self.scope = scope
-        self.future = future
-        self.recorded = recorded
-
-    def matches(self, payload: Any) -> bool:
-        if self.node.filter is None:
-            return True
-        ctx = self.scope.context()
-        ctx["event"] = payload
-        return bool(self.node.filter.evaluate(ctx))
+def _never_ran(task: asyncio.Task[Any]) -> bool:
+    return task.done() and not task.cancelled() and isinstance(task.exception(), _NotStarted)

@@ -86,6 +86,7 @@ kinds! {
     CompensationFailed = 28, "compensation_failed";
     WorkflowCompensated = 29, "workflow_compensated";
     WaitStarted = 30, "wait_started";
+    EngineError = 31, "engine_error";
 }
 
 impl EventKind {

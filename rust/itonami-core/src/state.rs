@@ -485,6 +485,11 @@ struct CompStep<'a> {
 }
 
 #[derive(Deserialize)]
+struct EngineErrorData {
+    error: serde_json::Value,
+}
+
+#[derive(Deserialize)]
 struct SnapshotData {
     version: u64,
 }
@@ -597,6 +602,7 @@ impl ExecutionState {
                 | EventKind::WorkflowCompensated
                 | EventKind::SignalReceived
                 | EventKind::SnapshotTaken
+                | EventKind::EngineError
         );
         if workflow_level {
             if !event.step.is_empty() {
@@ -971,6 +977,14 @@ impl ExecutionState {
                     comp.status = CompensationStatus::Completed;
                 }
                 touched.push((Category::Compensation, i));
+            }
+            EventKind::EngineError => {
+                // A record for people and for the engine's retry policy; the
+                // state itself does not change (the version does).
+                let d: EngineErrorData = Self::parse(ev)?;
+                if !d.error.is_object() {
+                    return Err("engine_error needs an error object".into());
+                }
             }
             EventKind::SnapshotTaken => {
                 let d: SnapshotData = Self::parse(ev)?;

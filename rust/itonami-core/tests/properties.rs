@@ -22,7 +22,7 @@ struct Candidate {
 }
 
 fn candidate() -> impl Strategy<Value = Candidate> {
-    (2u16..=30, 0u8..4, 0u8..4, any::<u8>()).prop_map(|(kind, path, attempt, value)| Candidate {
+    (2u16..=31, 0u8..4, 0u8..4, any::<u8>()).prop_map(|(kind, path, attempt, value)| Candidate {
         kind,
         path,
         attempt,

@@ -1,0 +1,214 @@
+"""The one way events are written: through the core's reducer, then to storage.
+
+A :class:`Journal` belongs to one execution while this engine writes to it
+(its live run, or a short write to a parked execution). ``append`` applies an
+event through the Rust core (the one reducer: it checks the event against the
+state, hashes it into the Merkle chain and returns the encoded bytes) and
+keeps it pending; ``flush`` is the durability barrier that hands the pending
+events to storage and returns once they are committed. Everything else —
+status, timers, open waits — is derived from the core's state, never
+mirrored here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from .._failpoints import hit
+from ..errors import StorageError
+from ..storage import AppendRequest, Storage, StoredEvent
+from .clock import Clock, to_micros
+
+__all__ = ["Journal", "JournalBroken"]
+
+_EMPTY = b"{}"
+
+
+class JournalBroken(StorageError):
+    """A commit of this journal failed earlier; it accepts nothing more."""
+
+
+class Journal:
+    """Appends of one execution: applied by the core, committed by storage.
+
+    Events of one execution appended while a commit is in flight ride in the
+    next commit together (group commit within the execution; storage groups
+    commits across executions). A waiter that is cancelled does not cancel
+    the commit.
+    """
+
+    def __init__(
+        self,
+        core: Any,
+        storage: Storage,
+        clock: Clock,
+        execution_id: str,
+        *,
+        version: int,
+        first: tuple[str, str, str | None] | None = None,
+        snapshot_every: int = 0,
+        snapshot_retention: int = 2,
+        on_broken: Callable[[Journal], None] | None = None,
+    ) -> None:
+        self.core = core
+        self.storage = storage
+        self.clock = clock
+        self.execution_id = execution_id
+        self.version = version  # newest version applied by the core
+        self.durable_version = version  # newest version the storage holds
+        self.status = "pending" if version == 0 else "running"
+        # (workflow_id, workflow_version, parent_id) for the execution's first commit.
+        self._first = first
+        self._pending: list[StoredEvent] = []
+        self._flushing: asyncio.Future[None] | None = None
+        self._flush_target = version
+        self.broken: BaseException | None = None
+        self._snapshot_every = snapshot_every
+        self._snapshot_retention = snapshot_retention
+        self._last_snapshot = version
+        self._on_broken = on_broken
+        #: Commits handed to storage (for the engine's idle checks and metrics).
+        self.commits = 0
+        self._deferred = False
+
+    def state(self) -> Any:
+        """The core's state of the execution, including pending events."""
+        return self.core.state(self.execution_id)
+
+    def append(self, kind: str, step: str = "", attempt: int = 0, data: Any = None) -> Any:
+        """Apply one event through the core's reducer; durable after :meth:`flush`."""
+        if self.broken is not None:
+            raise self.broken
+        payload = _EMPTY if data is None else orjson.dumps(data)
+        a = self.core.append(
+            self.execution_id,
+            self.version,
+            kind,
+            step,
+            attempt,
+            payload,
+            to_micros(self.clock.now()),
+        )
+        self.version = a.version
+        self.status = a.status
+        self._pending.append(StoredEvent(a.version, a.tx, a.timestamp, a.kind, a.hash, a.encoded))
+        if not self._deferred:
+            # Whatever is appended reaches the store by the end of this turn of
+            # the event loop even if no barrier follows (a branch that blocks
+            # while its sibling's result is pending): the state a reader sees
+            # is never long ahead of the store. Appends of one turn still ride
+            # in one commit, and barriers keep their place.
+            self._deferred = True
+            asyncio.get_running_loop().call_soon(self._flush_soon)
+        return a
+
+    def _flush_soon(self) -> None:
+        self._deferred = False
+        if self.broken is None and self._flushing is None and self._pending:
+            self._submit()
+
+    async def emit(self, kind: str, step: str = "", attempt: int = 0, data: Any = None) -> Any:
+        """Append one event and return once it is durable."""
+        a = self.append(kind, step, attempt, data)
+        await self.flush()
+        return a
+
+    async def flush(self, upto: int | None = None) -> None:
+        """Return once every event appended so far (or up to version ``upto``)
+        is durable."""
+        target = self.version if upto is None else upto
+        while self.durable_version < target:
+            if self.broken is not None:
+                raise self.broken
+            fut = self._flushing
+            if fut is None:
+                fut = self._submit()
+            if fut.done():
+                # Resolved, but its done-callback may still be queued (the
+                # memory backend commits on the spot; SQLite resolves from its
+                # thread): apply it here, or this loop would never yield.
+                self._committed(fut)
+                continue
+            await asyncio.shield(fut)
+        if upto is None and self.broken is not None:
+            raise self.broken
+        if self._snapshot_due():
+            await self._snapshot()
+
+    async def settle(self) -> None:
+        """Commit what was appended and wait out any commit in flight,
+        ignoring failures: after this the store holds all it ever will of
+        this journal (what a fault handler needs before it reloads)."""
+        with contextlib.suppress(Exception):
+            await self.flush()
+        fut = self._flushing
+        if fut is not None:
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(fut)
+
+    def _submit(self) -> asyncio.Future[None]:
+        events, self._pending = self._pending, []
+        first = self._first if self.durable_version == 0 else None
+        req = AppendRequest(
+            execution_id=self.execution_id,
+            expected_version=self.durable_version,
+            events=events,
+            status=self.status,
+            workflow_id=first[0] if first else None,
+            workflow_version=first[1] if first else None,
+            parent_id=first[2] if first else None,
+        )
+        self._flush_target = events[-1].version
+        self.commits += 1
+        try:
+            fut = self.storage.submit(req)
+        except BaseException as exc:
+            fut = asyncio.get_running_loop().create_future()
+            fut.set_exception(exc)
+        self._flushing = fut
+        if not fut.done():
+            fut.add_done_callback(self._committed)
+        return fut
+
+    def _committed(self, fut: asyncio.Future[None]) -> None:
+        if self._flushing is not fut:
+            return
+        self._flushing = None
+        exc = (
+            StorageError("the commit was cancelled (the store closed)")
+            if fut.cancelled()
+            else fut.exception()
+        )
+        if exc is not None:
+            # The core holds events the store does not: forget them, so the
+            # next reader reloads what is durable, and accept nothing more.
+            self.broken = exc
+            if self._on_broken is not None:
+                self._on_broken(self)
+            return
+        self.durable_version = self._flush_target
+
+    def _snapshot_due(self) -> bool:
+        every = self._snapshot_every
+        return bool(every) and self.durable_version - self._last_snapshot >= every
+
+    async def _snapshot(self) -> None:
+        # Only a durable version may be snapshotted: a snapshot that covered
+        # events the log lacks would resurrect them after a crash.
+        if self.status != "running" or self.core.version(self.execution_id) != (
+            self.durable_version
+        ):
+            return
+        data = self.core.snapshot(self.execution_id)
+        version = self.durable_version
+        self._last_snapshot = version  # before any await: concurrent flushers skip it
+        hit("snapshot.during")
+        await self.storage.save_snapshot(self.execution_id, version, data)
+        await self.storage.prune_snapshots(self.execution_id, self._snapshot_retention)
+        # Recorded in the history too; rides with the next commit.
+        self.append("snapshot_taken", "", 0, {"version": version})
