@@ -61,9 +61,11 @@ bench: install ## run the benchmarks and print a table
 		--benchmark-sort=name
 
 .PHONY: torture
-torture: install ## long crash-test run (many SIGKILLs), SQLite and a private PostgreSQL
+torture: install ## long crash and lifecycle runs (many SIGKILLs, many random schedules)
 	cd tests && ITONAMI_TORTURE_KILLS=500 bash ../.ci/postgres.sh run ../$(PY) -m pytest -q \
 		-p no:cacheprovider --rootdir=.. -c ../pyproject.toml -m crash --timeout 3600 .
+	cd tests && ITONAMI_LIFECYCLE_EXAMPLES=2000 ../$(PY) -m pytest -q -p no:cacheprovider \
+		--rootdir=.. -c ../pyproject.toml --timeout 7200 engine/test_lifecycle_properties.py
 
 .PHONY: clean
 clean: ## remove build outputs and the virtualenv
