@@ -28,6 +28,7 @@ __all__ = [
     "IntegrityError",
     "InvalidArgumentError",
     "ItonamiError",
+    "PayloadError",
     "PayloadTooLargeError",
     "Problem",
     "StorageError",
@@ -154,6 +155,21 @@ class PayloadTooLargeError(ItonamiError, ValueError):
         self.size = size
         self.limit = limit
         self.what = what
+
+
+class PayloadError(ItonamiError, ValueError, TypeError):
+    """A value that cannot be recorded as it is (inputs, results, signal payloads).
+
+    ``field`` is the path to the offending value (``inputs.order.items[2]``),
+    ``reason`` one of ``type``, ``float``, ``key``, ``depth``, ``int``,
+    ``string``. It is also a ``TypeError``, which is what such a value raised
+    before itonami named it.
+    """
+
+    def __init__(self, message: str, *, field: str, reason: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.reason = reason
 
 
 @dataclass(frozen=True)
