@@ -26,7 +26,7 @@ from itonami.errors import (
 )
 from itonami.storage.base import Storage, StoredEvent
 
-__all__ = ["load_execution", "snapshot_problem", "verify_execution"]
+__all__ = ["load_execution", "load_history", "snapshot_problem", "verify_execution"]
 
 log = logging.getLogger("itonami.integrity")
 
@@ -189,11 +189,22 @@ async def load_execution(
             version,
             problem,
         )
+    await load_history(store, storage, execution_id, in_thread=in_thread)
+    return False
+
+
+async def load_history(
+    store: _core.VersionStore, storage: Storage, execution_id: str, *, in_thread: bool = True
+) -> None:
+    """Load every stored event of ``execution_id`` into ``store``, ignoring snapshots.
+
+    Damage raises ``IntegrityError`` naming the execution and version; no
+    events at all ``ExecutionNotFoundError``.
+    """
     events = await storage.read_events(execution_id)
     if not events:
         raise ExecutionNotFoundError(f"no execution {execution_id!r}", execution_id=execution_id)
     await _load_events(store, execution_id, events, 1, snapshot=None, in_thread=in_thread)
-    return False
 
 
 async def verify_execution(storage: Storage, execution_id: str) -> Any:

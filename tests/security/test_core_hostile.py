@@ -130,6 +130,8 @@ def test_a_negative_loaded_tx_is_an_itonami_error_not_overflow() -> None:
         lambda s: s.append(ID, 3, "activity_scheduled", "0", 1, b"{}", 2**63),
         lambda s: s.append_batch(ID, 3, [("activity_scheduled", "0", -1, b"{}", 1)]),
         lambda s: _core.encode_event("workflow_started", "", -1, b"{}", 1),
+        lambda s: _core.VersionStore(snapshot_every=-1),
+        lambda s: _core.VersionStore(max_payload_bytes=2**64),
     ],
 )
 def test_out_of_range_numbers_are_invalid_argument_errors(call) -> None:

@@ -12,7 +12,7 @@ import pytest
 from itonami import ActivityRegistry, TestClock, WorkflowEngine, WorkflowIR, _core
 from itonami.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
 from itonami.errors import ExecutionNotFoundError, IntegrityError
-from itonami.integrity import _frame, load_execution, verify_execution
+from itonami.integrity import _frame, load_execution, load_history, verify_execution
 from itonami.storage import open_storage
 
 EID = "snapped"
@@ -110,6 +110,13 @@ async def test_a_flipped_event_byte_is_damage_naming_execution_and_version(db: P
         await storage.close()
     assert (info.value.execution_id, info.value.version) == (EID, 3)
     assert EID in str(info.value) and "version 3" in str(info.value)
+    storage = await storage_of(db)
+    try:
+        with pytest.raises(IntegrityError) as loading:
+            await load_history(_core.VersionStore(), storage, EID)
+    finally:
+        await storage.close()
+    assert (loading.value.execution_id, loading.value.version) == (EID, 3)
 
 
 def test_the_cli_tells_damage_from_usage(db: Path, capsys) -> None:

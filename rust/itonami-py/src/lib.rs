@@ -181,6 +181,7 @@ macro_rules! int_arg {
 int_arg!(U64, u64, "0..=2**64-1");
 int_arg!(U32, u32, "0..=2**32-1");
 int_arg!(I64, i64, "-2**63..=2**63-1");
+int_arg!(USize, usize, "0..=2**64-1");
 
 static ORJSON_LOADS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
@@ -577,14 +578,17 @@ type BatchItem = (String, String, U32, Vec<u8>, I64);
 #[pymethods]
 impl VersionStore {
     #[new]
-    // The default is spelled as a literal so `__text_signature__` shows it.
-    #[pyo3(signature = (*, snapshot_every = 0, snapshot_retention = 2, max_payload_bytes = 4194304))]
-    fn py_new(snapshot_every: u64, snapshot_retention: usize, max_payload_bytes: usize) -> Self {
+    // The defaults are spelled out in `text_signature` so `__text_signature__` shows them.
+    #[pyo3(
+        signature = (*, snapshot_every = U64(0), snapshot_retention = USize(2), max_payload_bytes = USize(4194304)),
+        text_signature = "(*, snapshot_every=0, snapshot_retention=2, max_payload_bytes=4194304)"
+    )]
+    fn py_new(snapshot_every: U64, snapshot_retention: USize, max_payload_bytes: USize) -> Self {
         VersionStore {
             inner: core::VersionStore::new(core::StoreConfig {
-                snapshot_every,
-                snapshot_retention,
-                max_payload_bytes,
+                snapshot_every: snapshot_every.0,
+                snapshot_retention: snapshot_retention.0,
+                max_payload_bytes: max_payload_bytes.0,
             }),
         }
     }
