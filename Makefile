@@ -54,7 +54,7 @@ lint: $(VENV)/.deps ## ruff, mypy stubtest, cargo fmt and clippy
 	cargo clippy --all-targets -- -D warnings
 	$(PY) -m mypy.stubtest itonami._core
 
-FUZZ_CASES ?= 20000
+FUZZ_CASES ?= 200000
 FUZZ_EXAMPLES ?= 2000
 FUZZ_SECONDS ?= 600
 

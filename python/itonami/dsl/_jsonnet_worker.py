@@ -91,6 +91,10 @@ def main() -> int:
     """Evaluate the request on stdin and write the reply to stdout."""
     request = marshal.loads(sys.stdin.buffer.read())
     _limit_self(request["max_memory"], request["max_cpu_seconds"])
+    # The child runs isolated (-I: no PYTHONPATH, no script folder on the
+    # path); the folder the parent imports the binding from is added back.
+    if request["binding_dir"] and request["binding_dir"] not in sys.path:
+        sys.path.append(request["binding_dir"])
     import _jsonnet  # type: ignore[import-untyped]
 
     guard = ImportGuard(request["roots"], request["libraries"], request["max_source"])

@@ -18,6 +18,8 @@ naming the limit while the host process carries on.
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import json
 import json.decoder
 import json.scanner
@@ -118,6 +120,8 @@ def _evaluate(snippet_name: str, text: str, guard: ImportGuard, args: dict[str, 
     ``RuntimeError`` carries a Jsonnet error (as the in-process binding
     raises it); a breached limit is a :class:`WorkflowDefinitionError`.
     """
+    if _binding_dir() is None:
+        raise _fail(snippet_name, "the jsonnet package is not installed")
     request = {
         "filename": snippet_name,
         "text": text,
@@ -128,6 +132,7 @@ def _evaluate(snippet_name: str, text: str, guard: ImportGuard, args: dict[str, 
         "max_memory": MAX_EVAL_MEMORY_BYTES,
         "max_cpu_seconds": max(1, math.ceil(MAX_EVAL_SECONDS)),
         "args": args,
+        "binding_dir": _binding_dir(),
     }
     try:
         child = subprocess.run(
@@ -157,6 +162,14 @@ def _evaluate(snippet_name: str, text: str, guard: ImportGuard, args: dict[str, 
         )
     output: str = reply["output"]
     return output
+
+
+@functools.cache
+def _binding_dir() -> str | None:
+    """The folder this process imports the Jsonnet binding from."""
+    spec = importlib.util.find_spec("_jsonnet")
+    origin = spec.origin if spec is not None else None
+    return os.path.dirname(origin) if origin else None
 
 
 def _death(returncode: int) -> str:
