@@ -9,10 +9,16 @@ from __future__ import annotations
 import base64
 import json
 import re
+import shutil
+import ssl
+import subprocess
+import threading
 import time
 import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpcore
+import httpx
 import pytest
 
 from itonami.activities import (
@@ -238,3 +244,76 @@ def test_context_deadline_carries_the_time_left_over() -> None:
     assert d is not None and before + 2.5 <= d <= time.monotonic() + 2.5
     past = context_deadline(100.0, 90.0)
     assert past is not None and past <= time.monotonic()
+
+
+# ---------------------------------------------------------------- TLS through the pin
+
+
+@pytest.fixture
+def tls_server(tmp_path):
+    """An HTTPS server on 127.0.0.1 with a certificate for ``pinned.test``."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("needs the openssl command to make a test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=pinned.test", "-addext", "subjectAltName=DNS:pinned.test",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    seen: dict[str, list[str]] = {"sni": [], "host": []}
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            seen["host"].append(self.headers.get("Host", ""))
+            body = b'{"ok": true}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+
+    def note_sni(sock: ssl.SSLObject, name: str | None, ctx: ssl.SSLContext) -> None:
+        seen["sni"].append(name or "")
+
+    context.sni_callback = note_sni  # type: ignore[assignment]
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+    httpd.daemon_threads = True
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.02,), daemon=True)
+    thread.start()
+    try:
+        yield httpd.server_address[1], cert, seen
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(5)
+
+
+async def test_tls_names_the_host_while_connecting_to_the_checked_address(
+    tls_server, make_ctx, monkeypatch
+) -> None:
+    port, cert, seen = tls_server
+    # trust the test certificate instead of the system's roots
+    monkeypatch.setattr(
+        httpx, "create_ssl_context", lambda **_: ssl.create_default_context(cafile=str(cert))
+    )
+
+    async def resolver(host: str) -> list[str]:
+        return ["127.0.0.1"]
+
+    act = HttpActivity(
+        "tls", f"https://pinned.test:{port}/", "GET", host_policy=HostPolicy(resolver=resolver)
+    )
+    out = await call(act, make_ctx())
+    # the certificate for pinned.test verified, so the client checked that name
+    assert out["body"] == {"ok": True}
+    assert seen["sni"] == ["pinned.test"]
+    assert seen["host"] == [f"pinned.test:{port}"]
