@@ -317,3 +317,10 @@ async def test_tls_names_the_host_while_connecting_to_the_checked_address(
     assert out["body"] == {"ok": True}
     assert seen["sni"] == ["pinned.test"]
     assert seen["host"] == [f"pinned.test:{port}"]
+
+
+def test_denial_wants_an_address() -> None:
+    from itonami.activities import ActivityConfigError
+
+    with pytest.raises(ActivityConfigError, match="not an IP address"):
+        HostPolicy().denial("metadata.google.internal")

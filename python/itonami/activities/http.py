@@ -239,7 +239,7 @@ class HostPolicy:
         """
         addr = _as_address(address)
         if addr is None:
-            raise ValueError(f"{address!r} is not an IP address")
+            raise ActivityConfigError(f"{address!r} is not an IP address")
         return self._address_denial(addr)
 
     async def check(self, host: str, *, activity: str | None = None) -> list[str]:
