@@ -138,7 +138,10 @@ def _evaluate(snippet_name: str, text: str, guard: ImportGuard, args: dict[str, 
         child = subprocess.run(
             [sys.executable, "-I", _jsonnet_worker.__file__],
             input=marshal.dumps(request),
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            # inherited, as in-process evaluation had it: std.trace output goes
+            # to the host's stderr instead of piling up in its memory
+            stderr=None,
             timeout=MAX_EVAL_SECONDS,
             check=False,
         )
