@@ -54,6 +54,16 @@ lint: $(VENV)/.deps ## ruff, mypy stubtest, cargo fmt and clippy
 	cargo clippy --all-targets -- -D warnings
 	$(PY) -m mypy.stubtest itonami._core
 
+FUZZ_CASES ?= 200000
+FUZZ_EXAMPLES ?= 2000
+FUZZ_SECONDS ?= 600
+
+.PHONY: fuzz
+fuzz: ## bounded fuzzing: the core's proptest targets and a hypothesis fuzz of itonami._core
+	PROPTEST_CASES=$(FUZZ_CASES) timeout $(FUZZ_SECONDS) cargo test -p itonami-core --release --test hostile
+	cd tests && ITONAMI_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) timeout $(FUZZ_SECONDS) ../$(PY) -m pytest -q \
+		-p no:cacheprovider --rootdir=.. -c ../pyproject.toml --timeout $(FUZZ_SECONDS) security
+
 .PHONY: bench
 bench: install ## run the benchmarks and print a table
 	cd benches && ../$(PY) -m pytest -q -p no:cacheprovider --rootdir=.. -c ../pyproject.toml . \

@@ -2,7 +2,9 @@
 
 Errors are the classes of :mod:`itonami.errors`: ``DecodeError`` (bad bytes,
 unknown kind, rejected event), ``ConflictError``, ``IntegrityError``,
-``PayloadTooLargeError``, ``ExecutionNotFoundError``, ``TxOutOfRangeError``.
+``PayloadTooLargeError``, ``ExecutionNotFoundError``, ``TxOutOfRangeError``;
+``InvalidArgumentError`` for an int argument outside its range (a negative
+version, tx or attempt). Versions and txs never exceed ``2**63 - 1``.
 """
 
 from typing import Any, final
@@ -220,7 +222,8 @@ class VersionStore:
     def execution_ids(self) -> list[str]: ...
     @property
     def last_tx(self) -> int: ...
-    def advance_tx(self, tx: int) -> None: ...
+    def advance_tx(self, tx: int) -> None:
+        """Raise the tx floor; ``TxOutOfRangeError`` above ``2**63 - 1``."""
     @property
     def snapshot_every(self) -> int: ...
     @property

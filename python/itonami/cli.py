@@ -39,6 +39,7 @@ from .activities import ActivityRegistry
 from .dsl import WorkflowIR
 from .engine import WorkflowEngine
 from .errors import CorruptStorageError, IntegrityError, ItonamiError, WorkflowFailedError
+from .integrity import verify_execution
 from .storage import ExecutionRecord, default_storage_url, open_storage
 
 __all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_RUNNING", "EXIT_USAGE", "main"]
@@ -463,9 +464,11 @@ async def _cmd_history(args: argparse.Namespace) -> int:
 
 
 async def _cmd_verify(args: argparse.Namespace) -> int:
+    # Damage (exit 1) is anything wrong with what is stored; an unknown id or
+    # an unusable --db stays a usage error (exit 2), raised past this.
     try:
         async with _engine(storage_url(args.db)) as engine:
-            report = await engine.verify(args.execution_id)
+            report = await verify_execution(engine.storage, args.execution_id)
     except (IntegrityError, CorruptStorageError) as e:
         print(f"itonami: {args.execution_id} does NOT verify: {e}", file=sys.stderr)
         return EXIT_FAILED

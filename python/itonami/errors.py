@@ -26,7 +26,9 @@ __all__ = [
     "HostNotAllowedError",
     "InputValidationError",
     "IntegrityError",
+    "InvalidArgumentError",
     "ItonamiError",
+    "PayloadError",
     "PayloadTooLargeError",
     "Problem",
     "StorageError",
@@ -123,10 +125,23 @@ class WorkflowNotFoundError(ItonamiError, KeyError):
         return str(self.args[0])
 
 
-class TxOutOfRangeError(ItonamiError, IndexError):
-    """A transaction id before the execution existed, or after the newest."""
+class InvalidArgumentError(ItonamiError, ValueError, OverflowError):
+    """An argument of the core that is out of its range (a negative or huge int).
 
-    def __init__(self, message: str, *, execution_id: str, tx: int) -> None:
+    It is also an ``OverflowError``, which is what such an argument raised
+    before the core reported it as an itonami error.
+    """
+
+
+class TxOutOfRangeError(ItonamiError, IndexError):
+    """A transaction id before the execution existed, or after the newest.
+
+    Also raised for a tx above the largest the store can hand out (``2**63-1``);
+    ``execution_id`` is ``None`` when no execution was involved
+    (``VersionStore.advance_tx``).
+    """
+
+    def __init__(self, message: str, *, execution_id: str | None, tx: int) -> None:
         super().__init__(message)
         self.execution_id = execution_id
         self.tx = tx
@@ -140,6 +155,21 @@ class PayloadTooLargeError(ItonamiError, ValueError):
         self.size = size
         self.limit = limit
         self.what = what
+
+
+class PayloadError(ItonamiError, ValueError, TypeError):
+    """A value that cannot be recorded as it is (inputs, results, signal payloads).
+
+    ``field`` is the path to the offending value (``inputs.order.items[2]``),
+    ``reason`` one of ``type``, ``float``, ``key``, ``depth``, ``int``,
+    ``string``. It is also a ``TypeError``, which is what such a value raised
+    before itonami named it.
+    """
+
+    def __init__(self, message: str, *, field: str, reason: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.reason = reason
 
 
 @dataclass(frozen=True)

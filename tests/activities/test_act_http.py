@@ -177,8 +177,14 @@ async def test_secret_header_is_sent_but_never_shown(
         f"{http_server}/echo",
         headers={"Authorization": Secret.env("ITONAMI_TEST_TOKEN", prefix="Bearer ")},
     )
+    try:
+        sent = await act.execute({}, make_ctx())  # the raw result, before redaction
+    finally:
+        await act.aclose()
+    assert sent["body"]["headers"]["authorization"] == "Bearer s3cr3t-token-value"
+    # what run_activity returns (and the engine records) has the echo redacted
     out = await call(act, {}, make_ctx())
-    assert out["body"]["headers"]["authorization"] == "Bearer s3cr3t-token-value"
+    assert out["body"]["headers"]["authorization"] == "[REDACTED]"
     assert "s3cr3t" not in repr(act.headers) and "s3cr3t" not in str(act.headers)
 
 

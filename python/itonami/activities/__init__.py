@@ -13,18 +13,20 @@ from .base import (
     ActivityConfigError,
     ActivityContext,
     NonRetryableError,
+    context_deadline,
     current_context,
     describe_error,
     make_idempotency_key,
     run_activity,
 )
 from .function import FunctionActivity
-from .http import DEFAULT_RETRY_STATUS, HostPolicy, HttpActivity
+from .http import DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_RETRY_STATUS, HostPolicy, HttpActivity
 from .registry import ActivityRegistry, DuplicateActivityError
-from .secrets import Secret, redact
+from .secrets import Secret, redact, redact_value
 from .sql import DatabaseActivity
 
 __all__ = [
+    "DEFAULT_MAX_RESPONSE_BYTES",
     "DEFAULT_RETRY_STATUS",
     "Activity",
     "ActivityConfigError",
@@ -37,9 +39,11 @@ __all__ = [
     "HttpActivity",
     "NonRetryableError",
     "Secret",
+    "context_deadline",
     "current_context",
     "describe_error",
     "make_idempotency_key",
     "redact",
+    "redact_value",
     "run_activity",
 ]

@@ -23,13 +23,14 @@ import orjson
 
 from itonami.errors import ActivityError, ActivityTimeoutError, ItonamiError
 
-from .secrets import redact
+from .secrets import redact, redact_value
 
 __all__ = [
     "Activity",
     "ActivityConfigError",
     "ActivityContext",
     "NonRetryableError",
+    "context_deadline",
     "current_context",
     "describe_error",
     "make_idempotency_key",
@@ -119,6 +120,19 @@ class ActivityContext:
         return max(self.deadline - time.monotonic(), 0.0)
 
 
+def context_deadline(now: float, when: float | None) -> float | None:
+    """The :attr:`ActivityContext.deadline` for a step that must end at ``when``.
+
+    ``now`` and ``when`` are instants of the engine's clock (which may be a
+    test clock); the context's deadline is a :func:`time.monotonic` instant,
+    so the time left is carried over: ``when - now`` seconds from now (never
+    negative). ``None`` (no timeout) stays ``None``.
+    """
+    if when is None:
+        return None
+    return time.monotonic() + max(when - now, 0.0)
+
+
 @runtime_checkable
 class Activity(Protocol):
     """Anything the engine can run as an activity.
@@ -198,6 +212,9 @@ async def run_activity(
 ) -> Any:
     """Run one attempt of ``activity`` and return its JSON-ready result.
 
+    Known secret values are redacted from the result (a server may echo a
+    header back), as they are from error messages.
+
     The attempt gets ``timeout`` seconds (start-to-close), further capped by
     ``ctx.deadline``; when it runs out the attempt is cancelled and
     :class:`~itonami.errors.ActivityTimeoutError` (retryable) is raised. A
@@ -241,7 +258,7 @@ async def run_activity(
         finally:
             _CURRENT.reset(token)
         _check_json(result, name)
-        return result
+        return redact_value(result)
 
     task = asyncio.ensure_future(_attempt(activity, dict(input), ctx))
     try:
@@ -267,7 +284,7 @@ async def run_activity(
     except Exception as exc:
         raise _wrap(exc, name) from exc
     _check_json(result, name)
-    return result
+    return redact_value(result)
 
 
 def _cancelling() -> bool:
@@ -294,7 +311,7 @@ def describe_error(exc: BaseException) -> dict[str, Any]:
         if exc.details is not None:
             # details that are not JSON-ready are dropped, never recorded half-way
             with contextlib.suppress(TypeError, orjson.JSONDecodeError):
-                out["details"] = orjson.loads(redact(orjson.dumps(exc.details).decode()))
+                out["details"] = orjson.loads(orjson.dumps(redact_value(exc.details)))
         return out
     return {
         "type": type(exc).__name__,

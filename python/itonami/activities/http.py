@@ -3,13 +3,15 @@
 URL templates use ``{field}`` placeholders filled from the input, each value
 percent-encoded with no safe characters, so an input can never add a path
 segment, query or host. Redirects are not followed (a redirect is a
-non-success status), so the policy checked before the request is the policy
-that applies.
+non-success status), and the connection goes to the very addresses the policy
+checked (no second DNS lookup), so the policy checked before the request is
+the policy that applies.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import ipaddress
 import socket
 import string
@@ -18,15 +20,16 @@ import urllib.parse
 from collections.abc import Awaitable, Callable, Container, Iterable, Mapping
 from typing import Any, Literal
 
+import httpcore
 import httpx
 import orjson
 
 from itonami.errors import ActivityError, ActivityTimeoutError, HostNotAllowedError
 
 from .base import ActivityConfigError, ActivityContext, NonRetryableError
-from .secrets import Secret, redact, resolve
+from .secrets import Secret, redact, remember_header, resolve
 
-__all__ = ["DEFAULT_RETRY_STATUS", "HostPolicy", "HttpActivity"]
+__all__ = ["DEFAULT_MAX_RESPONSE_BYTES", "DEFAULT_RETRY_STATUS", "HostPolicy", "HttpActivity"]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -34,6 +37,10 @@ Resolver = Callable[[str], Awaitable[list[str]]]
 
 #: Statuses worth retrying: throttled or a gateway that could not reach upstream.
 DEFAULT_RETRY_STATUS = frozenset({429, 502, 503, 504})
+
+#: The largest response body read (after content decoding): the core's
+#: default payload limit, so a bigger body could never be recorded anyway.
+DEFAULT_MAX_RESPONSE_BYTES = 4 * 1024 * 1024
 
 # Always denied unless an allow entry names the address explicitly.
 _ALWAYS_DENIED_NETS: tuple[IPNetwork, ...] = tuple(
@@ -62,6 +69,7 @@ _PRIVATE_NETS: tuple[IPNetwork, ...] = tuple(
         "192.168.0.0/16",
         "100.64.0.0/10",  # carrier-grade NAT
         "fc00::/7",  # unique local
+        "64:ff9b:1::/48",  # local-use NAT64 (RFC 8215): translates into a local network
     )
 )
 
@@ -78,6 +86,36 @@ def _as_address(text: str) -> IPAddress | None:
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
         return addr.ipv4_mapped  # ::ffff:169.254.169.254 is 169.254.169.254
     return addr
+
+
+# IPv6 ranges whose last 32 bits are an IPv4 address that a translator,
+# tunnel or the host's own stack may deliver the packet to.
+_EMBEDDING_NETS: tuple[ipaddress.IPv6Network, ...] = tuple(
+    ipaddress.IPv6Network(n)
+    for n in (
+        "64:ff9b::/96",  # NAT64 well-known prefix (RFC 6052)
+        "64:ff9b:1::/48",  # NAT64 local-use prefix (RFC 8215)
+        "::ffff:0:0:0/96",  # IPv4-translated (RFC 2765)
+        "::/96",  # IPv4-compatible (deprecated, still routed by some stacks)
+    )
+)
+_LOW_32 = 0xFFFFFFFF
+
+
+def _embedded_ipv4(addr: IPAddress) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address carries (NAT64, 6to4, Teredo, ...)."""
+    if not isinstance(addr, ipaddress.IPv6Address):
+        return []
+    out: list[ipaddress.IPv4Address] = []
+    if addr not in (ipaddress.IPv6Address("::"), ipaddress.IPv6Address("::1")) and any(
+        addr in net for net in _EMBEDDING_NETS
+    ):
+        out.append(ipaddress.IPv4Address(int(addr) & _LOW_32))
+    if addr.sixtofour is not None:
+        out.append(addr.sixtofour)
+    if addr.teredo is not None:
+        out.extend(addr.teredo)  # (server, client), the client de-obfuscated
+    return out
 
 
 def _in(addr: IPAddress, nets: Iterable[IPNetwork]) -> bool:
@@ -114,9 +152,13 @@ class HostPolicy:
     and denies link-local and metadata endpoints. Use :meth:`strict` for
     public-only egress.
 
-    The check happens before the request; httpx resolves the name again to
-    connect, so a DNS server that answers differently within that window is
-    not caught (pin hosts with IP allow entries where that matters).
+    IPv6 addresses that embed an IPv4 address (NAT64 ``64:ff9b::/96``,
+    IPv4-compatible ``::a.b.c.d``, IPv4-translated ``::ffff:0:a.b.c.d``,
+    6to4 ``2002::/16``, Teredo) are judged by the embedded address as well.
+
+    :class:`HttpActivity` connects to the addresses :meth:`check` returned,
+    never resolving the name a second time, so a DNS server that answers
+    differently at connect time (DNS rebinding) is not followed.
     """
 
     def __init__(
@@ -182,7 +224,23 @@ class HostPolicy:
             return "link-local, metadata or otherwise unroutable"
         if self.deny_private and _in(addr, _PRIVATE_NETS):
             return "loopback or private"
+        for inner in _embedded_ipv4(addr):
+            reason = self._address_denial(inner)
+            if reason is not None:
+                return f"embeds {inner}, which is {reason}"
         return None
+
+    def denial(self, address: str) -> str | None:
+        """Why the policy refuses to connect to IP ``address``, or ``None``.
+
+        The address-only part of :meth:`check`: no DNS, no allow-list of
+        names. Useful to test what the policy makes of an address without
+        contacting it.
+        """
+        addr = _as_address(address)
+        if addr is None:
+            raise ActivityConfigError(f"{address!r} is not an IP address")
+        return self._address_denial(addr)
 
     async def check(self, host: str, *, activity: str | None = None) -> list[str]:
         """Raise HostNotAllowedError unless ``host`` passes; return its addresses."""
@@ -239,6 +297,111 @@ class HostPolicy:
         ):
             raise deny("it is not on the allow list")
         return [str(a) for a in addresses]
+
+
+# The addresses the host policy checked, by normalised host name, for the
+# request being sent in this task: what :class:`_PinnedBackend` connects to.
+_PINNED: contextvars.ContextVar[Mapping[str, list[str]] | None] = contextvars.ContextVar(
+    "itonami_http_pinned", default=None
+)
+
+
+class _PinnedBackend(httpcore.AsyncNetworkBackend):
+    """Connects to the addresses the policy checked, never re-resolving the name.
+
+    Only the TCP connect changes: httpcore still takes the TLS server name
+    (SNI, certificate check) and httpx the ``Host`` header from the URL, so
+    both keep naming the host while the socket goes to the checked address.
+    A host with no checked addresses is refused (fail closed).
+    """
+
+    def __init__(self) -> None:
+        self._inner = httpcore.AnyIOBackend()
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        pinned = _PINNED.get() or {}
+        addresses = pinned.get(_normalise_host(host))
+        if not addresses:
+            raise httpcore.ConnectError(
+                f"host {host!r} was not checked by the host policy; not connecting"
+            )
+        error: Exception | None = None
+        for address in addresses:
+            try:
+                return await self._inner.connect_tcp(
+                    address,
+                    port,
+                    timeout=timeout,
+                    local_address=local_address,
+                    socket_options=socket_options,
+                )
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                error = exc
+        assert error is not None
+        raise error
+
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        raise httpcore.ConnectError("unix sockets are not reachable through the host policy")
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+def _pinned_transport() -> httpx.AsyncHTTPTransport:
+    """httpx's own transport, its connection pool on a :class:`_PinnedBackend`.
+
+    httpx does not let a caller choose the pool's network backend, so the
+    pool it built is replaced by an equivalent one that has it; the check
+    below stops a future httpx that is laid out differently from silently
+    losing the pinning.
+    """
+    transport = httpx.AsyncHTTPTransport(trust_env=False)
+    if not isinstance(getattr(transport, "_pool", None), httpcore.AsyncConnectionPool):
+        raise RuntimeError("this httpx version cannot pin connections to checked addresses")
+    transport._pool = httpcore.AsyncConnectionPool(
+        ssl_context=httpx.create_ssl_context(trust_env=False),
+        max_connections=httpx.Limits().max_connections,
+        max_keepalive_connections=httpx.Limits().max_keepalive_connections,
+        keepalive_expiry=httpx.Limits().keepalive_expiry,
+        network_backend=_PinnedBackend(),
+    )
+    return transport
+
+
+def _check_header(name: str, value: str, source: Secret | str, activity: str) -> None:
+    """Refuse a header httpx would reject, without the value in the message.
+
+    httpx's own error quotes the value (``Illegal header value b'Bearer
+    tok\\n'``); a secret read from a file often ends in a newline.
+    """
+    bad = next((c for c in value if not (c == "\t" or " " <= c <= "~")), None)
+    if bad is None:
+        return
+    where = f" (from {source!r})" if isinstance(source, Secret) else ""
+    if bad in "\r\n":
+        what = "a line break (a trailing newline?)"
+    elif bad < " " or bad == "\x7f":
+        what = "a control character"
+    else:
+        what = "a non-ASCII character"
+    raise NonRetryableError(
+        f"activity {activity!r}: header {name!r}{where} holds {what}, which a header "
+        "cannot carry; the value is not shown",
+        activity=activity,
+        error_type="HeaderValueError",
+    )
 
 
 _FORMATTER = string.Formatter()
@@ -310,6 +473,14 @@ class HttpActivity:
       text; ``None`` when empty. Response headers are lower-cased.
     - ``idempotency_header`` (default ``Idempotency-Key``) carries
       ``ctx.idempotency_key`` unless ``headers`` sets it; ``None`` disables it.
+    - ``max_response_bytes``: the body is read as a stream and the call fails
+      (not retryable, ``error_type="ResponseTooLargeError"``) as soon as it
+      passes this size, or at once when ``Content-Length`` says it will.
+    - Header values must be printable ASCII; a :class:`Secret` value with a
+      line break (as read from a file) fails the call with
+      ``error_type="HeaderValueError"`` and the value is never shown.
+    - ``transport``: for tests; with one, the connection is the transport's
+      business and not pinned to the checked addresses.
 
     One ``httpx.AsyncClient`` is shared by all calls of the activity (created
     on first use, in the running event loop); close it with :meth:`aclose`.
@@ -329,6 +500,7 @@ class HttpActivity:
         host_policy: HostPolicy | None = None,
         idempotency_header: str | None = "Idempotency-Key",
         transport: httpx.AsyncBaseTransport | None = None,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> None:
         if not isinstance(name, str) or not name:
             raise ActivityConfigError(f"activity name must be a non-empty string, got {name!r}")
@@ -372,6 +544,13 @@ class HttpActivity:
         self.retry_status = retry_status
         self.host_policy = host_policy if host_policy is not None else HostPolicy()
         self.idempotency_header = idempotency_header
+        if not (isinstance(max_response_bytes, int) and max_response_bytes > 0):
+            raise ActivityConfigError(
+                f"activity {name!r}: max_response_bytes must be a positive int, "
+                f"got {max_response_bytes!r}",
+                activity=name,
+            )
+        self.max_response_bytes = max_response_bytes
         self._transport = transport
         self._client: httpx.AsyncClient | None = None
         self._client_loop: asyncio.AbstractEventLoop | None = None
@@ -440,7 +619,9 @@ class HttpActivity:
             # left behind by a finished loop (e.g. a sync wrapper's asyncio.run) is
             # dropped, its sockets closed with that loop
             self._client = httpx.AsyncClient(
-                transport=self._transport, follow_redirects=False, trust_env=False
+                transport=self._transport or _pinned_transport(),
+                follow_redirects=False,
+                trust_env=False,
             )
             self._client_loop = loop
         return self._client
@@ -449,9 +630,15 @@ class HttpActivity:
         """Make the request and return ``{"status", "headers", "body"}``."""
         url = self.render_url(input)
         host = urllib.parse.urlsplit(url).hostname or ""
-        await self.host_policy.check(host, activity=self.name)
+        addresses = await self.host_policy.check(host, activity=self.name)
 
-        headers = {k: resolve(v) for k, v in self.headers.items()}
+        headers: dict[str, str] = {}
+        for key, source in self.headers.items():
+            value = resolve(source)
+            if isinstance(source, Secret):
+                remember_header(value)
+            _check_header(key, value, source, self.name)
+            headers[key] = value
         if self.idempotency_header and not any(
             k.lower() == self.idempotency_header.lower() for k in headers
         ):
@@ -470,12 +657,10 @@ class HttpActivity:
         if remaining is not None:
             budget = max(min(budget, remaining), 0.001)
         started = time.monotonic()
+        token = _PINNED.set({_normalise_host(host): addresses})
         try:
-            response = await asyncio.wait_for(
-                self._client_for_loop().request(
-                    self.method, url, headers=headers, content=content, timeout=budget
-                ),
-                budget,
+            response, body = await asyncio.wait_for(
+                self._send(url, headers, content, budget), budget
             )
         except (TimeoutError, httpx.TimeoutException) as exc:
             raise ActivityTimeoutError(
@@ -485,21 +670,54 @@ class HttpActivity:
                 error_type="HttpTimeoutError",
                 retryable=True,
             ) from exc
-        return self._result(response, url)
+        finally:
+            _PINNED.reset(token)
+        return self._result(response, body, url)
 
-    def _result(self, response: httpx.Response, url: str) -> dict[str, Any]:
+    async def _send(
+        self, url: str, headers: dict[str, str], content: bytes | None, budget: float
+    ) -> tuple[httpx.Response, bytes]:
+        """The response and its body, read as a stream up to the size cap."""
+        cap = self.max_response_bytes
+        client = self._client_for_loop()
+        async with client.stream(
+            self.method, url, headers=headers, content=content, timeout=budget
+        ) as response:
+            declared = response.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > cap:
+                raise self._too_large(url, f"announces {int(declared)} bytes")
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in response.aiter_bytes():
+                size += len(chunk)
+                if size > cap:
+                    raise self._too_large(url, f"passed {cap} bytes")
+                chunks.append(chunk)
+        return response, b"".join(chunks)
+
+    def _too_large(self, url: str, what: str) -> NonRetryableError:
+        return NonRetryableError(
+            f"activity {self.name!r}: the response to {self.method} {redact(url)} {what}, "
+            f"over max_response_bytes={self.max_response_bytes}; reading stopped",
+            activity=self.name,
+            error_type="ResponseTooLargeError",
+            details={"limit": self.max_response_bytes},
+        )
+
+    def _result(self, response: httpx.Response, raw: bytes, url: str) -> dict[str, Any]:
+        text = raw.decode(response.encoding or "utf-8", errors="replace")
         body: Any
-        if not response.content:
+        if not raw:
             body = None
         elif "json" in response.headers.get("content-type", "").lower():
             try:
-                body = orjson.loads(response.content)
+                body = orjson.loads(raw)
             except orjson.JSONDecodeError:
-                body = response.text
+                body = text
         else:
-            body = response.text
+            body = text
         if response.status_code not in self.success_status:
-            text = response.text[:1000]
+            text = text[:1000]
             details: dict[str, Any] = {"status": response.status_code, "body": text}
             retry_after = response.headers.get("retry-after")
             if retry_after is not None:

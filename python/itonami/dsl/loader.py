@@ -9,26 +9,41 @@ looked up next to the importing file, then in each library path in order.
 
 Sources are limited to :data:`MAX_SOURCE_BYTES` (the main file and each
 import), Jsonnet output to :data:`MAX_OUTPUT_BYTES`, and evaluation to a
-stack depth of :data:`MAX_STACK`.
+stack depth of :data:`MAX_STACK`, an address space of
+:data:`MAX_EVAL_MEMORY_BYTES` and :data:`MAX_EVAL_SECONDS` of time: Jsonnet
+runs in a child process (see ``_jsonnet_worker``), so a definition that
+exhausts memory or never ends fails with a :class:`WorkflowDefinitionError`
+naming the limit while the host process carries on.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import json
 import json.decoder
 import json.scanner
+import marshal
+import math
 import os
 import re
+import signal
+import subprocess
+import sys
 from bisect import bisect_right
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import _jsonnet  # type: ignore[import-untyped]
 import orjson
 
 from itonami.errors import Problem, WorkflowDefinitionError
 
+from . import _jsonnet_worker
+from ._jsonnet_worker import ImportGuard
+
 __all__ = [
+    "MAX_EVAL_MEMORY_BYTES",
+    "MAX_EVAL_SECONDS",
     "MAX_OUTPUT_BYTES",
     "MAX_SOURCE_BYTES",
     "MAX_STACK",
@@ -48,56 +63,18 @@ MAX_SOURCE_BYTES = 1024 * 1024
 MAX_OUTPUT_BYTES = 4 * 1024 * 1024
 #: Jsonnet's maximum stack depth (function calls and nested objects).
 MAX_STACK = 256
+#: Address space the Jsonnet evaluation (a child process) may use.
+MAX_EVAL_MEMORY_BYTES = 1024 * 1024 * 1024
+#: Wall-clock (and CPU) seconds the Jsonnet evaluation may take.
+MAX_EVAL_SECONDS = 10.0
 
 
 def _fail(source: str, message: str, line: int | None = None) -> WorkflowDefinitionError:
     return WorkflowDefinitionError([Problem(source, message, line)], source=source)
 
 
-def _inside(path: str, root: str) -> bool:
-    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
-
-
-class _ImportGuard:
-    """The Jsonnet import callback: resolves imports inside the allowed roots only."""
-
-    def __init__(self, roots: Sequence[str], libraries: Sequence[str]) -> None:
-        self.roots = [os.path.realpath(r) for r in roots]
-        self.libraries = [os.path.realpath(lib) for lib in libraries]
-        self.allowed = self.roots + self.libraries
-
-    def __call__(self, base: str, rel: str) -> tuple[str, bytes]:
-        if os.path.isabs(rel):
-            candidates = [rel]
-        else:
-            candidates = [os.path.join(base, rel)] if base else []
-            candidates += [os.path.join(lib, rel) for lib in self.libraries]
-        if not candidates:
-            raise RuntimeError(
-                f"import {rel!r} is not allowed: no base folder or library path is configured"
-            )
-        escaped = None
-        for candidate in candidates:
-            real = os.path.realpath(candidate)
-            if not any(_inside(real, root) for root in self.allowed):
-                escaped = escaped or real
-                continue
-            if os.path.isfile(real):
-                return real, _read_limited(real, what=f"import {rel!r}")
-        if escaped is not None:
-            raise RuntimeError(
-                f"import {rel!r} resolves to {escaped}, outside the workflow's folder and "
-                "library paths"
-            )
-        raise RuntimeError(f"import {rel!r} not found in the workflow's folder or library paths")
-
-
 def _read_limited(path: str, *, what: str) -> bytes:
-    with open(path, "rb") as fh:
-        data = fh.read(MAX_SOURCE_BYTES + 1)
-    if len(data) > MAX_SOURCE_BYTES:
-        raise RuntimeError(f"{what} is larger than the limit of {MAX_SOURCE_BYTES} bytes")
-    return data
+    return _jsonnet_worker.read_limited(path, what=what, limit=MAX_SOURCE_BYTES)
 
 
 def _jsonnet_args(
@@ -137,12 +114,82 @@ def _jsonnet_error(exc: RuntimeError, filename: str) -> WorkflowDefinitionError:
     return _fail(filename, message, line)
 
 
-def _parse_output(text: str, source: str) -> Any:
-    if len(text) > MAX_OUTPUT_BYTES:
-        raise _fail(
-            source, f"Jsonnet output is {len(text)} bytes, over the limit of {MAX_OUTPUT_BYTES}"
+def _evaluate(snippet_name: str, text: str, guard: ImportGuard, args: dict[str, Any]) -> str:
+    """Jsonnet output of ``text``, evaluated in a child process under the limits.
+
+    ``RuntimeError`` carries a Jsonnet error (as the in-process binding
+    raises it); a breached limit is a :class:`WorkflowDefinitionError`.
+    """
+    if _binding_dir() is None:
+        raise _fail(snippet_name, "the jsonnet package is not installed")
+    request = {
+        "filename": snippet_name,
+        "text": text,
+        "roots": guard.roots,
+        "libraries": guard.libraries,
+        "max_source": MAX_SOURCE_BYTES,
+        "max_output": MAX_OUTPUT_BYTES,
+        "max_memory": MAX_EVAL_MEMORY_BYTES,
+        "max_cpu_seconds": max(1, math.ceil(MAX_EVAL_SECONDS)),
+        "args": args,
+        "binding_dir": _binding_dir(),
+    }
+    try:
+        child = subprocess.run(
+            [sys.executable, "-I", _jsonnet_worker.__file__],
+            input=marshal.dumps(request),
+            stdout=subprocess.PIPE,
+            # inherited, as in-process evaluation had it: std.trace output goes
+            # to the host's stderr instead of piling up in its memory
+            stderr=None,
+            timeout=MAX_EVAL_SECONDS,
+            check=False,
         )
-    return orjson.loads(text)
+    except subprocess.TimeoutExpired:
+        raise _fail(
+            snippet_name,
+            f"Jsonnet evaluation took longer than the limit of {MAX_EVAL_SECONDS:g} seconds",
+        ) from None
+    except OSError as exc:
+        raise _fail(snippet_name, f"cannot start the Jsonnet evaluation: {exc}") from None
+    if child.returncode != 0 or not child.stdout:
+        raise _fail(snippet_name, _death(child.returncode))
+    # marshal, not JSON: see _jsonnet_worker; the reply is what our own child wrote
+    reply = marshal.loads(child.stdout)
+    if "error" in reply:
+        raise RuntimeError(reply["error"])
+    if "too_large" in reply:
+        raise _fail(
+            snippet_name,
+            f"Jsonnet output is {reply['too_large']} bytes, over the limit of {MAX_OUTPUT_BYTES}",
+        )
+    output: str = reply["output"]
+    return output
+
+
+@functools.cache
+def _binding_dir() -> str | None:
+    """The folder this process imports the Jsonnet binding from."""
+    spec = importlib.util.find_spec("_jsonnet")
+    origin = spec.origin if spec is not None else None
+    return os.path.dirname(origin) if origin else None
+
+
+def _death(returncode: int) -> str:
+    """What a child that sent no reply ran into."""
+    memory = (
+        "Jsonnet evaluation ran out of memory (the limit is "
+        f"{MAX_EVAL_MEMORY_BYTES // (1024 * 1024)} MiB of address space)"
+    )
+    if returncode == _jsonnet_worker.EXIT_NO_MEMORY or returncode in (
+        -signal.SIGABRT,
+        -signal.SIGSEGV,
+        -signal.SIGBUS,
+    ):
+        return memory
+    if returncode in (-signal.SIGXCPU, -signal.SIGKILL):
+        return f"Jsonnet evaluation used more than the limit of {MAX_EVAL_SECONDS:g} CPU seconds"
+    return f"Jsonnet evaluation failed (the evaluating process exited with {returncode})"
 
 
 def evaluate_jsonnet_file(
@@ -168,13 +215,15 @@ def evaluate_jsonnet_file(
         text = source.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise _fail(filename, f"workflow file is not UTF-8: {exc}") from None
-    guard = _ImportGuard([os.path.dirname(filename)], [os.fspath(p) for p in library_paths])
+    guard = ImportGuard(
+        [os.path.dirname(filename)], [os.fspath(p) for p in library_paths], MAX_SOURCE_BYTES
+    )
     args = _jsonnet_args(ext_vars, tla, filename)
     try:
-        output = _jsonnet.evaluate_snippet(filename, text, import_callback=guard, **args)
+        output = _evaluate(filename, text, guard, args)
     except RuntimeError as exc:
         raise _jsonnet_error(exc, filename) from None
-    return _parse_output(output, filename)
+    return orjson.loads(output)
 
 
 def evaluate_jsonnet_string(
@@ -191,7 +240,7 @@ def evaluate_jsonnet_string(
     if len(text.encode("utf-8")) > MAX_SOURCE_BYTES:
         raise _fail(filename, f"source is larger than the limit of {MAX_SOURCE_BYTES} bytes")
     roots = [os.fspath(base_dir)] if base_dir is not None else []
-    guard = _ImportGuard(roots, [os.fspath(p) for p in library_paths])
+    guard = ImportGuard(roots, [os.fspath(p) for p in library_paths], MAX_SOURCE_BYTES)
     # Jsonnet passes the folder of the snippet's filename to the import callback;
     # with a base_dir, anchor the snippet there so relative imports resolve in it.
     snippet_name = filename
@@ -201,10 +250,10 @@ def evaluate_jsonnet_string(
         )
     args = _jsonnet_args(ext_vars, tla, filename)
     try:
-        output = _jsonnet.evaluate_snippet(snippet_name, text, import_callback=guard, **args)
+        output = _evaluate(snippet_name, text, guard, args)
     except RuntimeError as exc:
         raise _jsonnet_error(exc, snippet_name) from None
-    return _parse_output(output, filename)
+    return orjson.loads(output)
 
 
 # ---------------------------------------------------------------------------

@@ -12,7 +12,7 @@
 
 use crate::event::{DecodeError, Event};
 use crate::merkle::Hash;
-use crate::store::node_hash;
+use crate::store::{node_hash, MAX_SEQUENCE};
 
 const MAGIC: &[u8; 8] = b"ITNPROOF";
 const FORMAT: u8 = 1;
@@ -35,7 +35,9 @@ pub struct InclusionProof {
 impl InclusionProof {
     /// Version of the head this proof leads to.
     pub fn head_version(&self) -> u64 {
-        self.version + self.later.len() as u64
+        // A parsed proof cannot overflow here (`from_bytes` bounds both), but
+        // the fields are public, so a hand-built one must not panic either.
+        self.version.saturating_add(self.later.len() as u64)
     }
 
     /// The head hash this proof leads to.
@@ -110,11 +112,27 @@ impl InclusionProof {
             ));
         }
         let version = u64::from_le_bytes(fixed(take(8, "version")?));
+        if version == 0 || version > MAX_SEQUENCE {
+            return Err(DecodeError::at(
+                format!("proof version {version} is not in 1..={MAX_SEQUENCE}"),
+                9,
+                0,
+            ));
+        }
         let len = u32::from_le_bytes(fixed(take(4, "event length")?)) as usize;
         let event = take(len, "event")?.to_vec();
         let prev_node = fixed(take(32, "previous node")?);
         let state_root = fixed(take(32, "state root")?);
+        // magic, format, version, event length, event, two hashes
+        let count_at = 8 + 1 + 8 + 4 + len + 64;
         let count = u32::from_le_bytes(fixed(take(4, "count")?)) as usize;
+        if version.saturating_add(count as u64) > MAX_SEQUENCE {
+            return Err(DecodeError {
+                message: format!("proof head version is above {MAX_SEQUENCE}"),
+                offset: Some(count_at as u64),
+                index: None,
+            });
+        }
         let mut later = Vec::with_capacity(count.min(bytes.len() / 64));
         for _ in 0..count {
             let root = fixed(take(32, "later state root")?);

@@ -22,6 +22,7 @@ use crate::merkle::Hash;
 use crate::state::{
     Category, Compensation, ExecutionState, Json, Key, SignalQueue, Slotted, Status, StepState,
 };
+use crate::store::MAX_SEQUENCE;
 
 const MAGIC: &[u8; 8] = b"ITNSNAP\0";
 const FORMAT: u8 = 1;
@@ -165,6 +166,12 @@ pub fn decode(bytes: &[u8]) -> Result<Snapshot, DecodeError> {
     }
     let version = c.u64("version")?;
     let tx = c.u64("tx")?;
+    if version > MAX_SEQUENCE || tx > MAX_SEQUENCE {
+        return Err(err(
+            format!("snapshot version {version} or tx {tx} is above {MAX_SEQUENCE}"),
+            MAGIC.len() + 1,
+        ));
+    }
     let head = c.hash("head hash")?;
     let root = c.hash("state root")?;
     let json_len = c.u32("state length")? as usize;

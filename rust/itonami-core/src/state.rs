@@ -22,6 +22,7 @@ use serde_json::value::RawValue;
 
 use crate::event::{Event, EventKind, EventRef};
 use crate::merkle::{leaf_hash_prefixed, state_root_hash, Hash, MerkleTree};
+use crate::store::MAX_SEQUENCE;
 
 /// Raw canonical JSON.
 pub type Json = Box<RawValue>;
@@ -580,6 +581,14 @@ impl ExecutionState {
             message,
         };
         let kind = event.kind;
+        // A state restored from a snapshot carries a version from outside;
+        // refusing here keeps every `version + 1` below from overflowing.
+        if self.version >= MAX_SEQUENCE {
+            return Err(reject(format!(
+                "the execution is at version {}, the largest there can be",
+                self.version
+            )));
+        }
         if self.status == Status::Pending && kind != EventKind::WorkflowStarted {
             return Err(reject("the first event must be workflow_started".into()));
         }

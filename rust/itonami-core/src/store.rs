@@ -27,6 +27,13 @@ use crate::proof::InclusionProof;
 use crate::snapshot;
 use crate::state::{ExecutionState, HashedState, ReduceError};
 
+/// The largest version or tx the store accepts or hands out.
+///
+/// Durable stores keep both in signed 64-bit SQL columns, and every value
+/// read back from storage, a snapshot or a proof is checked against this
+/// bound before any arithmetic on it, so that arithmetic cannot overflow.
+pub const MAX_SEQUENCE: u64 = i64::MAX as u64;
+
 /// Domain-separation prefix of node hashes.
 pub const NODE_DOMAIN: &[u8] = b"itonami/node/1";
 
@@ -87,6 +94,13 @@ pub enum StoreError {
         tx: u64,
         message: String,
     },
+    /// A tx above [`MAX_SEQUENCE`], or a tx space used up; `execution_id`
+    /// names the execution whose append needed it, when there was one.
+    TxLimit {
+        execution_id: Option<String>,
+        tx: u64,
+        message: String,
+    },
 }
 
 impl fmt::Display for StoreError {
@@ -114,6 +128,7 @@ impl fmt::Display for StoreError {
                 write!(f, "no execution {execution_id:?}")
             }
             StoreError::OutOfRange { message, .. } => f.write_str(message),
+            StoreError::TxLimit { message, .. } => f.write_str(message),
         }
     }
 }
@@ -403,6 +418,14 @@ const PARALLEL_VERIFY_MIN: usize = 4096;
 /// Most threads one `verify` uses.
 const MAX_VERIFY_THREADS: usize = 8;
 
+fn tx_exhausted(id: Option<&str>, last: u64) -> StoreError {
+    StoreError::TxLimit {
+        execution_id: id.map(str::to_owned),
+        tx: last,
+        message: format!("no tx is left after tx {last} (the largest is {MAX_SEQUENCE})"),
+    }
+}
+
 fn integrity_error(id: &str, version: u64, what: impl fmt::Display) -> StoreError {
     StoreError::Integrity {
         execution_id: id.to_owned(),
@@ -580,6 +603,10 @@ impl VersionStore {
         // rejected, the earlier ones already changed `current`: rebuild it from
         // the stored events (a rare path; copying the state up front for every
         // batch would cost O(state) on the common path instead).
+        let n = events.len() as u64;
+        if self.last_tx().saturating_add(n) > MAX_SEQUENCE {
+            return Err(tx_exhausted(Some(id), self.last_tx()));
+        }
         let every = self.config.snapshot_every;
         let chained = match chain_all(&mut ex.current, prev, events, &encoded, every) {
             Ok(chained) => chained,
@@ -590,8 +617,15 @@ impl VersionStore {
                 return Err(e);
             }
         };
-        let n = events.len() as u64;
-        let first_tx = self.tx.fetch_add(n, Ordering::SeqCst) + 1;
+        // Checked again while drawing: another execution may have drawn txs
+        // since the check above.
+        let first_tx = match self.draw_txs(n) {
+            Some(first) => first,
+            None => {
+                ex.rebuild_current(id)?;
+                return Err(tx_exhausted(Some(id), self.last_tx()));
+            }
+        };
         let mut out = Vec::with_capacity(events.len());
         for (i, ((event, bytes), (root, node, status, snap))) in
             events.iter().zip(encoded).zip(chained).enumerate()
@@ -633,7 +667,8 @@ impl VersionStore {
     ) -> Result<(), StoreError> {
         let ex = self.build(id, history, hashes, txs, snapshot)?;
         let max_tx = ex.meta.last().map_or(ex.base_tx, |m| m.tx);
-        self.advance_tx(max_tx);
+        // `build` accepted only txs up to MAX_SEQUENCE, so this cannot fail.
+        self.advance_tx(max_tx)?;
         self.execs
             .write()
             .insert(id.to_owned(), Arc::new(RwLock::new(ex)));
@@ -749,6 +784,14 @@ impl VersionStore {
             let tx = match txs {
                 Some(t) => {
                     let tx = t.get(index).copied().unwrap_or(0);
+                    if tx > MAX_SEQUENCE {
+                        return Err(integrity(
+                            version,
+                            None,
+                            None,
+                            &format!("tx {tx} is above the largest tx {MAX_SEQUENCE}"),
+                        ));
+                    }
                     if tx <= last_tx {
                         return Err(integrity(
                             version,
@@ -759,7 +802,9 @@ impl VersionStore {
                     }
                     tx
                 }
-                None => self.tx.fetch_add(1, Ordering::SeqCst) + 1,
+                None => self
+                    .draw_txs(1)
+                    .ok_or_else(|| tx_exhausted(Some(id), self.last_tx()))?,
             };
             last_tx = tx;
             let meta = Meta { tx, node, root };
@@ -1017,8 +1062,30 @@ impl VersionStore {
     }
 
     /// Raises the tx floor: later txs are above `tx`.
-    pub fn advance_tx(&self, tx: u64) {
+    ///
+    /// A `tx` above [`MAX_SEQUENCE`] is refused (and the floor left alone):
+    /// no tx could ever follow it.
+    pub fn advance_tx(&self, tx: u64) -> Result<(), StoreError> {
+        if tx > MAX_SEQUENCE {
+            return Err(StoreError::TxLimit {
+                execution_id: None,
+                tx,
+                message: format!("tx {tx} is above the largest tx {MAX_SEQUENCE}"),
+            });
+        }
         self.tx.fetch_max(tx, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Hands out `n` consecutive txs and returns the first, or `None` (and
+    /// hands out nothing) when they would pass [`MAX_SEQUENCE`].
+    fn draw_txs(&self, n: u64) -> Option<u64> {
+        self.tx
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |t| {
+                t.checked_add(n).filter(|last| *last <= MAX_SEQUENCE)
+            })
+            .ok()
+            .map(|before| before + 1)
     }
 }
 

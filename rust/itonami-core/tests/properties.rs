@@ -580,7 +580,7 @@ fn rejected_event_changes_nothing_and_conflicts_name_versions() {
     assert!(store.append("fresh", 0, events[1].clone()).is_err());
     assert!(!store.contains("fresh"));
     let tx = store.last_tx();
-    store.advance_tx(tx + 100);
+    store.advance_tx(tx + 100).unwrap();
     let a = store.append(ID, 4, events[4].clone()).unwrap();
     assert_eq!(a.tx, tx + 101);
     assert!(matches!(

@@ -125,6 +125,14 @@ fn store_err(py: Python<'_>, e: StoreError) -> PyErr {
             message,
             &[("execution_id", obj(py, execution_id))],
         ),
+        StoreError::TxLimit {
+            execution_id, tx, ..
+        } => make_err(
+            py,
+            "TxOutOfRangeError",
+            message,
+            &[("execution_id", opt(py, execution_id)), ("tx", obj(py, tx))],
+        ),
         StoreError::OutOfRange {
             execution_id, tx, ..
         } => make_err(
@@ -135,6 +143,45 @@ fn store_err(py: Python<'_>, e: StoreError) -> PyErr {
         ),
     }
 }
+
+/// Declares an integer argument type whose conversion failure is an
+/// `itonami.errors.InvalidArgumentError` (PyO3 adds a note naming the
+/// argument). PyO3's own conversion raises `OverflowError` for a negative or
+/// huge int, which is not an itonami error.
+macro_rules! int_arg {
+    ($name:ident, $ty:ty, $range:literal) => {
+        #[derive(Clone, Copy)]
+        struct $name($ty);
+
+        impl<'a, 'py> FromPyObject<'a, 'py> for $name {
+            type Error = PyErr;
+
+            fn extract(value: pyo3::Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
+                value.extract::<$ty>().map($name).map_err(|_| {
+                    let py = value.py();
+                    let shown: String = value
+                        .repr()
+                        .map(|r| r.to_string())
+                        .unwrap_or_else(|_| "?".into())
+                        .chars()
+                        .take(60)
+                        .collect();
+                    make_err(
+                        py,
+                        "InvalidArgumentError",
+                        format!(concat!("an int in ", $range, " is needed, got {}"), shown),
+                        &[],
+                    )
+                })
+            }
+        }
+    };
+}
+
+int_arg!(U64, u64, "0..=2**64-1");
+int_arg!(U32, u32, "0..=2**32-1");
+int_arg!(I64, i64, "-2**63..=2**63-1");
+int_arg!(USize, usize, "0..=2**64-1");
 
 static ORJSON_LOADS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
@@ -526,19 +573,22 @@ struct VersionStore {
     inner: core::VersionStore,
 }
 
-type BatchItem = (String, String, u32, Vec<u8>, i64);
+type BatchItem = (String, String, U32, Vec<u8>, I64);
 
 #[pymethods]
 impl VersionStore {
     #[new]
-    // The default is spelled as a literal so `__text_signature__` shows it.
-    #[pyo3(signature = (*, snapshot_every = 0, snapshot_retention = 2, max_payload_bytes = 4194304))]
-    fn py_new(snapshot_every: u64, snapshot_retention: usize, max_payload_bytes: usize) -> Self {
+    // The defaults are spelled out in `text_signature` so `__text_signature__` shows them.
+    #[pyo3(
+        signature = (*, snapshot_every = U64(0), snapshot_retention = USize(2), max_payload_bytes = USize(4194304)),
+        text_signature = "(*, snapshot_every=0, snapshot_retention=2, max_payload_bytes=4194304)"
+    )]
+    fn py_new(snapshot_every: U64, snapshot_retention: USize, max_payload_bytes: USize) -> Self {
         VersionStore {
             inner: core::VersionStore::new(core::StoreConfig {
-                snapshot_every,
-                snapshot_retention,
-                max_payload_bytes,
+                snapshot_every: snapshot_every.0,
+                snapshot_retention: snapshot_retention.0,
+                max_payload_bytes: max_payload_bytes.0,
             }),
         }
     }
@@ -549,17 +599,17 @@ impl VersionStore {
         &self,
         py: Python<'_>,
         execution_id: &str,
-        expected_version: u64,
+        expected_version: U64,
         kind: &str,
         step: &str,
-        attempt: u32,
+        attempt: U32,
         data: &[u8],
-        timestamp: i64,
+        timestamp: I64,
     ) -> PyResult<Appended> {
         // Cheap enough (about a microsecond) that releasing the GIL would cost more.
         let limit = self.inner.config().max_payload_bytes;
-        let result = build_event(limit, 0, kind, step, attempt, data, timestamp)
-            .and_then(|event| self.inner.append(execution_id, expected_version, event));
+        let result = build_event(limit, 0, kind, step, attempt.0, data, timestamp.0)
+            .and_then(|event| self.inner.append(execution_id, expected_version.0, event));
         result.map(Appended::from).map_err(|e| store_err(py, e))
     }
 
@@ -568,7 +618,7 @@ impl VersionStore {
         &self,
         py: Python<'_>,
         execution_id: &str,
-        expected_version: u64,
+        expected_version: U64,
         events: Vec<BatchItem>,
     ) -> PyResult<Vec<Appended>> {
         let limit = self.inner.config().max_payload_bytes;
@@ -577,11 +627,11 @@ impl VersionStore {
                 .iter()
                 .enumerate()
                 .map(|(i, (kind, step, attempt, data, ts))| {
-                    build_event(limit, i, kind, step, *attempt, data, *ts)
+                    build_event(limit, i, kind, step, attempt.0, data, ts.0)
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             self.inner
-                .append_batch(execution_id, expected_version, &built)
+                .append_batch(execution_id, expected_version.0, &built)
         })?;
         Ok(out.into_iter().map(Appended::from).collect())
     }
@@ -594,9 +644,10 @@ impl VersionStore {
         execution_id: &str,
         history: &[u8],
         hashes: Option<&[u8]>,
-        txs: Option<Vec<u64>>,
+        txs: Option<Vec<U64>>,
         snapshot: Option<&[u8]>,
     ) -> PyResult<()> {
+        let txs: Option<Vec<u64>> = txs.map(|t| t.into_iter().map(|x| x.0).collect());
         detached(py, || {
             self.inner
                 .load(execution_id, history, hashes, txs.as_deref(), snapshot)
@@ -611,8 +662,8 @@ impl VersionStore {
         Ok(ExecutionState::new(state, Some(root)))
     }
 
-    fn state_at_tx(&self, py: Python<'_>, execution_id: &str, tx: u64) -> PyResult<ExecutionState> {
-        let state = detached(py, || self.inner.state_at_tx(execution_id, tx))?;
+    fn state_at_tx(&self, py: Python<'_>, execution_id: &str, tx: U64) -> PyResult<ExecutionState> {
+        let state = detached(py, || self.inner.state_at_tx(execution_id, tx.0))?;
         Ok(ExecutionState::new(state, None))
     }
 
@@ -620,9 +671,9 @@ impl VersionStore {
         &self,
         py: Python<'_>,
         execution_id: &str,
-        version: u64,
+        version: U64,
     ) -> PyResult<ExecutionState> {
-        let state = detached(py, || self.inner.state_at_version(execution_id, version))?;
+        let state = detached(py, || self.inner.state_at_version(execution_id, version.0))?;
         Ok(ExecutionState::new(state, None))
     }
 
@@ -653,26 +704,26 @@ impl VersionStore {
             .collect())
     }
 
-    #[pyo3(signature = (execution_id, from_version = 0))]
+    #[pyo3(signature = (execution_id, from_version = U64(0)), text_signature = "($self, execution_id, from_version=0)")]
     fn events(
         &self,
         py: Python<'_>,
         execution_id: &str,
-        from_version: u64,
+        from_version: U64,
     ) -> PyResult<Vec<Event>> {
-        let events = detached(py, || self.inner.events(execution_id, from_version))?;
+        let events = detached(py, || self.inner.events(execution_id, from_version.0))?;
         Ok(events.into_iter().map(Event::wrap).collect())
     }
 
-    #[pyo3(signature = (execution_id, from_version = 0))]
+    #[pyo3(signature = (execution_id, from_version = U64(0)), text_signature = "($self, execution_id, from_version=0)")]
     fn encoded_history<'py>(
         &self,
         py: Python<'py>,
         execution_id: &str,
-        from_version: u64,
+        from_version: U64,
     ) -> PyResult<Bound<'py, PyBytes>> {
         let bytes = detached(py, || {
-            self.inner.encoded_history(execution_id, from_version)
+            self.inner.encoded_history(execution_id, from_version.0)
         })?;
         Ok(PyBytes::new(py, &bytes))
     }
@@ -695,9 +746,9 @@ impl VersionStore {
         &self,
         py: Python<'_>,
         execution_id: &str,
-        version: u64,
+        version: U64,
     ) -> PyResult<InclusionProof> {
-        let inner = detached(py, || self.inner.inclusion_proof(execution_id, version))?;
+        let inner = detached(py, || self.inner.inclusion_proof(execution_id, version.0))?;
         Ok(InclusionProof { inner })
     }
 
@@ -722,8 +773,8 @@ impl VersionStore {
         self.inner.last_tx()
     }
 
-    fn advance_tx(&self, tx: u64) {
-        self.inner.advance_tx(tx);
+    fn advance_tx(&self, py: Python<'_>, tx: U64) -> PyResult<()> {
+        self.inner.advance_tx(tx.0).map_err(|e| store_err(py, e))
     }
 
     #[getter]
@@ -748,11 +799,11 @@ fn encode_event<'py>(
     py: Python<'py>,
     kind: &str,
     step: &str,
-    attempt: u32,
+    attempt: U32,
     data: &[u8],
-    timestamp: i64,
+    timestamp: I64,
 ) -> PyResult<Bound<'py, PyBytes>> {
-    let encoded = build_event(usize::MAX, 0, kind, step, attempt, data, timestamp)
+    let encoded = build_event(usize::MAX, 0, kind, step, attempt.0, data, timestamp.0)
         .and_then(|e| e.encode().map_err(StoreError::from))
         .map_err(|e| store_err(py, e))?;
     Ok(PyBytes::new(py, &encoded))
