@@ -59,7 +59,7 @@ def db(tmp_path: Path) -> Path:
         async with engine:
             await engine.start_workflow(_workflow(), {}, execution_id=EID)
             for _ in range(10_000):
-                if EID in engine._parked:
+                if engine.phase(EID) == "parked":
                     break
                 await asyncio.sleep(0.001)
             assert await engine.storage.load_snapshot(EID) is not None

@@ -16,7 +16,6 @@ import heapq
 import itertools
 import logging
 import random
-import struct
 import traceback
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -28,7 +27,6 @@ from ..activities import Activity, ActivityRegistry, redact
 from ..dsl import WorkflowIR
 from ..errors import (
     ConflictError,
-    ExecutionNotFoundError,
     ExecutionNotRunningError,
     ItonamiError,
     Problem,
@@ -38,6 +36,8 @@ from ..errors import (
     WorkflowFailedError,
     WorkflowNotFoundError,
 )
+from ..integrity import load_execution, load_history, verify_execution
+from ..payload import to_recorded
 from ..retry import RetryPolicy
 from ..storage import ExecutionRecord, Storage, default_storage_url, open_storage
 from .clock import Clock, SystemClock
@@ -775,7 +775,7 @@ class WorkflowEngine:
             ir = workflow
             if self._by_hash.get(ir.content_hash) is None:
                 await self._register(ir)
-        clean = ir.validate_inputs(dict(inputs or {}))
+        clean = ir.validate_inputs(to_recorded(dict(inputs or {}), "inputs"))
         if execution_id is None:
             # A fresh random id cannot exist yet: no lookup needed.
             eid = str(uuid.uuid4())
@@ -873,26 +873,12 @@ class WorkflowEngine:
         """Bring an execution from storage into the core (verifying its chain)."""
         if self.core.contains(execution_id):
             return
-        snap = await self.storage.load_snapshot(execution_id)
-        base = snap[0] if snap else 0
-        events = await self.storage.read_events(execution_id, from_version=base)
-        if not events and snap is None:
-            raise ExecutionNotFoundError(
-                f"no execution {execution_id!r}", execution_id=execution_id
-            )
-        history = b"".join(struct.pack("<I", len(e.encoded)) + e.encoded for e in events)
-        hashes = b"".join(e.hash for e in events)
-        txs = [e.tx for e in events]
-        args = (execution_id, history, hashes, txs, snap[1] if snap else None)
-        if snap:
+        # A snapshot that is damaged or disagrees with the events is passed
+        # over (logged): the events are the truth.
+        if await load_execution(self.core, self.storage, execution_id, in_thread=in_thread):
             self._partial.add(execution_id)
         else:
             self._partial.discard(execution_id)
-        if in_thread and len(history) > 256 * 1024:
-            # Long histories verify off the event loop (the core releases the GIL).
-            await asyncio.to_thread(self.core.load, *args)
-        else:
-            self.core.load(*args)
 
     async def _state(self, execution_id: str) -> Any:
         await self._ensure_started()
@@ -937,6 +923,7 @@ class WorkflowEngine:
         is consumed when such a wait starts. Raises
         :class:`ExecutionNotRunningError` once the execution has ended.
         """
+        payload = to_recorded(payload, f"signal {name!r} payload")
         await self._ensure_started()
         data = {"name": name, "payload": payload}
         while True:
@@ -999,6 +986,7 @@ class WorkflowEngine:
         are addressed to one execution): a wait receives the events sent
         while it is open.
         """
+        payload = to_recorded(payload, f"event {event_type!r} payload")
         await self._ensure_started()
         delivered: list[str] = []
         for entry in self._table.entries():
@@ -1089,17 +1077,8 @@ class WorkflowEngine:
         entry = self._table.get(execution_id)
         if entry is not None and entry.run is not None:
             await entry.run.flush()
-        events = await self.storage.read_events(execution_id)
         scratch = _core.VersionStore()
-        history = b"".join(struct.pack("<I", len(e.encoded)) + e.encoded for e in events)
-        await asyncio.to_thread(
-            scratch.load,
-            execution_id,
-            history,
-            b"".join(e.hash for e in events),
-            [e.tx for e in events],
-            None,
-        )
+        await load_history(scratch, self.storage, execution_id)
         return scratch
 
     async def get_event_history(self, execution_id: str) -> list[Any]:
@@ -1114,14 +1093,9 @@ class WorkflowEngine:
         The result equals the live state; the chain is verified on the way.
         """
         await self._ensure_started()
-        events = await self.storage.read_events(execution_id)
-        if not events:
-            raise ExecutionNotFoundError(
-                f"no execution {execution_id!r}", execution_id=execution_id
-            )
-        history = b"".join(struct.pack("<I", len(e.encoded)) + e.encoded for e in events)
-        hashes = b"".join(e.hash for e in events)
-        state = await asyncio.to_thread(_core.replay_verified, execution_id, history, hashes)
+        scratch = _core.VersionStore()
+        await load_history(scratch, self.storage, execution_id)
+        state = scratch.state(execution_id)
         return Execution.from_state(state)
 
     async def get_execution_at_tx(self, execution_id: str, tx: int) -> Execution:
@@ -1136,9 +1110,14 @@ class WorkflowEngine:
         return history
 
     async def verify(self, execution_id: str) -> Any:
-        """Recompute the Merkle chain; raises ``IntegrityError`` at the first bad node."""
-        store = await self._full(execution_id)
-        return await asyncio.to_thread(store.verify, execution_id)
+        """Recompute the Merkle chain of what is stored, and check the newest
+        snapshot against it; raises ``IntegrityError`` naming the execution,
+        the version and what is wrong."""
+        await self._ensure_started()
+        entry = self._table.get(execution_id)
+        if entry is not None and entry.run is not None:
+            await entry.run.flush()
+        return await verify_execution(self.storage, execution_id)
 
 
 async def _deliver(done: asyncio.Future[bool], name: str, payload: Any, run: Run | None) -> None:

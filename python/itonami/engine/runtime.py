@@ -20,14 +20,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from .._failpoints import hit
-from ..activities import ActivityContext, describe_error, make_idempotency_key, run_activity
+from ..activities import (
+    ActivityContext,
+    context_deadline,
+    describe_error,
+    make_idempotency_key,
+    run_activity,
+)
 from ..dsl import (
     ActivityNode,
     DecisionNode,
@@ -45,9 +50,11 @@ from ..errors import (
     DecodeError,
     IntegrityError,
     ItonamiError,
+    PayloadError,
     StorageError,
     UnknownActivityError,
 )
+from ..payload import to_recorded
 from ..retry import DEFAULT_RETRY_POLICY
 from .clock import DeadlineExceeded, race_deadline, to_micros
 from .lifecycle import Blocked
@@ -373,7 +380,7 @@ class Run:
             out = await race_deadline(
                 self.host.clock, self.run_node(self.ir.strategy, scope), deadline
             )
-            outputs = self.compute_outputs(scope, out)
+            outputs = to_recorded(self.compute_outputs(scope, out), "workflow outputs")
             await self.finish("workflow_completed", {"outputs": outputs})
         except DeadlineExceeded:
             await self.cancel_children("workflow timed out")
@@ -580,10 +587,8 @@ class Run:
             attempt=attempt,
             idempotency_key=make_idempotency_key(self.execution_id, node.path),
             # The activity's own budget (ActivityContext.remaining(), the HTTP
-            # activity's time limit) is on the monotonic clock.
-            deadline=None
-            if deadline is None
-            else time.monotonic() + max(deadline - clock.now(), 0.0),
+            # activity's time limit).
+            deadline=context_deadline(clock.now(), deadline),
             info={"workflow_version": self.ir.version},
         )
         try:
@@ -603,6 +608,11 @@ class Run:
         except ItonamiError as e:
             return False, describe_error(e)
         hit("activity.after_effect")
+        try:
+            # The next step receives exactly what is recorded.
+            result = to_recorded(result, f"result of activity {node.activity_ref!r} at {node.path}")
+        except PayloadError as e:
+            return False, _error("ResultNotSerializable", str(e), retryable=False)
         try:
             # Not flushed here: the next side effect's barrier (or the
             # workflow's end) commits it, with whatever else was recorded.
