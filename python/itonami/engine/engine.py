@@ -626,7 +626,7 @@ class WorkflowEngine:
             self._forget(eid)
             self._table.fail_to_load(entry, e)
             return None
-        return Run(
+        run = Run(
             self,
             self._journal(eid, d["version"]),
             ir,
@@ -635,6 +635,8 @@ class WorkflowEngine:
             recorded=d,
             parent=d.get("parent"),
         )
+        run.log(logging.DEBUG, "resumed at version %d", d["version"])
+        return run
 
     def _wake_at(self, entry: Entry, when: float) -> None:
         """Revive a parked execution at ``when`` (engine clock).

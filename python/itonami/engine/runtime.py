@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import traceback
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +32,7 @@ from ..activities import (
     context_deadline,
     describe_error,
     make_idempotency_key,
+    redact,
     run_activity,
 )
 from ..dsl import (
@@ -66,7 +68,55 @@ if TYPE_CHECKING:
 
 __all__ = ["TERMINAL", "Run", "StepFailure"]
 
-log = logging.getLogger("itonami.engine")
+log = logging.getLogger("itonami.engine.run")
+
+
+class RunLog:
+    """Records about one execution, with the fields structured handlers read
+    (``execution_id``, ``workflow_id``, ``version``, ``step``, ``attempt``)
+    as ``extra``. INFO tells an operator what happened to the execution;
+    DEBUG tells every step."""
+
+    __slots__ = ("run",)
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+
+    def __call__(
+        self,
+        level: int,
+        msg: str,
+        *args: Any,
+        node: Node | None = None,
+        step: str = "",
+        attempt: int = 0,
+        exc_info: BaseException | None = None,
+    ) -> None:
+        if not log.isEnabledFor(level):
+            return
+        run = self.run
+        where = step if node is None else (node.id or node.path)
+        if exc_info is not None:
+            # Formatted here, not by the handler, so that secrets an activity's
+            # exception carries are redacted like everywhere else.
+            tb = "".join(traceback.format_exception(exc_info, limit=-12))
+            msg += "\n%s"
+            args = (*args, redact(tb))
+        log.log(
+            level,
+            "%s %s: " + msg,
+            run.ir.id,
+            run.execution_id,
+            *args,
+            extra={
+                "execution_id": run.execution_id,
+                "workflow_id": run.ir.id,
+                "version": run.journal.version,
+                "step": where,
+                "attempt": attempt,
+            },
+        )
+
 
 TERMINAL = frozenset({"completed", "failed", "cancelled", "timed_out", "compensated"})
 
@@ -213,6 +263,8 @@ class Run:
         self.started = False
         self.children: set[str] = set()
         self.task: asyncio.Task[None] | None = None
+        self.log = RunLog(self)
+        self._last_exc: BaseException | None = None
 
     # ------------------------------------------------------------ journal
 
@@ -257,6 +309,7 @@ class Run:
                 "parent": self.parent,
             },
         )
+        self.log(logging.INFO, "started")
 
     async def deliver_signal(self, name: str, payload: Any) -> None:
         """Record a signal and wake a wait on it (if any); durable on return.
@@ -265,6 +318,7 @@ class Run:
         to park sees it.
         """
         self.append("signal_received", "", 0, {"name": name, "payload": payload})
+        self.log(logging.DEBUG, "signal %r received", name)
         self._signals_seen = None
         for fut in self._signal_waiters.get(name, []):
             if not fut.done():
@@ -415,6 +469,13 @@ class Run:
         for path in sorted(self.state().get("timers") or {}):
             self.append("timer_cancelled", path, 0, {})
         await self.emit(kind, "", 0, data)
+        status = kind.removeprefix("workflow_")
+        if status == "completed":
+            self.log(logging.INFO, "completed")
+        else:
+            error = data.get("error") or {}
+            reason = error.get("message") if isinstance(error, dict) else data.get("reason")
+            self.log(logging.WARNING, "ended %s: %s", status, reason or data.get("reason"))
 
     def compute_outputs(self, scope: Scope, out: Any) -> dict[str, Any]:
         if not self.ir.outputs:
@@ -540,8 +601,18 @@ class Run:
             # The durability barrier before a side effect: everything recorded so
             # far (the previous step's result included) is committed first.
             await self.emit("activity_started", node.path, attempt, {})
+            self.log(
+                logging.DEBUG, "activity %r started", node.activity_ref, node=node, attempt=attempt
+            )
             ok, outcome = await self._attempt(node, input_, attempt, timeout, overall)
             if ok:
+                self.log(
+                    logging.DEBUG,
+                    "activity %r completed",
+                    node.activity_ref,
+                    node=node,
+                    attempt=attempt,
+                )
                 scope.record(node, "completed", outcome)
                 return outcome
             error = outcome
@@ -556,9 +627,30 @@ class Run:
                     attempt,
                     {"error": error, "retry_at": to_micros(retry_at)},
                 )
+                self.log(
+                    logging.INFO,
+                    "activity %r failed (%s: %s); retry in %.3gs",
+                    node.activity_ref,
+                    error.get("type"),
+                    error.get("message"),
+                    retry_at - clock.now(),
+                    node=node,
+                    attempt=attempt,
+                    exc_info=self._last_exc,
+                )
                 await self._sleep_or_park(retry_at)
                 continue
             self.append("activity_failed", node.path, attempt, {"error": error})
+            self.log(
+                logging.WARNING,
+                "activity %r failed for good (%s: %s)",
+                node.activity_ref,
+                error.get("type"),
+                error.get("message"),
+                node=node,
+                attempt=attempt,
+                exc_info=self._last_exc,
+            )
             scope.record(node, "failed", error=error)
             raise StepFailure(error)
 
@@ -572,6 +664,7 @@ class Run:
     ) -> tuple[bool, Any]:
         """Run one attempt: ``(True, result)`` once recorded, or ``(False, error)``."""
         clock = self.host.clock
+        self._last_exc = None
         try:
             activity = self.host.activity(node.activity_ref)
         except UnknownActivityError as e:
@@ -606,6 +699,8 @@ class Run:
                 )
             )
         except ItonamiError as e:
+            # Kept for the log record (the traceback of what the activity raised).
+            self._last_exc = e.__cause__ or e
             return False, describe_error(e)
         hit("activity.after_effect")
         try:
@@ -767,6 +862,7 @@ class Run:
                 await self.emit("step_failed", node.path, 0, {"error": error})
                 raise StepFailure(error) from e
             await self.emit("decision_made", node.path, 0, {"branch": branch})
+            self.log(logging.DEBUG, "decision took branch %r", branch, node=node)
         if branch is None:
             chosen = None
         elif branch == "default":
@@ -793,6 +889,7 @@ class Run:
             await self._sleep_or_park(fire_at)
             hit("timer.fire")
             self.append("timer_fired", node.path, 0, {})
+            self.log(logging.DEBUG, "timer fired", node=node)
             await self.emit("step_completed", node.path, 0, {"output": None})
             scope.record(node, "completed", None)
             return None
@@ -829,8 +926,10 @@ class Run:
                 "WaitTimeout", f"no {what} arrived at {node.path} within {node.timeout} s"
             )
             await self.emit("step_failed", node.path, 0, {"error": error})
+            self.log(logging.INFO, "%s", error["message"], node=node)
             scope.record(node, "failed", error=error)
             raise StepFailure(error) from None
+        self.log(logging.DEBUG, "wait completed", node=node)
         scope.record(node, "completed", payload)
         return payload
 
@@ -949,6 +1048,9 @@ class Run:
                 # saga's other completed steps to undo.
                 error = failure.error
                 await self.emit("compensation_started", node.path, 0, {"error": error})
+                self.log(
+                    logging.INFO, "saga failed (%s); compensating", error.get("message"), node=node
+                )
             else:
                 scope.record(node, "completed", out)
                 return out
@@ -1034,6 +1136,7 @@ class Run:
                     )
                 ) from f
         await self.emit("compensation_completed", node.path, 0, {})
+        self.log(logging.INFO, "saga compensated", node=node)
 
     async def _subworkflow(
         self, node: SubworkflowNode, scope: Scope, rec: dict[str, Any] | None
