@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from itonami.errors import StorageError
@@ -81,12 +81,17 @@ __all__ = ["MemoryStorage"]
 
 
 class MemoryStorage(Storage):
-    """Everything in dicts; lost when the process ends. Each append is one "commit"."""
+    """Everything in dicts; lost when the process ends. Each append is one "commit".
+
+    ``clock`` returns the store's time in µs (default: the wall clock); tests
+    pass a fake one to step through lease expiry.
+    """
 
     durable = False
 
-    def __init__(self, url: str = "memory") -> None:
+    def __init__(self, url: str = "memory", *, clock: Callable[[], int] | None = None) -> None:
         super().__init__(url)
+        self.clock: Callable[[], int] = clock or _now_us
         self._events: dict[str, list[StoredEvent]] = {}
         self._executions: dict[str, ExecutionRecord] = {}
         self._snapshots: dict[str, dict[int, bytes]] = {}
@@ -197,7 +202,7 @@ class MemoryStorage(Storage):
             own = self._own[eid] = _Own()
             if fence is not None:
                 own.owner, own.epoch = fence.owner, 1
-                own.expires_at = _now_us() + _lease_us(req.lease_seconds)
+                own.expires_at = self.clock() + _lease_us(req.lease_seconds)
         if req.ack_inbox_upto is not None:
             own.acked = max(own.acked, req.ack_inbox_upto)
             self._drop_messages(eid, req.ack_inbox_upto)
@@ -215,7 +220,7 @@ class MemoryStorage(Storage):
                     timers.pop(step, None)
                 timers.update(req.timers_set)
             if req.ready_at != UNCHANGED:
-                own.ready_at = _now_us() if req.ready_at == READY_NOW else req.ready_at
+                own.ready_at = self.clock() if req.ready_at == READY_NOW else req.ready_at
                 if own.ready_at is not None:
                     self._wakeup.notify()
             if req.needs is not None:
@@ -393,7 +398,7 @@ class MemoryStorage(Storage):
         check_lease_seconds(lease_seconds)
         caps = set(capabilities)
         check_needs(node_id, caps)
-        now = _now_us()
+        now = self.clock()
         eligible = sorted(
             (own.ready_at, eid)
             for eid, own in self._own.items()
@@ -423,7 +428,7 @@ class MemoryStorage(Storage):
         own = self._own.get(execution_id)
         if rec is None or own is None or rec.status in TERMINAL_STATUSES:
             return None
-        now = _now_us()
+        now = self.clock()
         live = own.owner is not None and own.expires_at is not None and own.expires_at > now
         if live and own.owner != node_id:
             return None
@@ -442,7 +447,7 @@ class MemoryStorage(Storage):
         self._check_open()
         check_node_id(node_id)
         check_lease_seconds(lease_seconds)
-        expires = _now_us() + _lease_us(lease_seconds)
+        expires = self.clock() + _lease_us(lease_seconds)
         lost = []
         for eid, epoch in sorted(dict(leases).items()):
             own = self._own.get(eid)
@@ -472,7 +477,7 @@ class MemoryStorage(Storage):
         rec = self._executions[execution_id]
         if rec.status not in TERMINAL_STATUSES:
             if ready_at != UNCHANGED:
-                own.ready_at = _now_us() if ready_at == READY_NOW else ready_at
+                own.ready_at = self.clock() if ready_at == READY_NOW else ready_at
                 if own.ready_at is not None:
                     self._wakeup.notify()
             if names is not None:
@@ -502,7 +507,7 @@ class MemoryStorage(Storage):
             raise StorageError(
                 f"post_message: execution {execution_id} has finished ({rec.status})"
             )
-        now = _now_us()
+        now = self.clock()
         self._inbox_seq += 1
         seq = self._inbox_seq
         self._inbox.setdefault(execution_id, []).append(
@@ -561,7 +566,7 @@ class MemoryStorage(Storage):
             old.inflight if old else 0,
             sorted(set(caps)),
             dict(sorted((versions or {}).items())),
-            _now_us(),
+            self.clock(),
         )
 
     async def heartbeat(self, node_id: str, *, inflight: int) -> bool:
@@ -570,7 +575,7 @@ class MemoryStorage(Storage):
         node = self._nodes.get(node_id)
         if node is None:
             return False
-        node.heartbeat_at = _now_us()
+        node.heartbeat_at = self.clock()
         node.inflight = inflight
         return True
 
@@ -584,7 +589,7 @@ class MemoryStorage(Storage):
     ) -> list[NodeInfo]:
         """Registered nodes with heartbeat age and status."""
         self._check_open()
-        now = _now_us()
+        now = self.clock()
         out = []
         for node_id, n in sorted(self._nodes.items()):
             age = max(0.0, (now - n.heartbeat_at) / 1_000_000)
@@ -606,7 +611,7 @@ class MemoryStorage(Storage):
     ) -> ClusterStats:
         """Ready queue, capability waits, nodes and counters."""
         nodes = await self.list_nodes(suspect_after=suspect_after, dead_after=dead_after)
-        now = _now_us()
+        now = self.clock()
         ready = [
             (eid, own)
             for eid, own in self._own.items()

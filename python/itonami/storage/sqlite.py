@@ -178,6 +178,7 @@ class SqliteStorage(SqlStorage):
         busy_timeout: float = 10.0,
         writer: str = "loop",
         poll_interval: float = 0.05,
+        clock: Callable[[], int] | None = None,
     ) -> None:
         super().__init__(url or f"sqlite:///{path}")
         if writer not in ("loop", "thread"):
@@ -209,6 +210,8 @@ class SqliteStorage(SqlStorage):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self.poll_interval = poll_interval
+        #: The store's clock in µs (this process's wall clock unless a test fakes it).
+        self.clock: Callable[[], int] = clock or _now_us
         self._watch: sqlite3.Connection | None = None
         self._watch_lock = threading.Lock()
         self._seen_version: int | None = None
@@ -637,7 +640,7 @@ class SqliteStorage(SqlStorage):
             item = next(op)
             while True:
                 if item is NOW:
-                    result: Any = _now_us()
+                    result: Any = self.clock()
                 elif item is WAKE:
                     self._woke = True
                     result = None
