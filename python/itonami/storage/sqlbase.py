@@ -27,6 +27,7 @@ the largest stored tx.
 
 from __future__ import annotations
 
+import functools
 import math
 from abc import abstractmethod
 from collections.abc import Callable, Generator, Iterable, Sequence
@@ -224,6 +225,24 @@ def migrations(
     return [(v, stmts + more.get(v, ())) for v, stmts in out]
 
 
+@functools.cache
+def _select_for_append(for_update: str) -> str:
+    return "SELECT version, owner, epoch FROM executions WHERE execution_id = ?" + for_update
+
+
+@functools.cache
+def _update_for_append(terminal: bool, set_ready: bool, ack: bool, greatest: str) -> str:
+    """The UPDATE of an append to an existing execution (one text per shape, cached)."""
+    sets = ["status = ?", "version = ?", "updated_at = COALESCE(?, updated_at)"]
+    if terminal:
+        sets += ["ready_at = NULL", "owner = NULL", "lease_expires_at = NULL"]
+    elif set_ready:
+        sets.append("ready_at = ?")
+    if ack:
+        sets.append(f"inbox_acked = {greatest}(inbox_acked, ?)")
+    return f"UPDATE executions SET {', '.join(sets)} WHERE execution_id = ?"
+
+
 def _lease_us(lease_seconds: float) -> int:
     return max(1, math.ceil(lease_seconds * 1_000_000))
 
@@ -309,19 +328,31 @@ class SqlStorage(Storage):
         eid = req.execution_id
         events = req.events
         fence = req.fence
-        select = (
-            "SELECT version, owner, epoch FROM executions WHERE execution_id = ?" + self.FOR_UPDATE
-        )
+        new_version = req.expected_version + len(events)
+        last_ts = events[-1].timestamp if events else None
+        terminal = req.status in TERMINAL_STATUSES
+        set_ready = not terminal and req.ready_at != UNCHANGED
+        ready = req.ready_at if set_ready else None
+        first = req.expected_version == 0
+        now = 0
+        if (set_ready and ready == READY_NOW) or (first and fence is not None):
+            now = yield NOW
+            if set_ready and ready == READY_NOW:
+                ready = now
+        select = _select_for_append(self.FOR_UPDATE)
         row = yield Q(select, (eid,), "one")
-        if row is None and req.expected_version == 0:
+        created = False
+        if row is None and first:
             first_ts = events[0].timestamp if events else 0
             owner, epoch, expires = None, 0, None
             if fence is not None:
-                now = yield NOW
-                owner, epoch, expires = fence.owner, 1, now + _lease_us(req.lease_seconds)
+                epoch = 1
+                if not terminal:
+                    owner, expires = fence.owner, now + _lease_us(req.lease_seconds)
+            # The row is written with its final values: one statement, not two.
             inserted = yield Q(
-                f"INSERT INTO executions ({_EXEC_COLUMNS}, owner, epoch, lease_expires_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?)"
+                f"INSERT INTO executions ({_EXEC_COLUMNS}, owner, epoch, lease_expires_at,"
+                " ready_at, inbox_acked) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (execution_id) DO NOTHING RETURNING version",
                 (
                     eid,
@@ -330,32 +361,36 @@ class SqlStorage(Storage):
                     req.status,
                     req.parent_id,
                     first_ts,
-                    first_ts,
+                    first_ts if last_ts is None else last_ts,
+                    new_version,
                     owner,
                     epoch,
                     expires,
+                    ready,
+                    req.ack_inbox_upto or 0,
                 ),
                 "one",
             )
             if inserted is None:  # another connection created it meanwhile
                 row = yield Q(select, (eid,), "one")
             else:
-                row = (0, owner, epoch)
-                fence = None  # this append just took the lease
-        actual = 0 if row is None else row[0]
-        if type(actual) is not int:
-            raise CorruptStorageError(
-                f"execution {eid}: stored version {actual!r} is not an integer", execution_id=eid
-            )
-        if (
-            fence is not None
-            and row is not None
-            and (row[1] != fence.owner or row[2] != fence.epoch)
-        ):
-            yield from self._allocate("fenced_writes", 1)
-            raise fenced(eid, fence, row[1], row[2])
-        if actual != req.expected_version or row is None:
-            raise conflict(eid, req.expected_version, actual)
+                created = True
+        if not created:
+            actual = 0 if row is None else row[0]
+            if type(actual) is not int:
+                raise CorruptStorageError(
+                    f"execution {eid}: stored version {actual!r} is not an integer",
+                    execution_id=eid,
+                )
+            if (
+                fence is not None
+                and row is not None
+                and (row[1], row[2]) != (fence.owner, fence.epoch)
+            ):
+                yield from self._allocate("fenced_writes", 1)
+                raise fenced(eid, fence, row[1], row[2])
+            if actual != req.expected_version or row is None:
+                raise conflict(eid, req.expected_version, actual)
         txs = [e.tx for e in events]
         if events:
             if req.allocate_tx:
@@ -378,25 +413,17 @@ class SqlStorage(Storage):
                 raise StorageError(
                     f"append to {eid}: an event's version or tx is already stored ({exc})"
                 ) from exc
-        new_version = req.expected_version + len(events)
-        last_ts = events[-1].timestamp if events else None
-        terminal = req.status in TERMINAL_STATUSES
-        sets = ["status = ?", "version = ?", "updated_at = COALESCE(?, updated_at)"]
-        params: list[Any] = [req.status, new_version, last_ts]
-        woke = False
-        if terminal:
-            sets += ["ready_at = NULL", "owner = NULL", "lease_expires_at = NULL"]
-        elif req.ready_at != UNCHANGED:
-            ready = req.ready_at
-            if ready == READY_NOW:
-                ready = yield NOW
-            sets.append("ready_at = ?")
-            params.append(ready)
-            woke = ready is not None
-        if req.ack_inbox_upto is not None:
-            sets.append(f"inbox_acked = {self.GREATEST}(inbox_acked, ?)")
-            params.append(req.ack_inbox_upto)
-        yield Q(f"UPDATE executions SET {', '.join(sets)} WHERE execution_id = ?", (*params, eid))
+        if not created:
+            params: list[Any] = [req.status, new_version, last_ts]
+            if set_ready:
+                params.append(ready)
+            if req.ack_inbox_upto is not None:
+                params.append(req.ack_inbox_upto)
+            params.append(eid)
+            update = _update_for_append(
+                terminal, set_ready, req.ack_inbox_upto is not None, self.GREATEST
+            )
+            yield Q(update, params)
         if req.timers_cleared:
             yield Q(
                 "DELETE FROM timers WHERE execution_id = ? AND step = ?",
@@ -433,7 +460,7 @@ class SqlStorage(Storage):
                     [(name, eid) for name in dict.fromkeys(req.waits_set)],
                     "many",
                 )
-        if woke:
+        if set_ready and ready is not None:
             yield WAKE
         return txs
 

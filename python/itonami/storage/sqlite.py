@@ -676,16 +676,22 @@ class SqliteStorage(SqlStorage):
         return await self._write(lambda conn: self._drive(conn, make()))
 
     def _allocate(self, counter: str, n: int) -> Op[list[int]]:
-        row = yield Q(
-            "UPDATE counters SET value = value + ? WHERE name = ? RETURNING value",
-            (n, counter),
-            "one",
-        )
+        if counter == "tx":
+            # Above every stored tx too (MAX over the tx index is one lookup),
+            # so appends with caller-given txs need not touch the counter.
+            query = (
+                "UPDATE counters SET value = MAX(value, (SELECT COALESCE(MAX(tx), 0) FROM events))"
+                " + ? WHERE name = ? RETURNING value"
+            )
+        else:
+            query = "UPDATE counters SET value = value + ? WHERE name = ? RETURNING value"
+        row = yield Q(query, (n, counter), "one")
         last = int(row[0])
         return list(range(last - n + 1, last + 1))
 
     def _raise_floor(self, counter: str, value: int) -> Op[None]:
-        yield Q("UPDATE counters SET value = MAX(value, ?) WHERE name = ?", (value, counter))
+        if counter != "tx":  # the tx allocation looks at the stored txs itself
+            yield Q("UPDATE counters SET value = MAX(value, ?) WHERE name = ?", (value, counter))
 
     def _read_counter(self, counter: str) -> Op[int]:
         row = yield Q("SELECT value FROM counters WHERE name = ?", (counter,), "one")
