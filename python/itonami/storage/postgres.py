@@ -30,10 +30,12 @@ Design:
   ``itonami_ready`` channel (per schema: ``itonami_ready_<schema>``) in its
   transaction, which PostgreSQL delivers only once it committed.
   :meth:`PostgresStorage.wait_for_work` listens on its own connection.
-* **Bulk appends**: a batch made only of plain appends (no fence, store
-  txs, ready index, inbox ack or event waits: what the current engine sends)
-  takes a fast path with one statement per table; anything else runs the
-  shared per-request SQL, one savepoint each.
+* **Bulk appends**: a batch made only of appends (fences, store txs and the
+  ready index included; no inbox acks or event waits) takes a fast path
+  with one statement per table, deciding fences and conflicts in Python
+  from the locked rows; anything else runs the shared per-request SQL of
+  :mod:`itonami.storage.sqlbase`, one savepoint each. The conformance suite
+  checks that both agree.
 """
 
 from __future__ import annotations
@@ -47,14 +49,16 @@ from urllib.parse import urlsplit, urlunsplit
 
 from itonami.errors import StorageError
 from itonami.storage.base import (
+    READY_NOW,
     TERMINAL_STATUSES,
     UNCHANGED,
     AppendRequest,
     Wakeup,
     check_request,
     conflict,
+    fenced,
 )
-from itonami.storage.sqlbase import NOW, WAKE, Op, Q, SqlStorage, migrations
+from itonami.storage.sqlbase import NOW, WAKE, Op, Q, SqlStorage, lease_us, migrations
 
 try:
     import psycopg
@@ -104,17 +108,9 @@ _EXEC_COLUMNS = (
 _NOW_SQL = "SELECT (EXTRACT(EPOCH FROM clock_timestamp()) * 1000000)::bigint"
 
 
-def _plain(req: AppendRequest) -> bool:
-    """Whether the bulk path can take ``req`` (what the current engine sends)."""
-    return (
-        req.fence is None
-        and not req.allocate_tx
-        and req.ready_at == UNCHANGED
-        and req.needs is None
-        and req.ack_inbox_upto is None
-        and not req.waits_set
-        and not req.waits_cleared
-    )
+def _bulk_ok(req: AppendRequest) -> bool:
+    """Whether the bulk path can take ``req`` (all but inbox acks and event waits)."""
+    return req.ack_inbox_upto is None and not req.waits_set and not req.waits_cleared
 
 
 def redact(url: str) -> str:
@@ -147,7 +143,9 @@ class PostgresStorage(SqlStorage):
     """A :class:`Storage` in a PostgreSQL database.
 
     Options: ``schema`` (tables go in this schema, created if missing),
-    ``readers`` (reader connections, default 2), ``connect_timeout`` (seconds).
+    ``readers`` (reader connections, default 2), ``connect_timeout`` (seconds),
+    ``bulk`` (default True: batches of appends take the bulk path; False runs
+    every request through the shared SQL, which the tests use to check both).
     """
 
     FOR_UPDATE = " FOR UPDATE"
@@ -161,8 +159,10 @@ class PostgresStorage(SqlStorage):
         schema: str | None = None,
         readers: int = 2,
         connect_timeout: float = 10.0,
+        bulk: bool = True,
     ) -> None:
         super().__init__(url)
+        self.bulk = bulk
         if readers < 1:
             raise ValueError(f"readers must be >= 1, got {readers}")
         self.schema = schema
@@ -306,7 +306,7 @@ class PostgresStorage(SqlStorage):
                 await self._run_batch(ops)
 
     async def _run_batch(self, ops: list[_Op]) -> None:
-        if all(op.req is not None and _plain(op.req) for op in ops):
+        if self.bulk and all(op.req is not None and _bulk_ok(op.req) for op in ops):
             done = await self._run_bulk(ops)
             if done:
                 return
@@ -356,20 +356,23 @@ class PostgresStorage(SqlStorage):
         """Commit a batch of appends with a handful of statements in all.
 
         One statement per table instead of several per request (each a round
-        trip to the server). Conflicts are decided in Python from the locked
-        versions. Returns False, having changed nothing, when the batch needs
-        the one-by-one path (an execution twice in the batch, a failed
-        statement).
+        trip to the server). Fences and conflicts are decided in Python from
+        the locked rows. Returns False, having changed nothing, when the
+        batch needs the one-by-one path (an execution twice in the batch, a
+        failed statement).
         """
         reqs = [op.req for op in ops if op.req is not None]
         ids = [r.execution_id for r in reqs]
         if len(set(ids)) != len(ids):
             return False
-        outcomes: list[BaseException | None] = []
+        outcomes: list[BaseException | list[int]] = []
+        self._woke = False
         try:
             conn = await self._writer_connection()
             async with conn.transaction():
                 outcomes = await self._bulk_append_tx(conn, reqs)
+                if self._woke:
+                    await conn.execute(sql.SQL("NOTIFY {}").format(sql.Identifier(self.channel)))
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
             err = self._map_error(exc, "committing")
             for op in ops:
@@ -379,35 +382,46 @@ class PostgresStorage(SqlStorage):
         except psycopg.Error:
             return False  # rolled back: let the careful path find the culprit
         self.commits += 1
-        self.appends += sum(1 for failure in outcomes if failure is None)
-        for op, failure in zip(ops, outcomes, strict=True):
+        self.appends += sum(1 for outcome in outcomes if isinstance(outcome, list))
+        if self._woke:
+            self._wakeup.notify()
+        for op, outcome in zip(ops, outcomes, strict=True):
             if op.future.done():
                 continue
-            if failure is not None:
-                op.future.set_exception(failure)
+            if isinstance(outcome, BaseException):
+                op.future.set_exception(outcome)
             else:
-                assert op.req is not None
-                op.future.set_result([e.tx for e in op.req.events])
+                op.future.set_result(outcome)
         return True
 
     async def _bulk_append_tx(
         self, conn: Conn, reqs: list[AppendRequest]
-    ) -> list[BaseException | None]:
+    ) -> list[BaseException | list[int]]:
         ids = [r.execution_id for r in reqs]
-        rows = await self._fetchall(
-            conn,
-            "SELECT execution_id, version FROM executions WHERE execution_id = ANY(%s)"
-            " ORDER BY execution_id FOR UPDATE",
-            (ids,),
+        select = (
+            "SELECT execution_id, version, owner, epoch FROM executions"
+            " WHERE execution_id = ANY(%s) ORDER BY execution_id FOR UPDATE"
         )
-        versions = {eid: int(v) for eid, v in rows}
-        fresh = [r for r in reqs if r.execution_id not in versions and r.expected_version == 0]
+        rows = {
+            eid: (int(v), owner, epoch)
+            for eid, v, owner, epoch in await self._fetchall(conn, select, (ids,))
+        }
+        now = 0
+        if any(r.ready_at == READY_NOW or (r.fence and r.expected_version == 0) for r in reqs):
+            now = int((await self._fetchone(conn, _NOW_SQL))[0])
+        fresh = [r for r in reqs if r.execution_id not in rows and r.expected_version == 0]
+        made: set[str] = set()
         if fresh:
+
+            def owned(r: AppendRequest) -> bool:
+                return r.fence is not None and r.status not in TERMINAL_STATUSES
+
             created = await self._fetchall(
                 conn,
-                f"INSERT INTO executions ({_EXEC_COLUMNS})"
+                f"INSERT INTO executions ({_EXEC_COLUMNS}, owner, epoch, lease_expires_at)"
                 " SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[],"
-                " %s::text[], %s::bigint[], %s::bigint[], %s::bigint[])"
+                " %s::text[], %s::bigint[], %s::bigint[], %s::bigint[], %s::text[],"
+                " %s::bigint[], %s::bigint[])"
                 " ON CONFLICT (execution_id) DO NOTHING RETURNING execution_id",
                 (
                     [r.execution_id for r in fresh],
@@ -418,58 +432,104 @@ class PostgresStorage(SqlStorage):
                     [r.events[0].timestamp if r.events else 0 for r in fresh],
                     [r.events[0].timestamp if r.events else 0 for r in fresh],
                     [0] * len(fresh),
+                    [r.fence.owner if owned(r) and r.fence else None for r in fresh],
+                    [1 if r.fence else 0 for r in fresh],
+                    [now + lease_us(r.lease_seconds) if owned(r) else None for r in fresh],
                 ),
             )
             made = {row[0] for row in created}
             lost = [r.execution_id for r in fresh if r.execution_id not in made]
             for eid in made:
-                versions[eid] = 0
+                rows[eid] = (0, None, 1)
             if lost:  # created by another connection meanwhile
                 again = await self._fetchall(
                     conn,
-                    "SELECT execution_id, version FROM executions"
+                    "SELECT execution_id, version, owner, epoch FROM executions"
                     " WHERE execution_id = ANY(%s) FOR UPDATE",
                     (lost,),
                 )
-                versions.update({eid: int(v) for eid, v in again})
-        outcomes: list[BaseException | None] = []
+                rows.update({eid: (int(v), owner, epoch) for eid, v, owner, epoch in again})
+        outcomes: list[BaseException | list[int]] = []
         ok: list[AppendRequest] = []
+        fenced_count = 0
         for r in reqs:
-            actual = versions.get(r.execution_id, 0)
-            if actual != r.expected_version:
-                outcomes.append(conflict(r.execution_id, r.expected_version, actual))
+            eid = r.execution_id
+            actual, owner, epoch = rows.get(eid, (0, None, 0))
+            fence = r.fence
+            if (
+                fence is not None
+                and eid in rows
+                and eid not in made
+                and (owner, epoch) != (fence.owner, fence.epoch)
+            ):
+                fenced_count += 1
+                outcomes.append(fenced(eid, fence, owner, epoch))
+            elif eid not in rows or actual != r.expected_version:
+                outcomes.append(conflict(eid, r.expected_version, actual))
             else:
-                outcomes.append(None)
+                outcomes.append([])
                 ok.append(r)
-        events = [(r.execution_id, e) for r in ok for e in r.events]
+        if fenced_count:
+            await self._drive(conn, self._allocate("fenced_writes", fenced_count))
+        # Store txs for the requests that asked, in request order.
+        wanted = sum(len(r.events) for r in ok if r.allocate_tx)
+        fresh_txs = iter(await self._drive(conn, self._allocate("tx", wanted)) if wanted else [])
+        txs_of: dict[str, list[int]] = {}
+        for r in ok:
+            txs_of[r.execution_id] = (
+                [next(fresh_txs) for _ in r.events] if r.allocate_tx else [e.tx for e in r.events]
+            )
+        given = [e.tx for r in ok if not r.allocate_tx for e in r.events]
+        if given:
+            await self._drive(conn, self._raise_floor("tx", max(given)))
+        events = [
+            (r.execution_id, e, tx)
+            for r in ok
+            for e, tx in zip(r.events, txs_of[r.execution_id], strict=True)
+        ]
         if events:
-            await self._drive(conn, self._raise_floor("tx", max(e.tx for _, e in events)))
             await conn.execute(
                 "INSERT INTO events (execution_id, version, tx, timestamp, kind, hash, encoded)"
                 " SELECT * FROM unnest(%s::text[], %s::bigint[], %s::bigint[], %s::bigint[],"
                 " %s::text[], %s::bytea[], %s::bytea[])",
                 (
-                    [eid for eid, _ in events],
-                    [e.version for _, e in events],
-                    [e.tx for _, e in events],
-                    [e.timestamp for _, e in events],
-                    [e.kind for _, e in events],
-                    [e.hash for _, e in events],
-                    [e.encoded for _, e in events],
+                    [eid for eid, _, _ in events],
+                    [e.version for _, e, _ in events],
+                    [tx for _, _, tx in events],
+                    [e.timestamp for _, e, _ in events],
+                    [e.kind for _, e, _ in events],
+                    [e.hash for _, e, _ in events],
+                    [e.encoded for _, e, _ in events],
                 ),
             )
+        ready: list[int | None] = []
+        for r in ok:
+            value = r.ready_at
+            if value == READY_NOW:
+                value = now
+            ready.append(value)
+            if value is not None and value != UNCHANGED and r.status not in TERMINAL_STATUSES:
+                self._woke = True
         if ok:
             await conn.execute(
                 "UPDATE executions AS x SET status = u.status, version = u.version,"
-                " updated_at = COALESCE(u.updated_at, x.updated_at)"
-                " FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[])"
-                " AS u(execution_id, status, version, updated_at)"
+                " updated_at = COALESCE(u.updated_at, x.updated_at),"
+                " ready_at = CASE WHEN u.terminal THEN NULL"
+                "  WHEN u.set_ready THEN u.ready ELSE x.ready_at END,"
+                " owner = CASE WHEN u.terminal THEN NULL ELSE x.owner END,"
+                " lease_expires_at = CASE WHEN u.terminal THEN NULL ELSE x.lease_expires_at END"
+                " FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[], %s::bool[],"
+                " %s::bool[], %s::bigint[])"
+                " AS u(execution_id, status, version, updated_at, terminal, set_ready, ready)"
                 " WHERE x.execution_id = u.execution_id",
                 (
                     [r.execution_id for r in ok],
                     [r.status for r in ok],
                     [r.expected_version + len(r.events) for r in ok],
                     [r.events[-1].timestamp if r.events else None for r in ok],
+                    [r.status in TERMINAL_STATUSES for r in ok],
+                    [r.ready_at != UNCHANGED for r in ok],
+                    [None if v == UNCHANGED else v for v in ready],
                 ),
             )
         cleared = [(r.execution_id, step) for r in ok for step in r.timers_cleared]
@@ -487,13 +547,21 @@ class PostgresStorage(SqlStorage):
                 " ON CONFLICT (execution_id, step) DO UPDATE SET fire_at = EXCLUDED.fire_at",
                 ([a[0] for a in armed], [a[1] for a in armed], [a[2] for a in armed]),
             )
+        renamed = [r for r in ok if r.needs is not None and r.status not in TERMINAL_STATUSES]
+        if renamed:
+            await conn.execute(
+                "DELETE FROM execution_needs WHERE execution_id = ANY(%s)",
+                ([r.execution_id for r in renamed],),
+            )
+            pairs = [(r.execution_id, n) for r in renamed for n in sorted(set(r.needs or ()))]
+            if pairs:
+                await conn.execute(
+                    "INSERT INTO execution_needs (execution_id, capability)"
+                    " SELECT * FROM unnest(%s::text[], %s::text[])",
+                    ([p[0] for p in pairs], [p[1] for p in pairs]),
+                )
         ended = [r.execution_id for r in ok if r.status in TERMINAL_STATUSES]
         if ended:
-            await conn.execute(
-                "UPDATE executions SET ready_at = NULL, owner = NULL, lease_expires_at = NULL"
-                " WHERE execution_id = ANY(%s)",
-                (ended,),
-            )
             for table in ("timers", "execution_needs", "event_waits", "inbox"):
                 await conn.execute(
                     sql.SQL("DELETE FROM {} WHERE execution_id = ANY(%s)").format(
@@ -501,6 +569,9 @@ class PostgresStorage(SqlStorage):
                     ),
                     (ended,),
                 )
+        for i, r in enumerate(reqs):
+            if isinstance(outcomes[i], list):
+                outcomes[i] = txs_of[r.execution_id]
         return outcomes
 
     async def _writer_connection(self) -> Conn:

@@ -243,7 +243,8 @@ def _update_for_append(terminal: bool, set_ready: bool, ack: bool, greatest: str
     return f"UPDATE executions SET {', '.join(sets)} WHERE execution_id = ?"
 
 
-def _lease_us(lease_seconds: float) -> int:
+def lease_us(lease_seconds: float) -> int:
+    """A lease length in whole µs (at least 1)."""
     return max(1, math.ceil(lease_seconds * 1_000_000))
 
 
@@ -348,7 +349,7 @@ class SqlStorage(Storage):
             if fence is not None:
                 epoch = 1
                 if not terminal:
-                    owner, expires = fence.owner, now + _lease_us(req.lease_seconds)
+                    owner, expires = fence.owner, now + lease_us(req.lease_seconds)
             # The row is written with its final values: one statement, not two.
             inserted = yield Q(
                 f"INSERT INTO executions ({_EXEC_COLUMNS}, owner, epoch, lease_expires_at,"
@@ -806,7 +807,7 @@ class SqlStorage(Storage):
                 (now, now, *have_params, limit),
                 "all",
             )
-            expires = now + _lease_us(lease_seconds)
+            expires = now + lease_us(lease_seconds)
             out = []
             for row in rows:
                 epoch = row[6] + 1
@@ -849,7 +850,7 @@ class SqlStorage(Storage):
             reassigned = owner is not None and owner != node_id
             if owner != node_id:
                 epoch += 1
-            expires = now + _lease_us(lease_seconds)
+            expires = now + lease_us(lease_seconds)
             yield Q(
                 "UPDATE executions SET owner = ?, epoch = ?, lease_expires_at = ?"
                 " WHERE execution_id = ?",
@@ -879,7 +880,7 @@ class SqlStorage(Storage):
             rows = yield Q(
                 "UPDATE executions SET lease_expires_at = ? WHERE owner = ?"
                 f" AND (execution_id, epoch) IN (VALUES {values}) RETURNING execution_id",
-                (now + _lease_us(lease_seconds), node_id, *flat),
+                (now + lease_us(lease_seconds), node_id, *flat),
                 "all",
             )
             kept = {r[0] for r in rows}
