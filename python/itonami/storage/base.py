@@ -59,6 +59,50 @@ Sharing a store between processes (ownership, inbox, nodes):
   data_version``, an event in memory); it is a hint, callers poll as well.
 * **Nodes.** Processes register in a nodes table and heartbeat by the store's
   clock; :meth:`Storage.list_nodes` and :meth:`Storage.cluster_stats` report.
+
+The intended call sequence of an engine that shares its store (``node`` is
+the process's node id, ``caps`` its capabilities: e.g. ``wf:<definition
+hash>`` for each definition it has and ``activity:<name>`` for each activity
+it registered; the store treats them as opaque names):
+
+1. **Start**: ``register_node(node, capacity=…, capabilities=caps,
+   versions=…)``, then a task that calls ``heartbeat(node, inflight=…)`` and
+   ``renew(node, [(id, epoch), …])`` every few seconds (well inside the
+   lease) and drops every run whose id ``renew`` returns.
+2. **Start an execution**: its first append carries ``allocate_tx=True``,
+   ``fence=Fence(node, 0)`` and ``lease_seconds``: the store creates it owned
+   by ``node`` at epoch 1. Store the definition first (``put_definition``):
+   any node can then load it by hash.
+3. **Commit**: every later append carries ``allocate_tx=True``,
+   ``fence=Fence(node, epoch)``, ``ready_at`` (:data:`READY_NOW` while it has
+   work, the due time of its next timer or retry, ``None`` when it waits for
+   a message), ``needs`` (what its next step requires), ``ack_inbox_upto``
+   (the last inbox seq its events record) and ``waits_set`` /
+   ``waits_cleared`` (external event types it starts / stops waiting for).
+   ``await submit(req)`` gives the txs; pass them to
+   ``VersionStore.assign_txs(execution_id, req.expected_version + 1, txs)``.
+   A :class:`~itonami.errors.FencedError` means another node owns it now:
+   drop the run (and its core copy) without writing anything more.
+4. **Claim**: in a loop, ``claim(node, capabilities=caps, limit=free
+   capacity, lease_seconds=…)``; for each :class:`Claim`, load the execution
+   from the store, read its inbox (``read_messages``) and run it with
+   ``Fence(node, claim.epoch)``. Between rounds, ``await
+   wait_for_work(timeout)`` with a bounded timeout that backs off while the
+   queue is empty: it returns early on a hint, and the poll catches what a
+   hint missed.
+5. **Park**: when the run can only wait, commit its last events, then
+   ``release(id, node, epoch, ready_at=<next due time or None>,
+   needs=…)`` and forget the run. On shutdown, release every owned
+   execution with ``ready_at=READY_NOW`` so another node takes it at once.
+6. **Messages from anywhere** (the CLI included, without activities):
+   ``post_message(id, "signal" | "cancel" | "event", name, payload)`` commits
+   the message and makes the execution ready; its owner (or whoever claims
+   it) records it as an event and acks it. ``send_event(type, payload)`` is
+   ``for id in await find_event_waiters(type): post_message(id, "event",
+   type, payload)``.
+7. **Health**: ``cluster_stats()`` (nodes with status, load, capacity and
+   capabilities; ready depth and oldest age; executions waiting for a
+   capability and what they miss; reassignments and fenced writes).
 """
 
 from __future__ import annotations
