@@ -661,7 +661,7 @@ class PostgresStorage(SqlStorage):
                         continue
                 item = op.send(result)
         except StopIteration as stop:
-            return stop.value  # type: ignore[no-any-return]
+            return stop.value
 
     async def _execute(self, conn: Conn, q: Q) -> Any:
         text = self._sql(q.sql)

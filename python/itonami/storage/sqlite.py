@@ -652,7 +652,7 @@ class SqliteStorage(SqlStorage):
                         continue
                 item = op.send(result)
         except StopIteration as stop:
-            return stop.value  # type: ignore[no-any-return]
+            return stop.value
 
     @staticmethod
     def _execute(conn: sqlite3.Connection, q: Q) -> Any:
