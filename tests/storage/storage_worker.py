@@ -7,7 +7,9 @@
 * ``append NAME COUNT ROUNDS``: start COUNT executions ``NAME-i`` with
   store-allocated txs and append ROUNDS more events to each, concurrently;
   print ``ok`` and then each execution's txs as JSON.
-* ``claim NODE LIMIT``: claim until nothing is left; print each claimed id.
+* ``claim NODE LIMIT``: print ``ready``, wait for a line on stdin (so that
+  all claimers start together), then claim until nothing is left; print
+  each claimed id.
 * ``hold NODE EID LEASE``: start EID owned by NODE with a LEASE-second
   lease, print ``started``, wait for a line on stdin, then try to append,
   renew and release with its old fence; print what each did.
@@ -61,6 +63,8 @@ async def main(url: str, schema: str, role: str, args: list[str]) -> None:
             print(json.dumps(dict(results)), flush=True)
         elif role == "claim":
             node, limit = args[0], int(args[1])
+            print("ready", flush=True)
+            await asyncio.to_thread(sys.stdin.readline)
             empty = 0
             while empty < 3:
                 got = await store.claim(node, capabilities=[], limit=limit)

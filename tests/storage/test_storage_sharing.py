@@ -16,7 +16,7 @@ from storage_helpers import StoreFactory, event, request
 from itonami.errors import ConflictError, FencedError, StorageError
 from itonami.storage import READY_NOW, AppendRequest, Fence, Storage
 
-SHORT = 0.25  # seconds: a lease the tests outlive
+SHORT = 0.5  # seconds: a lease the tests outlive, long enough to hold across two calls
 
 
 def now_us() -> int:
@@ -53,7 +53,7 @@ def follow(
 
 
 async def wait_expired(lease: float = SHORT) -> None:
-    await asyncio.sleep(lease + 0.1)
+    await asyncio.sleep(lease + 0.15)
 
 
 # ---------------------------------------------------------------- transaction ids
