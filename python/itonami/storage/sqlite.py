@@ -582,7 +582,13 @@ class SqliteStorage(SqlStorage):
         busy_ms = self._busy_ms
 
         def run() -> None:
-            conn.execute(f"PRAGMA busy_timeout = {busy_ms:d}")
+            try:
+                conn.execute(f"PRAGMA busy_timeout = {busy_ms:d}")
+            except sqlite3.Error as exc:
+                err = self._map_error(exc, "waiting for the write lock")
+                for op in ops:
+                    self._post(op, None, err)
+                return
             try:
                 writes = [op for op in ops if op.write]
                 self._run_writes(conn, writes)
@@ -593,6 +599,10 @@ class SqliteStorage(SqlStorage):
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("PRAGMA busy_timeout = 0")
 
+        def settled(_: concurrent.futures.Future[None]) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits
+                loop.call_soon_threadsafe(done, _)
+
         def done(_: concurrent.futures.Future[None]) -> None:
             self._lock_wait = False
             if self._batch and not self._flush_scheduled:
@@ -600,7 +610,7 @@ class SqliteStorage(SqlStorage):
                 loop.call_soon(self._flush_batch)
 
         fut = self._waiting.submit(run)
-        fut.add_done_callback(lambda f: loop.call_soon_threadsafe(done, f))
+        fut.add_done_callback(settled)
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         self._check_open()
