@@ -28,6 +28,7 @@ the largest stored tx.
 from __future__ import annotations
 
 import functools
+import json
 import math
 from abc import abstractmethod
 from collections.abc import Callable, Generator, Iterable, Sequence
@@ -807,16 +808,17 @@ class SqlStorage(Storage):
                 (now, now, *have_params, limit),
                 "all",
             )
+            if not rows:
+                return []
             expires = now + lease_us(lease_seconds)
-            out = []
-            for row in rows:
-                epoch = row[6] + 1
-                yield Q(
-                    "UPDATE executions SET owner = ?, epoch = ?, lease_expires_at = ?"
-                    " WHERE execution_id = ?",
-                    (node_id, epoch, expires, row[0]),
-                )
-                out.append(self._claim_row(row, epoch, expires, row[5] is not None))
+            ids, id_params = self.in_list("execution_id", [row[0] for row in rows])
+            # The rows are ours (the write lock, or FOR UPDATE): one statement for all.
+            yield Q(
+                "UPDATE executions SET owner = ?, epoch = epoch + 1, lease_expires_at = ?"
+                f" WHERE {ids}",
+                (node_id, expires, *id_params),
+            )
+            out = [self._claim_row(row, row[6] + 1, expires, row[5] is not None) for row in rows]
             taken = sum(1 for c in out if c.reassigned)
             if taken:
                 yield from self._allocate("reassignments", taken)
@@ -1165,15 +1167,11 @@ class SqlStorage(Storage):
 
 def encode_versions(versions: dict[str, str] | None) -> str:
     """A node's component versions as stored (JSON object)."""
-    import json
-
     return json.dumps(dict(sorted((versions or {}).items())))
 
 
 def decode_versions(text: Any) -> dict[str, str]:
     """The inverse of :func:`encode_versions` (damaged text reads as empty)."""
-    import json
-
     try:
         value = json.loads(text) if text else {}
     except (TypeError, ValueError):
