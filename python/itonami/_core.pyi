@@ -224,6 +224,8 @@ class VersionStore:
     def last_tx(self) -> int: ...
     def advance_tx(self, tx: int) -> None:
         """Raise the tx floor; ``TxOutOfRangeError`` above ``2**63 - 1``."""
+    def assign_txs(self, execution_id: str, first_version: int, txs: list[int]) -> None:
+        """Record the txs the store allocated for versions ``first_version`` onwards."""
     @property
     def snapshot_every(self) -> int: ...
     @property

@@ -23,6 +23,7 @@ __all__ = [
     "DecodeError",
     "ExecutionNotFoundError",
     "ExecutionNotRunningError",
+    "FencedError",
     "HostNotAllowedError",
     "InputValidationError",
     "IntegrityError",
@@ -91,6 +92,29 @@ class ConflictError(ItonamiError):
         self.execution_id = execution_id
         self.expected = expected
         self.actual = actual
+
+
+class FencedError(ConflictError):
+    """A write by a process that no longer holds the execution's lease.
+
+    The store checked ``owner`` and ``epoch`` (the fencing token) in the same
+    transaction as the write and found another owner or a newer epoch, so it
+    wrote nothing. The process must drop its copy of the run. ``expected`` and
+    ``actual`` are the epochs; ``owner`` is the current owner (``None`` when
+    unowned).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        execution_id: str,
+        expected: int,
+        actual: int,
+        owner: str | None = None,
+    ) -> None:
+        super().__init__(message, execution_id=execution_id, expected=expected, actual=actual)
+        self.owner = owner
 
 
 class ExecutionNotFoundError(ItonamiError, KeyError):

@@ -14,7 +14,7 @@ from itonami.storage import Storage
 @pytest.fixture(params=BACKENDS)
 def factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
     kind = request.param
-    if kind == "postgres":
+    if kind.startswith("postgres"):
         if not PG_URL:
             pytest.skip(PG_SKIP)
         schema = new_pg_schema()

@@ -20,8 +20,8 @@ from itonami.storage import AppendRequest, Storage, StoredEvent, open_storage
 PG_URL = os.environ.get("ITONAMI_TEST_POSTGRES_URL", "")
 PG_SKIP = "PostgreSQL tests need ITONAMI_TEST_POSTGRES_URL (run: source .ci/postgres.sh)"
 
-BACKENDS = ["memory", "sqlite", "sqlite-thread", "sqlite-memory", "postgres"]
-DURABLE_BACKENDS = ["sqlite", "sqlite-thread", "postgres"]
+BACKENDS = ["memory", "sqlite", "sqlite-thread", "sqlite-memory", "postgres", "postgres-perop"]
+DURABLE_BACKENDS = ["sqlite", "sqlite-thread", "postgres", "postgres-perop"]
 
 
 def new_pg_schema() -> str:
@@ -68,6 +68,8 @@ class StoreFactory:
             return open_storage(f"sqlite:///{self.path}", writer="thread", **options)
         if self.kind == "sqlite-memory":
             return open_storage("sqlite:///:memory:", **options)
+        if self.kind == "postgres-perop":  # every append through the shared SQL
+            return open_storage(PG_URL, schema=self.schema, bulk=False, **options)
         assert self.kind == "postgres"
         return open_storage(PG_URL, schema=self.schema, **options)
 

@@ -98,3 +98,52 @@ async def test_commits_are_synchronous(schema: str) -> None:
         assert await s._write(show) == "on"
     finally:
         await s.close()
+
+
+# The schema of version 2 (before leases), as the previous release wrote it.
+V2_SCHEMA = (
+    "CREATE TABLE schema_version (version INTEGER NOT NULL)",
+    "INSERT INTO schema_version VALUES (2)",
+    "CREATE TABLE executions (execution_id TEXT PRIMARY KEY, workflow_id TEXT NOT NULL,"
+    " workflow_version TEXT NOT NULL, status TEXT NOT NULL, parent_id TEXT,"
+    " created_at BIGINT NOT NULL, updated_at BIGINT NOT NULL, version BIGINT NOT NULL)",
+    "CREATE TABLE events (execution_id TEXT NOT NULL, version BIGINT NOT NULL,"
+    " tx BIGINT NOT NULL UNIQUE, timestamp BIGINT NOT NULL, kind TEXT NOT NULL,"
+    " hash BYTEA NOT NULL, encoded BYTEA NOT NULL, PRIMARY KEY (execution_id, version))",
+    "CREATE TABLE snapshots (execution_id TEXT NOT NULL, version BIGINT NOT NULL,"
+    " data BYTEA NOT NULL, PRIMARY KEY (execution_id, version))",
+    "CREATE TABLE definitions (workflow_id TEXT NOT NULL, version TEXT NOT NULL,"
+    " content_hash TEXT NOT NULL, document BYTEA NOT NULL,"
+    " seq BIGINT GENERATED ALWAYS AS IDENTITY, PRIMARY KEY (workflow_id, version))",
+    "CREATE INDEX definitions_hash ON definitions (content_hash)",
+    "CREATE TABLE timers (execution_id TEXT NOT NULL, step TEXT NOT NULL,"
+    " fire_at BIGINT NOT NULL, PRIMARY KEY (execution_id, step))",
+    "CREATE INDEX timers_fire_at ON timers (fire_at)",
+    "CREATE INDEX executions_status ON executions (status, created_at)",
+    "CREATE INDEX executions_workflow ON executions (workflow_id, created_at)",
+)
+
+
+async def test_v2_schema_is_carried_forward_to_leases(schema: str) -> None:
+    from itonami.storage import AppendRequest, Fence, StoredEvent
+
+    _sql(
+        schema,
+        *V2_SCHEMA,
+        "INSERT INTO executions VALUES ('run', 'wf', '1', 'running', NULL, 1, 2, 1)",
+        "INSERT INTO executions VALUES ('done', 'wf', '1', 'completed', NULL, 1, 2, 1)",
+        "INSERT INTO events VALUES ('run', 1, 41, 1, 'workflow_started', 'h', 'e')",
+        "INSERT INTO events VALUES ('done', 1, 42, 1, 'workflow_started', 'h', 'e')",
+    )
+    s = open_storage(PG_URL, schema=schema)
+    await s.open()
+    try:
+        (claim,) = await s.claim("n1", capabilities=[], limit=5)
+        assert (claim.execution_id, claim.epoch) == ("run", 1)
+        ev = StoredEvent(2, 1, 3, "step_started", b"h2", b"e2")
+        req = AppendRequest("run", 1, [ev], "running", allocate_tx=True, fence=Fence("n1", 1))
+        (tx,) = await s.commit(req)
+        assert tx == 43  # the sequence starts above the stored txs
+        assert await s.integrity_check() == []
+    finally:
+        await s.close()

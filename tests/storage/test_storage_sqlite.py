@@ -13,6 +13,7 @@ from storage_helpers import StoreFactory, event, request
 from itonami.errors import CorruptStorageError, StorageError
 from itonami.storage import (
     AppendRequest,
+    Fence,
     MemoryStorage,
     SqliteStorage,
     default_storage_url,
@@ -302,3 +303,47 @@ async def test_store_in_a_new_folder(tmp_path: Path) -> None:
     await s.close()
     assert path.exists()
     os.remove(path)
+
+
+# The schema of version 2 (before leases), as the previous release wrote it.
+V2_SCHEMA = [
+    *V1_SCHEMA,
+    "CREATE TABLE timers (execution_id TEXT NOT NULL, step TEXT NOT NULL,"
+    " fire_at INTEGER NOT NULL, PRIMARY KEY (execution_id, step)) WITHOUT ROWID",
+    "CREATE INDEX timers_fire_at ON timers (fire_at)",
+    "CREATE INDEX executions_status ON executions (status, created_at)",
+    "CREATE INDEX executions_workflow ON executions (workflow_id, created_at)",
+    "UPDATE schema_version SET version = 2",
+]
+
+
+async def test_v2_store_is_carried_forward_to_leases(sq: StoreFactory) -> None:
+    conn = _raw(sq.path)
+    for stmt in V2_SCHEMA:
+        conn.execute(stmt)
+    for eid, status, tx in (("run", "running", 41), ("done", "completed", 42)):
+        conn.execute(
+            "INSERT INTO executions VALUES (?, 'wf', '1', ?, NULL, 10, 20, 1)", (eid, status)
+        )
+        conn.execute(
+            "INSERT INTO events VALUES (?, 1, ?, 10, 'workflow_started', ?, ?)",
+            (eid, tx, b"h", b"enc"),
+        )
+    conn.close()
+
+    s = sq.make()
+    await s.open()
+    try:
+        # What was unfinished is ready for a claiming node; what finished is not.
+        (claim,) = await s.claim("n1", capabilities=[], limit=5)
+        assert (claim.execution_id, claim.epoch) == ("run", 1)
+        req = request(sq, "run", 1, 1)
+        req.allocate_tx, req.fence = True, Fence("n1", 1)
+        (tx,) = await s.commit(req)
+        assert tx == 43  # the counter starts above the stored txs
+        assert await s.integrity_check() == []
+    finally:
+        await s.close()
+    conn = _raw(sq.path)
+    assert conn.execute("SELECT version FROM schema_version").fetchone()[0] == SCHEMA_VERSION
+    conn.close()

@@ -26,9 +26,18 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote
 
 from itonami.storage.base import (
+    MESSAGE_KINDS,
+    READY_NOW,
     TERMINAL_STATUSES,
+    UNCHANGED,
     AppendRequest,
+    Claim,
+    ClusterStats,
     ExecutionRecord,
+    Fence,
+    Lease,
+    Message,
+    NodeInfo,
     Storage,
     StoredEvent,
 )
@@ -36,9 +45,18 @@ from itonami.storage.memory import MemoryStorage
 from itonami.storage.sqlite import SqliteStorage
 
 __all__ = [
+    "MESSAGE_KINDS",
+    "READY_NOW",
     "TERMINAL_STATUSES",
+    "UNCHANGED",
     "AppendRequest",
+    "Claim",
+    "ClusterStats",
     "ExecutionRecord",
+    "Fence",
+    "Lease",
+    "Message",
+    "NodeInfo",
     "MemoryStorage",
     "SqliteStorage",
     "Storage",
@@ -50,14 +68,15 @@ __all__ = [
 SUPPORTED_SCHEMES = ("memory", "sqlite:///", "postgresql://", "postgres://")
 
 _SQLITE_INT_OPTIONS = ("readers",)
-_SQLITE_FLOAT_OPTIONS = ("busy_timeout",)
+_SQLITE_FLOAT_OPTIONS = ("busy_timeout", "poll_interval")
 
 
 def open_storage(url: str, **options: Any) -> Storage:
     """Make the backend named by ``url`` (not yet opened: ``await s.open()``).
 
     ``options`` go to the backend's constructor (SQLite: ``durability``,
-    ``writer``, ``readers``, ``busy_timeout``; PostgreSQL: ``schema``). An unknown scheme
+    ``writer``, ``readers``, ``busy_timeout``, ``poll_interval``; PostgreSQL:
+    ``schema``). An unknown scheme
     raises ``ValueError`` naming the supported ones.
     """
     if not isinstance(url, str):
@@ -80,7 +99,7 @@ def open_storage(url: str, **options: Any) -> Storage:
             else:
                 raise ValueError(
                     f"storage URL {url!r}: unknown SQLite option {key!r} "
-                    "(known: durability, writer, readers, busy_timeout)"
+                    "(known: durability, writer, readers, busy_timeout, poll_interval)"
                 )
         merged.update(options)
         return SqliteStorage(path, url=url, **merged)

@@ -23,24 +23,115 @@ checks each of them):
 * Reading an execution whose stored rows are damaged raises
   :class:`~itonami.errors.CorruptStorageError` naming the execution and the
   version; other executions still read.
+
+Sharing a store between processes (ownership, inbox, nodes):
+
+* **Transaction ids.** With ``AppendRequest.allocate_tx`` the store allocates
+  the events' txs in the committing transaction from one store-wide counter
+  (the events' own ``tx`` values are then ignored): unique and increasing in
+  commit order across every process. :meth:`Storage.submit` resolves to the
+  txs of the committed events; the engine hands them to
+  ``VersionStore.assign_txs``. Without the flag the caller's txs are stored
+  as given and the counter is raised past them.
+* **Leases.** Each execution has an ``owner`` (node id or none), an
+  ``epoch`` (the fencing token; it grows on every change of owner) and a
+  lease expiry taken from the store's clock (PostgreSQL's
+  ``clock_timestamp()``; for SQLite, one machine, this process's clock).
+  :meth:`Storage.claim` takes unowned or expired executions that have work to
+  do; :meth:`Storage.acquire`, :meth:`Storage.renew` and
+  :meth:`Storage.release` do the rest. An append that carries a
+  :class:`Fence` is checked against owner and epoch in its own transaction
+  and raises :class:`~itonami.errors.FencedError` (writing nothing) when the
+  lease was taken over. A lease that expired but that nobody took over still
+  fences as its owner's: the epoch, not the clock, decides.
+* **Ready index.** ``ready_at`` on an execution says when it next has work to
+  do (``None``: nothing until a message arrives; :data:`READY_NOW`: runnable)
+  and its *needs* the capabilities a node must have to run the next step.
+  Appends and :meth:`Storage.release` set them; posting a message makes the
+  execution ready; a terminal status clears both.
+* **Inbox.** :meth:`Storage.post_message` commits a signal, cancel or event
+  for an execution from any process; the owner reads the messages, records
+  them as events and acknowledges them in the same append
+  (``AppendRequest.ack_inbox_upto``). Event waits (``waits_set``) index which
+  executions wait for which external event type.
+* **Wake hints.** :meth:`Storage.wait_for_work` returns early when work may
+  have arrived (PostgreSQL ``LISTEN``/``NOTIFY``, SQLite ``PRAGMA
+  data_version``, an event in memory); it is a hint, callers poll as well.
+* **Nodes.** Processes register in a nodes table and heartbeat by the store's
+  clock; :meth:`Storage.list_nodes` and :meth:`Storage.cluster_stats` report.
+
+The intended call sequence of an engine that shares its store (``node`` is
+the process's node id, ``caps`` its capabilities: e.g. ``wf:<definition
+hash>`` for each definition it has and ``activity:<name>`` for each activity
+it registered; the store treats them as opaque names):
+
+1. **Start**: ``register_node(node, capacity=…, capabilities=caps,
+   versions=…)``, then a task that calls ``heartbeat(node, inflight=…)`` and
+   ``renew(node, [(id, epoch), …])`` every few seconds (well inside the
+   lease) and drops every run whose id ``renew`` returns.
+2. **Start an execution**: its first append carries ``allocate_tx=True``,
+   ``fence=Fence(node, 0)`` and ``lease_seconds``: the store creates it owned
+   by ``node`` at epoch 1. Store the definition first (``put_definition``):
+   any node can then load it by hash.
+3. **Commit**: every later append carries ``allocate_tx=True``,
+   ``fence=Fence(node, epoch)``, ``ready_at`` (:data:`READY_NOW` while it has
+   work, the due time of its next timer or retry, ``None`` when it waits for
+   a message), ``needs`` (what its next step requires), ``ack_inbox_upto``
+   (the last inbox seq its events record) and ``waits_set`` /
+   ``waits_cleared`` (external event types it starts / stops waiting for).
+   ``await submit(req)`` gives the txs; pass them to
+   ``VersionStore.assign_txs(execution_id, req.expected_version + 1, txs)``.
+   A :class:`~itonami.errors.FencedError` means another node owns it now:
+   drop the run (and its core copy) without writing anything more.
+4. **Claim**: in a loop, ``claim(node, capabilities=caps, limit=free
+   capacity, lease_seconds=…)``; for each :class:`Claim`, load the execution
+   from the store, read its inbox (``read_messages``) and run it with
+   ``Fence(node, claim.epoch)``. Between rounds, ``await
+   wait_for_work(timeout)`` with a bounded timeout that backs off while the
+   queue is empty: it returns early on a hint, and the poll catches what a
+   hint missed.
+5. **Park**: when the run can only wait, commit its last events, then
+   ``release(id, node, epoch, ready_at=<next due time or None>,
+   needs=…)`` and forget the run. On shutdown, release every owned
+   execution with ``ready_at=READY_NOW`` so another node takes it at once.
+6. **Messages from anywhere** (the CLI included, without activities):
+   ``post_message(id, "signal" | "cancel" | "event", name, payload)`` commits
+   the message and makes the execution ready; its owner (or whoever claims
+   it) records it as an event and acks it. ``send_event(type, payload)`` is
+   ``for id in await find_event_waiters(type): post_message(id, "event",
+   type, payload)``.
+7. **Health**: ``cluster_stats()`` (nodes with status, load, capacity and
+   capabilities; ready depth and oldest age; executions waiting for a
+   capability and what they miss; reassignments and fenced writes).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from itonami.errors import ConflictError, CorruptStorageError, StorageError
+from itonami.errors import ConflictError, CorruptStorageError, FencedError, StorageError
 
 __all__ = [
+    "MESSAGE_KINDS",
+    "READY_NOW",
     "TERMINAL_STATUSES",
+    "UNCHANGED",
     "AppendRequest",
+    "Claim",
+    "ClusterStats",
     "ExecutionRecord",
+    "Fence",
+    "Lease",
+    "Message",
+    "NodeInfo",
     "Storage",
     "StoredEvent",
+    "Wakeup",
     "check_event_rows",
     "check_request",
     "conflict",
@@ -51,6 +142,95 @@ __all__ = [
 TERMINAL_STATUSES: frozenset[str] = frozenset(
     {"completed", "failed", "cancelled", "timed_out", "compensated"}
 )
+
+
+#: ``ready_at`` value: runnable now, by the store's clock.
+READY_NOW: int = 0
+#: ``ready_at`` value of an append that leaves the ready index as it was.
+UNCHANGED: int = -1
+#: What :meth:`Storage.post_message` accepts as ``kind``.
+MESSAGE_KINDS: frozenset[str] = frozenset({"signal", "cancel", "event"})
+
+
+@dataclass(frozen=True, slots=True)
+class Fence:
+    """The lease a write claims to hold: ``owner`` node id and ``epoch``."""
+
+    owner: str
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """An execution this node now owns: write with ``Fence(node_id, epoch)``.
+
+    ``reassigned`` is True when the lease was taken from another owner whose
+    lease had expired. ``lease_expires_at`` is in µs of the store's clock.
+    """
+
+    execution_id: str
+    epoch: int
+    workflow_id: str
+    workflow_version: str
+    version: int
+    status: str
+    lease_expires_at: int
+    reassigned: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """The ownership columns of one execution (µs of the store's clock)."""
+
+    execution_id: str
+    owner: str | None
+    epoch: int
+    expires_at: int | None
+    ready_at: int | None
+    needs: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One inbox entry; ``seq`` grows store-wide in commit order."""
+
+    execution_id: str
+    seq: int
+    kind: str
+    name: str
+    payload: bytes
+    posted_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class NodeInfo:
+    """A registered node as the store sees it (ages in seconds)."""
+
+    node_id: str
+    capacity: int
+    inflight: int
+    capabilities: list[str]
+    versions: dict[str, str]
+    heartbeat_age: float
+    status: str  # "healthy", "suspect" or "dead"
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterStats:
+    """What :meth:`Storage.cluster_stats` reports.
+
+    ``ready`` counts executions that have work to do now and no live lease;
+    ``oldest_ready_age`` is how long (s) the oldest of them has waited.
+    ``waiting_for`` maps each ready execution that no live node can run to
+    the capabilities it needs that no live node has.
+    """
+
+    ready: int
+    oldest_ready_age: float
+    waiting_for: dict[str, list[str]]
+    nodes: list[NodeInfo]
+    reassignments: int
+    fenced_writes: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +267,22 @@ class AppendRequest:
     ``workflow_version`` and ``parent_id`` are read only on the first append
     of an execution. ``timers_set`` maps a step path to its fire time (µs);
     ``timers_cleared`` lists step paths whose timer is gone.
+
+    For processes that share the store:
+
+    - ``allocate_tx``: the store allocates the events' txs (their own ``tx``
+      is ignored) and ``submit`` resolves to them.
+    - ``fence``: the lease this write needs; a stale one raises
+      :class:`~itonami.errors.FencedError` and writes nothing. On the first
+      append of an execution it makes ``fence.owner`` the owner at epoch 1
+      (``fence.epoch`` must be 0) with a lease of ``lease_seconds``.
+    - ``ready_at``: :data:`UNCHANGED` (default), ``None`` (nothing to do until
+      a message arrives), :data:`READY_NOW`, or a time in µs (a due timer).
+    - ``needs``: the capabilities the next step requires (``None`` keeps them).
+    - ``ack_inbox_upto``: inbox messages up to this seq are consumed (they are
+      recorded by these events); they are deleted in the same transaction.
+    - ``waits_set`` / ``waits_cleared``: external event types this execution
+      starts / stops waiting for.
     """
 
     execution_id: str
@@ -98,6 +294,14 @@ class AppendRequest:
     parent_id: str | None = None
     timers_set: dict[str, int] = field(default_factory=dict)
     timers_cleared: list[str] = field(default_factory=list)
+    allocate_tx: bool = False
+    fence: Fence | None = None
+    lease_seconds: float = 30.0
+    ready_at: int | None = UNCHANGED
+    needs: Sequence[str] | None = None
+    ack_inbox_upto: int | None = None
+    waits_set: list[str] = field(default_factory=list)
+    waits_cleared: list[str] = field(default_factory=list)
 
 
 def check_request(req: AppendRequest) -> None:
@@ -136,6 +340,122 @@ def check_request(req: AppendRequest) -> None:
     for step, fire_at in req.timers_set.items():
         if not isinstance(step, str) or not isinstance(fire_at, int):
             raise StorageError(f"append to {eid}: timer {step!r} needs a str step and int fire_at")
+    if req.fence is not None:
+        check_fence(eid, req.fence)
+        if req.expected_version == 0 and req.fence.epoch != 0:
+            raise StorageError(
+                f"append to {eid}: the first append takes the lease with epoch 0, "
+                f"got {req.fence.epoch}"
+            )
+        check_lease_seconds(req.lease_seconds)
+    if req.ready_at is not None and (type(req.ready_at) is not int or req.ready_at < UNCHANGED):
+        raise StorageError(f"append to {eid}: ready_at must be None or an int >= -1")
+    if req.needs is not None:
+        check_needs(eid, req.needs)
+    if req.ack_inbox_upto is not None and (
+        type(req.ack_inbox_upto) is not int or req.ack_inbox_upto < 0
+    ):
+        raise StorageError(f"append to {eid}: ack_inbox_upto must be an int >= 0")
+    for name in (*req.waits_set, *req.waits_cleared):
+        if not isinstance(name, str) or not name:
+            raise StorageError(f"append to {eid}: event wait types must be non-empty strings")
+
+
+def check_fence(execution_id: str, fence: Fence) -> None:
+    """Refuse a malformed fence."""
+    if not isinstance(fence, Fence) or not fence.owner or not isinstance(fence.owner, str):
+        raise StorageError(f"execution {execution_id}: a fence needs a non-empty owner")
+    if type(fence.epoch) is not int or fence.epoch < 0:
+        raise StorageError(f"execution {execution_id}: a fence needs an int epoch >= 0")
+
+
+def check_lease_seconds(lease_seconds: float) -> None:
+    """Refuse a lease that is not a positive number of seconds."""
+    if not isinstance(lease_seconds, (int, float)) or not lease_seconds > 0:
+        raise StorageError(f"a lease must last > 0 seconds, got {lease_seconds!r}")
+
+
+def check_needs(execution_id: str, needs: Iterable[str]) -> None:
+    """Refuse capability names that are not non-empty strings."""
+    if isinstance(needs, str):
+        raise StorageError(f"execution {execution_id}: needs must be a list of names, not a str")
+    for name in needs:
+        if not isinstance(name, str) or not name:
+            raise StorageError(f"execution {execution_id}: needs must be non-empty strings")
+
+
+def check_message(execution_id: str, kind: str, name: str, payload: bytes) -> bytes:
+    """Refuse a malformed inbox message; return its payload as bytes."""
+    if kind not in MESSAGE_KINDS:
+        raise StorageError(
+            f"post_message to {execution_id}: kind must be one of "
+            f"{', '.join(sorted(MESSAGE_KINDS))}, got {kind!r}"
+        )
+    if not isinstance(name, str) or not isinstance(payload, (bytes, bytearray)):
+        raise StorageError(f"post_message to {execution_id}: name is a str, payload bytes")
+    return bytes(payload)
+
+
+def check_node(node_id: str, capacity: int, capabilities: Iterable[str]) -> list[str]:
+    """Refuse a malformed node registration; return its capabilities as a list."""
+    check_node_id(node_id)
+    caps = list(capabilities)
+    check_needs(node_id, caps)
+    if type(capacity) is not int or capacity < 0:
+        raise StorageError(f"node {node_id}: capacity must be an int >= 0")
+    return caps
+
+
+def check_release(execution_id: str, node_id: str, epoch: int, needs: Any) -> list[str] | None:
+    """Refuse a malformed release; return ``needs`` as a list (or None)."""
+    check_fence(execution_id, Fence(node_id, epoch))
+    if needs is None:
+        return None
+    names = list(needs)
+    check_needs(execution_id, names)
+    return names
+
+
+def check_node_id(node_id: str) -> None:
+    """Refuse an empty node id."""
+    if not isinstance(node_id, str) or not node_id:
+        raise StorageError(f"a node id must be a non-empty string, got {node_id!r}")
+
+
+def fenced(execution_id: str, fence: Fence, owner: str | None, epoch: int) -> FencedError:
+    """The :class:`FencedError` every backend raises for a lost lease."""
+    holder = f"owned by {owner} at epoch {epoch}" if owner else f"unowned at epoch {epoch}"
+    return FencedError(
+        f"execution {execution_id}: {fence.owner} writes with epoch {fence.epoch}, but the "
+        f"execution is {holder}; the write was rejected",
+        execution_id=execution_id,
+        expected=fence.epoch,
+        actual=epoch,
+        owner=owner,
+    )
+
+
+def node_status(age: float, suspect_after: float, dead_after: float) -> str:
+    """``healthy``, ``suspect`` or ``dead`` for a heartbeat ``age`` seconds old."""
+    if age >= dead_after:
+        return "dead"
+    if age >= suspect_after:
+        return "suspect"
+    return "healthy"
+
+
+def encode_names(names: Iterable[str]) -> str:
+    """Capability lists as stored: a sorted JSON array."""
+    return json.dumps(sorted(set(names)))
+
+
+def decode_names(text: Any) -> list[str]:
+    """The inverse of :func:`encode_names` (damaged text reads as empty)."""
+    try:
+        value = json.loads(text) if text else []
+    except (TypeError, ValueError):
+        return []
+    return [str(v) for v in value] if isinstance(value, list) else []
 
 
 def conflict(execution_id: str, expected: int, actual: int) -> ConflictError:
@@ -283,14 +603,25 @@ class Storage(ABC):
     async def append(self, req: AppendRequest) -> None:
         """Append ``req.events`` atomically and durably, or raise ConflictError."""
 
-    def submit(self, req: AppendRequest) -> asyncio.Future[None]:
+    def submit(self, req: AppendRequest) -> asyncio.Future[list[int]]:
         """Start appending ``req`` now; the future resolves once it is durable.
 
-        The append goes ahead even if nobody awaits the future (await it
-        through ``asyncio.shield`` when the waiter may be cancelled). Backends
-        override this to queue the request without creating a task.
+        It resolves to the txs of the committed events, in version order (the
+        store's own when ``req.allocate_tx``). The append goes ahead even if
+        nobody awaits the future (await it through ``asyncio.shield`` when the
+        waiter may be cancelled). Backends override this to queue the request
+        without creating a task.
         """
-        return asyncio.ensure_future(self.append(req))
+
+        async def run() -> list[int]:
+            await self.append(req)
+            return [e.tx for e in req.events]
+
+        return asyncio.ensure_future(run())
+
+    async def commit(self, req: AppendRequest) -> list[int]:
+        """Append ``req`` like :meth:`append` and return the committed events' txs."""
+        return await self.submit(req)
 
     @abstractmethod
     async def read_events(self, execution_id: str, from_version: int = 0) -> list[StoredEvent]:
@@ -360,6 +691,191 @@ class Storage(ABC):
     @abstractmethod
     async def integrity_check(self) -> list[str]:
         """Problems found in the stored data; an empty list means consistent."""
+
+    # ------------------------------------------------------------------ sharing
+
+    @abstractmethod
+    async def claim(
+        self,
+        node_id: str,
+        *,
+        capabilities: Iterable[str],
+        limit: int = 1,
+        lease_seconds: float = 30.0,
+    ) -> list[Claim]:
+        """Take up to ``limit`` executions that have work to do now.
+
+        Eligible: ``ready_at <= now``, unowned or with an expired lease, and
+        whose needs are a subset of ``capabilities``. Each claimed execution
+        gets ``node_id`` as owner, its epoch + 1 and a lease of
+        ``lease_seconds``; taking an expired lease counts as a reassignment.
+        Concurrent claimers never get the same execution.
+        """
+
+    @abstractmethod
+    async def acquire(
+        self, execution_id: str, node_id: str, *, lease_seconds: float = 30.0
+    ) -> Claim | None:
+        """Take the lease of one execution whatever its ready state.
+
+        Succeeds when it is unowned, its lease expired, or ``node_id`` already
+        holds it (then the epoch stays and the lease is renewed); otherwise,
+        or when the execution is unknown or terminal, returns None.
+        """
+
+    @abstractmethod
+    async def renew(
+        self, node_id: str, leases: Iterable[tuple[str, int]], *, lease_seconds: float = 30.0
+    ) -> list[str]:
+        """Extend the leases ``(execution_id, epoch)`` held by ``node_id``.
+
+        Returns the ids whose lease is lost (another owner, a newer epoch, or
+        the execution is gone or terminal): drop those runs.
+        """
+
+    @abstractmethod
+    async def release(
+        self,
+        execution_id: str,
+        node_id: str,
+        epoch: int,
+        *,
+        ready_at: int | None = UNCHANGED,
+        needs: Iterable[str] | None = None,
+    ) -> bool:
+        """Give the lease up (on park or shutdown), setting what it waits for next.
+
+        The epoch stays, so the next owner's claim bumps it. Returns False
+        (and changes nothing, counting a fenced write) when ``node_id`` at
+        ``epoch`` no longer holds it.
+        """
+
+    @abstractmethod
+    async def get_lease(self, execution_id: str) -> Lease | None:
+        """Owner, epoch, expiry, ready_at and needs of one execution (None if unknown)."""
+
+    @abstractmethod
+    async def post_message(
+        self, execution_id: str, kind: str, name: str, payload: bytes = b""
+    ) -> int:
+        """Commit a message to the execution's inbox and make it ready; return its seq.
+
+        ``kind`` is one of :data:`MESSAGE_KINDS`. Raises
+        :class:`~itonami.errors.StorageError` for an unknown or finished
+        execution. Wakes :meth:`wait_for_work` in every process.
+        """
+
+    @abstractmethod
+    async def read_messages(self, execution_id: str, after_seq: int = 0) -> list[Message]:
+        """Unacknowledged messages with ``seq > after_seq``, oldest first."""
+
+    @abstractmethod
+    async def ack_messages(self, execution_id: str, upto_seq: int, fence: Fence) -> None:
+        """Delete messages up to ``upto_seq`` as consumed, under ``fence``.
+
+        Prefer ``AppendRequest.ack_inbox_upto``, which does the same in the
+        append that records them.
+        """
+
+    @abstractmethod
+    async def find_event_waiters(self, event_type: str) -> list[str]:
+        """Ids of the executions waiting for an external event of this type."""
+
+    @abstractmethod
+    async def wait_for_work(self, timeout: float) -> bool:
+        """Wait until work may have arrived (True) or ``timeout`` seconds passed (False).
+
+        A hint only: it may return True with nothing to do, and callers also
+        poll, since a hint can be missed.
+        """
+
+    @abstractmethod
+    async def register_node(
+        self,
+        node_id: str,
+        *,
+        capacity: int,
+        capabilities: Iterable[str],
+        versions: dict[str, str] | None = None,
+    ) -> None:
+        """Register (or re-register) a node; its heartbeat starts now."""
+
+    @abstractmethod
+    async def heartbeat(self, node_id: str, *, inflight: int) -> bool:
+        """Record a heartbeat by the store's clock; False if the node is not registered."""
+
+    @abstractmethod
+    async def deregister_node(self, node_id: str) -> None:
+        """Remove a node from the nodes table."""
+
+    @abstractmethod
+    async def list_nodes(
+        self, *, suspect_after: float = 15.0, dead_after: float = 60.0
+    ) -> list[NodeInfo]:
+        """Registered nodes with heartbeat age and status, by node id."""
+
+    @abstractmethod
+    async def cluster_stats(
+        self, *, suspect_after: float = 15.0, dead_after: float = 60.0
+    ) -> ClusterStats:
+        """Ready queue depth and age, capability waits, nodes and counters."""
+
+
+def waiting_for(
+    nodes: Sequence[NodeInfo], needs: Iterable[tuple[str, str]]
+) -> dict[str, list[str]]:
+    """Per ready execution, the needed capabilities that no live node has.
+
+    A node counts as live unless it is ``dead``; an execution is listed only
+    when no single live node has all of its needs.
+    """
+    live = [set(n.capabilities) for n in nodes if n.status != "dead"]
+    by_exec: dict[str, set[str]] = {}
+    for eid, cap in needs:
+        by_exec.setdefault(eid, set()).add(cap)
+    out: dict[str, list[str]] = {}
+    for eid, want in by_exec.items():
+        if any(want <= have for have in live):
+            continue
+        everyone: set[str] = set().union(*live) if live else set()
+        missing = sorted(want - everyone) or sorted(want)
+        out[eid] = missing
+    return out
+
+
+class Wakeup:
+    """A broadcast wake-up for :meth:`Storage.wait_for_work` (one event loop).
+
+    :meth:`notify` wakes every current waiter and remembers that it happened,
+    so a waiter arriving later returns at once (hints are never lost between
+    two calls of one waiter, only merged).
+    """
+
+    def __init__(self) -> None:
+        self._event: asyncio.Event | None = None
+        self._pending = False
+
+    def notify(self) -> None:
+        """Wake the waiters (call on the loop's thread)."""
+        self._pending = True
+        if self._event is not None:
+            self._event.set()
+            self._event = None
+
+    async def wait(self, timeout: float) -> bool:
+        """True when notified (now or since the last wait), False after ``timeout``."""
+        if self._pending:
+            self._pending = False
+            return True
+        if self._event is None:
+            self._event = asyncio.Event()
+        event = self._event
+        try:
+            await asyncio.wait_for(event.wait(), max(0.0, timeout))
+        except TimeoutError:
+            return False
+        self._pending = False
+        return True
 
 
 def status_filter(status: str | Sequence[str] | None) -> list[str] | None:

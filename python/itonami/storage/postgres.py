@@ -14,14 +14,34 @@ Design:
   and ``(execution_id, version)`` is the events' primary key; two writers on
   different connections therefore cannot both append the same version.
 * **Readers**: a small pool of autocommit connections.
-* **Schema**: the same tables as SQLite (``BIGINT``, ``BYTEA``); migrations run
+* **Schema**: the same tables and queries as SQLite, written once in
+  :mod:`itonami.storage.sqlbase` (``BIGINT``, ``BYTEA`` here); migrations run
   under an advisory lock on open. ``schema=`` puts the tables in that schema
   (created if missing) via ``search_path``.
+* **Counters** (tx, inbox seq, reassignments, fenced writes) are sequences:
+  ``nextval`` never waits for another transaction, so writers in different
+  processes do not serialise on a counter row, and a fenced write is counted
+  even though its savepoint rolls back. A tx is drawn after the execution's
+  row is locked, so each execution's txs increase with its versions.
+* **Leases** use the database clock (``clock_timestamp()``), so nodes with
+  skewed clocks agree on expiry; claims lock rows ``FOR UPDATE SKIP LOCKED``,
+  so concurrent claimers never wait for, nor take, each other's rows.
+* **Wake hints**: a batch that made work ready runs ``NOTIFY`` on the
+  ``itonami_ready`` channel (per schema: ``itonami_ready_<schema>``) in its
+  transaction, which PostgreSQL delivers only once it committed.
+  :meth:`PostgresStorage.wait_for_work` listens on its own connection.
+* **Bulk appends**: a batch made only of appends (fences, store txs and the
+  ready index included; no inbox acks or event waits) takes a fast path
+  with one statement per table, deciding fences and conflicts in Python
+  from the locked rows; anything else runs the shared per-request SQL of
+  :mod:`itonami.storage.sqlbase`, one savepoint each. The conformance suite
+  checks that both agree.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -29,20 +49,16 @@ from urllib.parse import urlsplit, urlunsplit
 
 from itonami.errors import StorageError
 from itonami.storage.base import (
+    READY_NOW,
     TERMINAL_STATUSES,
+    UNCHANGED,
     AppendRequest,
-    ExecutionRecord,
-    Storage,
-    StoredEvent,
-    check_definition,
-    check_event_rows,
-    check_paging,
+    Wakeup,
     check_request,
     conflict,
-    definition_mismatch,
-    find_history_problems,
-    status_filter,
+    fenced,
 )
+from itonami.storage.sqlbase import NOW, WAKE, Op, Q, SqlStorage, lease_us, migrations
 
 try:
     import psycopg
@@ -58,58 +74,25 @@ T = TypeVar("T")
 
 Conn = psycopg.AsyncConnection[Any]
 
+_COUNTERS = ("tx", "inbox", "reassignments", "fenced_writes")
+
 #: Ordered schema migrations: (version reached, statements). Append only.
-MIGRATIONS: list[tuple[int, tuple[str, ...]]] = [
-    (
-        1,
-        (
-            "CREATE TABLE executions ("
-            " execution_id TEXT PRIMARY KEY,"
-            " workflow_id TEXT NOT NULL,"
-            " workflow_version TEXT NOT NULL,"
-            " status TEXT NOT NULL,"
-            " parent_id TEXT,"
-            " created_at BIGINT NOT NULL,"
-            " updated_at BIGINT NOT NULL,"
-            " version BIGINT NOT NULL)",
-            "CREATE TABLE events ("
-            " execution_id TEXT NOT NULL,"
-            " version BIGINT NOT NULL,"
-            " tx BIGINT NOT NULL UNIQUE,"
-            " timestamp BIGINT NOT NULL,"
-            " kind TEXT NOT NULL,"
-            " hash BYTEA NOT NULL,"
-            " encoded BYTEA NOT NULL,"
-            " PRIMARY KEY (execution_id, version))",
-            "CREATE TABLE snapshots ("
-            " execution_id TEXT NOT NULL,"
-            " version BIGINT NOT NULL,"
-            " data BYTEA NOT NULL,"
-            " PRIMARY KEY (execution_id, version))",
-            "CREATE TABLE definitions ("
-            " workflow_id TEXT NOT NULL,"
-            " version TEXT NOT NULL,"
-            " content_hash TEXT NOT NULL,"
-            " document BYTEA NOT NULL,"
-            " seq BIGINT GENERATED ALWAYS AS IDENTITY,"
-            " PRIMARY KEY (workflow_id, version))",
-            "CREATE INDEX definitions_hash ON definitions (content_hash)",
+MIGRATIONS: list[tuple[int, tuple[str, ...]]] = migrations(
+    {
+        "int": "BIGINT",
+        "blob": "BYTEA",
+        "norowid": "",
+        "seq": "seq BIGINT GENERATED ALWAYS AS IDENTITY",
+    },
+    extra={
+        3: (
+            *(f"CREATE SEQUENCE itonami_{name}_seq" for name in _COUNTERS),
+            # Start the tx sequence above every stored tx.
+            "SELECT setval('itonami_tx_seq', GREATEST(COALESCE(MAX(tx), 0), 1),"
+            " MAX(tx) IS NOT NULL) FROM events",
         ),
-    ),
-    (
-        2,
-        (
-            "CREATE TABLE timers ("
-            " execution_id TEXT NOT NULL,"
-            " step TEXT NOT NULL,"
-            " fire_at BIGINT NOT NULL,"
-            " PRIMARY KEY (execution_id, step))",
-            "CREATE INDEX timers_fire_at ON timers (fire_at)",
-            "CREATE INDEX executions_status ON executions (status, created_at)",
-            "CREATE INDEX executions_workflow ON executions (workflow_id, created_at)",
-        ),
-    ),
-]
+    },
+)
 
 #: The schema version this code writes.
 SCHEMA_VERSION: int = MIGRATIONS[-1][0]
@@ -121,6 +104,13 @@ _EXEC_COLUMNS = (
     "execution_id, workflow_id, workflow_version, status, parent_id, created_at, updated_at, "
     "version"
 )
+
+_NOW_SQL = "SELECT (EXTRACT(EPOCH FROM clock_timestamp()) * 1000000)::bigint"
+
+
+def _bulk_ok(req: AppendRequest) -> bool:
+    """Whether the bulk path can take ``req`` (all but inbox acks and event waits)."""
+    return req.ack_inbox_upto is None and not req.waits_set and not req.waits_cleared
 
 
 def redact(url: str) -> str:
@@ -149,12 +139,18 @@ class _Op:
 _STOP = object()
 
 
-class PostgresStorage(Storage):
+class PostgresStorage(SqlStorage):
     """A :class:`Storage` in a PostgreSQL database.
 
     Options: ``schema`` (tables go in this schema, created if missing),
-    ``readers`` (reader connections, default 2), ``connect_timeout`` (seconds).
+    ``readers`` (reader connections, default 2), ``connect_timeout`` (seconds),
+    ``bulk`` (default True: batches of appends take the bulk path; False runs
+    every request through the shared SQL, which the tests use to check both).
     """
+
+    FOR_UPDATE = " FOR UPDATE"
+    SKIP_LOCKED = " FOR UPDATE SKIP LOCKED"
+    GREATEST = "GREATEST"
 
     def __init__(
         self,
@@ -163,8 +159,10 @@ class PostgresStorage(Storage):
         schema: str | None = None,
         readers: int = 2,
         connect_timeout: float = 10.0,
+        bulk: bool = True,
     ) -> None:
         super().__init__(url)
+        self.bulk = bulk
         if readers < 1:
             raise ValueError(f"readers must be >= 1, got {readers}")
         self.schema = schema
@@ -177,6 +175,12 @@ class PostgresStorage(Storage):
         self._queue: asyncio.Queue[Any] | None = None
         self._task: asyncio.Task[None] | None = None
         self._open = False
+        self._woke = False
+        self._wakeup = Wakeup()
+        self._listener: Conn | None = None
+        self._listen_task: asyncio.Task[None] | None = None
+        self.channel = "itonami_ready" if schema is None else f"itonami_ready_{schema}"
+        self._sql_cache: dict[str, str] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -231,6 +235,14 @@ class PostgresStorage(Storage):
         self._queue.put_nowait(_STOP)
         await self._task
         self._task = None
+        if self._listen_task is not None:
+            self._listen_task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._listen_task
+            self._listen_task = None
+        if self._listener is not None:
+            await self._listener.close()
+            self._listener = None
         await self._close_connections()
 
     async def _close_connections(self) -> None:
@@ -294,24 +306,19 @@ class PostgresStorage(Storage):
                 await self._run_batch(ops)
 
     async def _run_batch(self, ops: list[_Op]) -> None:
-        if all(op.req is not None for op in ops):
+        if self.bulk and all(op.req is not None and _bulk_ok(op.req) for op in ops):
             done = await self._run_bulk(ops)
             if done:
                 return
         outcomes: list[tuple[_Op, Any, BaseException | None]] = []
+        self._woke = False
         try:
             conn = await self._writer_connection()
             async with conn.transaction():
-                for op in ops:
-                    try:
-                        async with conn.transaction():  # a SAVEPOINT
-                            result = await op.fn(conn)
-                    except (psycopg.OperationalError, psycopg.InterfaceError):
-                        raise  # the connection is gone: the batch fails
-                    except Exception as exc:
-                        outcomes.append((op, None, self._map_error(exc, "writing")))
-                    else:
-                        outcomes.append((op, result, None))
+                await self._run_ops(conn, ops, outcomes)
+                if self._woke:
+                    # Delivered by PostgreSQL only once this transaction commits.
+                    await conn.execute(sql.SQL("NOTIFY {}").format(sql.Identifier(self.channel)))
         except Exception as exc:
             err = self._map_error(exc, "committing")
             for op in ops:
@@ -320,6 +327,8 @@ class PostgresStorage(Storage):
             return
         self.commits += 1
         self.appends += sum(1 for op, _, failure in outcomes if op.is_append and failure is None)
+        if self._woke:
+            self._wakeup.notify()
         for op, result, failure in outcomes:
             if op.future.done():
                 continue
@@ -328,24 +337,42 @@ class PostgresStorage(Storage):
             else:
                 op.future.set_result(result)
 
+    async def _run_ops(
+        self, conn: Conn, ops: list[_Op], outcomes: list[tuple[_Op, Any, BaseException | None]]
+    ) -> None:
+        """Run each op in its own savepoint, so one failure rolls back only itself."""
+        for op in ops:
+            try:
+                async with conn.transaction():  # a SAVEPOINT
+                    result = await op.fn(conn)
+            except (psycopg.OperationalError, psycopg.InterfaceError):
+                raise  # the connection is gone: the batch fails
+            except Exception as exc:
+                outcomes.append((op, None, self._map_error(exc, "writing")))
+            else:
+                outcomes.append((op, result, None))
+
     async def _run_bulk(self, ops: list[_Op]) -> bool:
         """Commit a batch of appends with a handful of statements in all.
 
         One statement per table instead of several per request (each a round
-        trip to the server). Conflicts are decided in Python from the locked
-        versions. Returns False, having changed nothing, when the batch needs
-        the one-by-one path (an execution twice in the batch, a failed
-        statement).
+        trip to the server). Fences and conflicts are decided in Python from
+        the locked rows. Returns False, having changed nothing, when the
+        batch needs the one-by-one path (an execution twice in the batch, a
+        failed statement).
         """
         reqs = [op.req for op in ops if op.req is not None]
         ids = [r.execution_id for r in reqs]
         if len(set(ids)) != len(ids):
             return False
-        outcomes: list[BaseException | None] = []
+        outcomes: list[BaseException | list[int]] = []
+        self._woke = False
         try:
             conn = await self._writer_connection()
             async with conn.transaction():
                 outcomes = await self._bulk_append_tx(conn, reqs)
+                if self._woke:
+                    await conn.execute(sql.SQL("NOTIFY {}").format(sql.Identifier(self.channel)))
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
             err = self._map_error(exc, "committing")
             for op in ops:
@@ -355,34 +382,46 @@ class PostgresStorage(Storage):
         except psycopg.Error:
             return False  # rolled back: let the careful path find the culprit
         self.commits += 1
-        self.appends += sum(1 for failure in outcomes if failure is None)
-        for op, failure in zip(ops, outcomes, strict=True):
+        self.appends += sum(1 for outcome in outcomes if isinstance(outcome, list))
+        if self._woke:
+            self._wakeup.notify()
+        for op, outcome in zip(ops, outcomes, strict=True):
             if op.future.done():
                 continue
-            if failure is not None:
-                op.future.set_exception(failure)
+            if isinstance(outcome, BaseException):
+                op.future.set_exception(outcome)
             else:
-                op.future.set_result(None)
+                op.future.set_result(outcome)
         return True
 
     async def _bulk_append_tx(
         self, conn: Conn, reqs: list[AppendRequest]
-    ) -> list[BaseException | None]:
+    ) -> list[BaseException | list[int]]:
         ids = [r.execution_id for r in reqs]
-        rows = await self._fetchall(
-            conn,
-            "SELECT execution_id, version FROM executions WHERE execution_id = ANY(%s)"
-            " ORDER BY execution_id FOR UPDATE",
-            (ids,),
+        select = (
+            "SELECT execution_id, version, owner, epoch FROM executions"
+            " WHERE execution_id = ANY(%s) ORDER BY execution_id FOR UPDATE"
         )
-        versions = {eid: int(v) for eid, v in rows}
-        fresh = [r for r in reqs if r.execution_id not in versions and r.expected_version == 0]
+        rows = {
+            eid: (int(v), owner, epoch)
+            for eid, v, owner, epoch in await self._fetchall(conn, select, (ids,))
+        }
+        now = 0
+        if any(r.ready_at == READY_NOW or (r.fence and r.expected_version == 0) for r in reqs):
+            now = int((await self._fetchone(conn, _NOW_SQL))[0])
+        fresh = [r for r in reqs if r.execution_id not in rows and r.expected_version == 0]
+        made: set[str] = set()
         if fresh:
+
+            def owned(r: AppendRequest) -> bool:
+                return r.fence is not None and r.status not in TERMINAL_STATUSES
+
             created = await self._fetchall(
                 conn,
-                f"INSERT INTO executions ({_EXEC_COLUMNS})"
+                f"INSERT INTO executions ({_EXEC_COLUMNS}, owner, epoch, lease_expires_at)"
                 " SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[],"
-                " %s::text[], %s::bigint[], %s::bigint[], %s::bigint[])"
+                " %s::text[], %s::bigint[], %s::bigint[], %s::bigint[], %s::text[],"
+                " %s::bigint[], %s::bigint[])"
                 " ON CONFLICT (execution_id) DO NOTHING RETURNING execution_id",
                 (
                     [r.execution_id for r in fresh],
@@ -393,57 +432,104 @@ class PostgresStorage(Storage):
                     [r.events[0].timestamp if r.events else 0 for r in fresh],
                     [r.events[0].timestamp if r.events else 0 for r in fresh],
                     [0] * len(fresh),
+                    [r.fence.owner if owned(r) and r.fence else None for r in fresh],
+                    [1 if r.fence else 0 for r in fresh],
+                    [now + lease_us(r.lease_seconds) if owned(r) else None for r in fresh],
                 ),
             )
             made = {row[0] for row in created}
             lost = [r.execution_id for r in fresh if r.execution_id not in made]
             for eid in made:
-                versions[eid] = 0
+                rows[eid] = (0, None, 1)
             if lost:  # created by another connection meanwhile
                 again = await self._fetchall(
                     conn,
-                    "SELECT execution_id, version FROM executions"
+                    "SELECT execution_id, version, owner, epoch FROM executions"
                     " WHERE execution_id = ANY(%s) FOR UPDATE",
                     (lost,),
                 )
-                versions.update({eid: int(v) for eid, v in again})
-        outcomes: list[BaseException | None] = []
+                rows.update({eid: (int(v), owner, epoch) for eid, v, owner, epoch in again})
+        outcomes: list[BaseException | list[int]] = []
         ok: list[AppendRequest] = []
+        fenced_count = 0
         for r in reqs:
-            actual = versions.get(r.execution_id, 0)
-            if actual != r.expected_version:
-                outcomes.append(conflict(r.execution_id, r.expected_version, actual))
+            eid = r.execution_id
+            actual, owner, epoch = rows.get(eid, (0, None, 0))
+            fence = r.fence
+            if (
+                fence is not None
+                and eid in rows
+                and eid not in made
+                and (owner, epoch) != (fence.owner, fence.epoch)
+            ):
+                fenced_count += 1
+                outcomes.append(fenced(eid, fence, owner, epoch))
+            elif eid not in rows or actual != r.expected_version:
+                outcomes.append(conflict(eid, r.expected_version, actual))
             else:
-                outcomes.append(None)
+                outcomes.append([])
                 ok.append(r)
-        events = [(r.execution_id, e) for r in ok for e in r.events]
+        if fenced_count:
+            await self._drive(conn, self._allocate("fenced_writes", fenced_count))
+        # Store txs for the requests that asked, in request order.
+        wanted = sum(len(r.events) for r in ok if r.allocate_tx)
+        fresh_txs = iter(await self._drive(conn, self._allocate("tx", wanted)) if wanted else [])
+        txs_of: dict[str, list[int]] = {}
+        for r in ok:
+            txs_of[r.execution_id] = (
+                [next(fresh_txs) for _ in r.events] if r.allocate_tx else [e.tx for e in r.events]
+            )
+        given = [e.tx for r in ok if not r.allocate_tx for e in r.events]
+        if given:
+            await self._drive(conn, self._raise_floor("tx", max(given)))
+        events = [
+            (r.execution_id, e, tx)
+            for r in ok
+            for e, tx in zip(r.events, txs_of[r.execution_id], strict=True)
+        ]
         if events:
             await conn.execute(
                 "INSERT INTO events (execution_id, version, tx, timestamp, kind, hash, encoded)"
                 " SELECT * FROM unnest(%s::text[], %s::bigint[], %s::bigint[], %s::bigint[],"
                 " %s::text[], %s::bytea[], %s::bytea[])",
                 (
-                    [eid for eid, _ in events],
-                    [e.version for _, e in events],
-                    [e.tx for _, e in events],
-                    [e.timestamp for _, e in events],
-                    [e.kind for _, e in events],
-                    [e.hash for _, e in events],
-                    [e.encoded for _, e in events],
+                    [eid for eid, _, _ in events],
+                    [e.version for _, e, _ in events],
+                    [tx for _, _, tx in events],
+                    [e.timestamp for _, e, _ in events],
+                    [e.kind for _, e, _ in events],
+                    [e.hash for _, e, _ in events],
+                    [e.encoded for _, e, _ in events],
                 ),
             )
+        ready: list[int | None] = []
+        for r in ok:
+            value = r.ready_at
+            if value == READY_NOW:
+                value = now
+            ready.append(value)
+            if value is not None and value != UNCHANGED and r.status not in TERMINAL_STATUSES:
+                self._woke = True
         if ok:
             await conn.execute(
                 "UPDATE executions AS x SET status = u.status, version = u.version,"
-                " updated_at = COALESCE(u.updated_at, x.updated_at)"
-                " FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[])"
-                " AS u(execution_id, status, version, updated_at)"
+                " updated_at = COALESCE(u.updated_at, x.updated_at),"
+                " ready_at = CASE WHEN u.terminal THEN NULL"
+                "  WHEN u.set_ready THEN u.ready ELSE x.ready_at END,"
+                " owner = CASE WHEN u.terminal THEN NULL ELSE x.owner END,"
+                " lease_expires_at = CASE WHEN u.terminal THEN NULL ELSE x.lease_expires_at END"
+                " FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[], %s::bool[],"
+                " %s::bool[], %s::bigint[])"
+                " AS u(execution_id, status, version, updated_at, terminal, set_ready, ready)"
                 " WHERE x.execution_id = u.execution_id",
                 (
                     [r.execution_id for r in ok],
                     [r.status for r in ok],
                     [r.expected_version + len(r.events) for r in ok],
                     [r.events[-1].timestamp if r.events else None for r in ok],
+                    [r.status in TERMINAL_STATUSES for r in ok],
+                    [r.ready_at != UNCHANGED for r in ok],
+                    [None if v == UNCHANGED else v for v in ready],
                 ),
             )
         cleared = [(r.execution_id, step) for r in ok for step in r.timers_cleared]
@@ -461,9 +547,31 @@ class PostgresStorage(Storage):
                 " ON CONFLICT (execution_id, step) DO UPDATE SET fire_at = EXCLUDED.fire_at",
                 ([a[0] for a in armed], [a[1] for a in armed], [a[2] for a in armed]),
             )
+        renamed = [r for r in ok if r.needs is not None and r.status not in TERMINAL_STATUSES]
+        if renamed:
+            await conn.execute(
+                "DELETE FROM execution_needs WHERE execution_id = ANY(%s)",
+                ([r.execution_id for r in renamed],),
+            )
+            pairs = [(r.execution_id, n) for r in renamed for n in sorted(set(r.needs or ()))]
+            if pairs:
+                await conn.execute(
+                    "INSERT INTO execution_needs (execution_id, capability)"
+                    " SELECT * FROM unnest(%s::text[], %s::text[])",
+                    ([p[0] for p in pairs], [p[1] for p in pairs]),
+                )
         ended = [r.execution_id for r in ok if r.status in TERMINAL_STATUSES]
         if ended:
-            await conn.execute("DELETE FROM timers WHERE execution_id = ANY(%s)", (ended,))
+            for table in ("timers", "execution_needs", "event_waits", "inbox"):
+                await conn.execute(
+                    sql.SQL("DELETE FROM {} WHERE execution_id = ANY(%s)").format(
+                        sql.Identifier(table)
+                    ),
+                    (ended,),
+                )
+        for i, r in enumerate(reqs):
+            if isinstance(outcomes[i], list):
+                outcomes[i] = txs_of[r.execution_id]
         return outcomes
 
     async def _writer_connection(self) -> Conn:
@@ -524,324 +632,149 @@ class PostgresStorage(Storage):
         cur = await conn.execute(query, params)
         return await cur.fetchone()
 
-    # ------------------------------------------------------------------ API
+    # ------------------------------------------------------------------ driver
+
+    def _sql(self, text: str) -> str:
+        converted = self._sql_cache.get(text)
+        if converted is None:
+            converted = self._sql_cache[text] = text.replace("?", "%s")
+        return converted
+
+    async def _drive(self, conn: Conn, op: Op[T]) -> T:
+        """Run a shared operation's statements on ``conn``."""
+        try:
+            item = next(op)
+            while True:
+                if item is NOW:
+                    row = await self._fetchone(conn, _NOW_SQL)
+                    result: Any = int(row[0])
+                elif item is WAKE:
+                    self._woke = True
+                    result = None
+                else:
+                    try:
+                        result = await self._execute(conn, item)
+                    except (psycopg.OperationalError, psycopg.InterfaceError):
+                        raise
+                    except psycopg.Error as exc:
+                        item = op.throw(exc)
+                        continue
+                item = op.send(result)
+        except StopIteration as stop:
+            return stop.value
+
+    async def _execute(self, conn: Conn, q: Q) -> Any:
+        text = self._sql(q.sql)
+        if q.fetch == "many":
+            async with conn.cursor() as cur:
+                await cur.executemany(text, q.params)
+            return None
+        cur = await conn.execute(text, q.params)
+        if q.fetch == "one":
+            return await cur.fetchone()
+        if q.fetch == "all":
+            return await cur.fetchall()
+        if q.fetch == "rowcount":
+            return cur.rowcount
+        return None
+
+    async def _read_op(self, make: Callable[[], Op[T]], *, snapshot: bool = False) -> T:
+        if not snapshot:
+            return await self._read(lambda conn: self._drive(conn, make()))
+
+        async def run(conn: Conn) -> T:
+            async with conn.transaction():
+                await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                return await self._drive(conn, make())
+
+        return await self._read(run)
+
+    async def _write_op(self, make: Callable[[], Op[T]]) -> T:
+        return await self._write(lambda conn: self._drive(conn, make()))
+
+    def in_list(self, column: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
+        """``column = ANY(?)``: one array parameter, one cached statement."""
+        return f"{column} = ANY(?)", [list(values)]
+
+    def _definition_insert(self) -> str:
+        # seq is an identity column here.
+        return (
+            "INSERT INTO definitions (workflow_id, version, content_hash, document)"
+            " VALUES (?, ?, ?, ?)"
+        )
+
+    def _allocate(self, counter: str, n: int) -> Op[list[int]]:
+        rows = yield Q(
+            f"SELECT nextval('itonami_{counter}_seq') AS v FROM generate_series(1, ?) ORDER BY v",
+            (n,),
+            "all",
+        )
+        return [int(r[0]) for r in rows]
+
+    def _raise_floor(self, counter: str, value: int) -> Op[None]:
+        # Only ever raises it; racing nextval calls can only make it larger.
+        yield Q(
+            f"SELECT setval('itonami_{counter}_seq', ?) FROM itonami_{counter}_seq"
+            " WHERE NOT is_called OR last_value < ?",
+            (value, value),
+            "all",
+        )
+
+    def _read_counter(self, counter: str) -> Op[int]:
+        row = yield Q(
+            f"SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM itonami_{counter}_seq",
+            (),
+            "one",
+        )
+        return 0 if row is None else int(row[0])
+
+    def _is_unique_violation(self, exc: BaseException) -> bool:
+        return isinstance(exc, psycopg.errors.UniqueViolation)
+
+    # ------------------------------------------------------------------ appends
 
     async def append(self, req: AppendRequest) -> None:
         """Append under optimistic concurrency; group-committed with concurrent appends."""
+        await self.submit(req)
+
+    def submit(self, req: AppendRequest) -> asyncio.Future[list[int]]:
+        """Queue the append for the writer's next group commit; resolves to the txs."""
+        self._check_open()
         check_request(req)
+        assert self._queue is not None
+        fut: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
 
-        async def run(conn: Conn) -> None:
-            await self._append_tx(conn, req)
+        async def run(conn: Conn) -> list[int]:
+            return await self._drive(conn, self._append(req))
 
-        await self._write(run, is_append=True, req=req)
+        self._queue.put_nowait(_Op(run, fut, True, req))
+        return fut
 
-    async def _append_tx(self, conn: Conn, req: AppendRequest) -> None:
-        eid = req.execution_id
-        events = req.events
-        new_version = req.expected_version + len(events)
-        first_ts = events[0].timestamp if events else 0
-        last_ts = events[-1].timestamp if events else None
-        select = "SELECT version FROM executions WHERE execution_id = %s FOR UPDATE"
-        row = await self._fetchone(conn, select, (eid,))
-        created = False
-        if row is None:
-            inserted = await self._fetchone(
-                conn,
-                f"INSERT INTO executions ({_EXEC_COLUMNS})"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
-                " ON CONFLICT (execution_id) DO NOTHING RETURNING version",
-                (
-                    eid,
-                    req.workflow_id or "",
-                    req.workflow_version or "",
-                    req.status,
-                    req.parent_id,
-                    first_ts,
-                    first_ts if last_ts is None else last_ts,
-                    0,
-                ),
-            )
-            if inserted is None:  # another connection created it meanwhile
-                row = await self._fetchone(conn, select, (eid,))
-            created = inserted is not None
-        actual = 0 if created or row is None else int(row[0])
-        if actual != req.expected_version:
-            raise conflict(eid, req.expected_version, actual)
-        if events:
-            async with conn.cursor() as cur:
-                try:
-                    await cur.executemany(
-                        "INSERT INTO events"
-                        " (execution_id, version, tx, timestamp, kind, hash, encoded)"
-                        " VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                        [
-                            (eid, e.version, e.tx, e.timestamp, e.kind, e.hash, e.encoded)
-                            for e in events
-                        ],
-                    )
-                except psycopg.errors.UniqueViolation as exc:
-                    raise StorageError(
-                        f"append to {eid}: an event's version or tx is already stored ({exc})"
-                    ) from exc
-        await conn.execute(
-            "UPDATE executions SET status = %s, version = %s,"
-            " updated_at = COALESCE(%s, updated_at) WHERE execution_id = %s",
-            (req.status, new_version, last_ts, eid),
+    # ------------------------------------------------------------------ wake hints
+
+    async def wait_for_work(self, timeout: float) -> bool:
+        """Return on a ``NOTIFY`` from any process (or this one's commit), else at timeout."""
+        self._check_open()
+        if self._listen_task is None or self._listen_task.done():
+            # On failure, polling still finds the work; the next call tries again.
+            with contextlib.suppress(StorageError):
+                await self._listen()
+        return await self._wakeup.wait(timeout)
+
+    async def _listen(self) -> None:
+        if self._listener is not None:
+            with contextlib.suppress(psycopg.Error):
+                await self._listener.close()
+        self._listener = await self._connect()
+        try:
+            await self._listener.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
+        except psycopg.Error as exc:
+            raise StorageError(f"PostgreSQL at {self._where}: cannot LISTEN: {exc}") from exc
+        self._listen_task = asyncio.create_task(
+            self._pump(self._listener), name="itonami-postgres-listen"
         )
-        if req.timers_cleared:
-            await conn.execute(
-                "DELETE FROM timers WHERE execution_id = %s AND step = ANY(%s)",
-                (eid, list(req.timers_cleared)),
-            )
-        if req.timers_set:
-            async with conn.cursor() as cur:
-                await cur.executemany(
-                    "INSERT INTO timers (execution_id, step, fire_at) VALUES (%s, %s, %s)"
-                    " ON CONFLICT (execution_id, step) DO UPDATE SET fire_at = EXCLUDED.fire_at",
-                    [(eid, step, at) for step, at in req.timers_set.items()],
-                )
-        if req.status in TERMINAL_STATUSES:
-            await conn.execute("DELETE FROM timers WHERE execution_id = %s", (eid,))
 
-    async def read_events(self, execution_id: str, from_version: int = 0) -> list[StoredEvent]:
-        """Events after ``from_version``; a gap raises CorruptStorageError."""
-
-        async def run(conn: Conn) -> list[StoredEvent]:
-            # The head first: events committed after it only extend the list.
-            head = await self._fetchone(
-                conn, "SELECT version FROM executions WHERE execution_id = %s", (execution_id,)
-            )
-            rows = await self._fetchall(
-                conn,
-                "SELECT version, tx, timestamp, kind, hash, encoded FROM events"
-                " WHERE execution_id = %s AND version > %s ORDER BY version",
-                (execution_id, from_version),
-            )
-            return check_event_rows(
-                execution_id, rows, from_version, None if head is None else head[0]
-            )
-
-        return await self._read(run)
-
-    async def save_snapshot(self, execution_id: str, version: int, data: bytes) -> None:
-        """Store (or replace) the snapshot at ``version``."""
-
-        async def run(conn: Conn) -> None:
-            await conn.execute(
-                "INSERT INTO snapshots (execution_id, version, data) VALUES (%s, %s, %s)"
-                " ON CONFLICT (execution_id, version) DO UPDATE SET data = EXCLUDED.data",
-                (execution_id, version, bytes(data)),
-            )
-
-        await self._write(run)
-
-    async def load_snapshot(self, execution_id: str) -> tuple[int, bytes] | None:
-        """The newest snapshot, or None."""
-
-        async def run(conn: Conn) -> tuple[int, bytes] | None:
-            row = await self._fetchone(
-                conn,
-                "SELECT version, data FROM snapshots WHERE execution_id = %s"
-                " ORDER BY version DESC LIMIT 1",
-                (execution_id,),
-            )
-            return None if row is None else (row[0], bytes(row[1]))
-
-        return await self._read(run)
-
-    async def prune_snapshots(self, execution_id: str, keep: int) -> int:
-        """Delete all but the ``keep`` newest snapshots."""
-        if keep < 0:
-            raise StorageError(f"prune_snapshots {execution_id}: keep must be >= 0, got {keep}")
-
-        async def run(conn: Conn) -> int:
-            cur = await conn.execute(
-                "DELETE FROM snapshots WHERE execution_id = %s AND version NOT IN"
-                " (SELECT version FROM snapshots WHERE execution_id = %s"
-                "  ORDER BY version DESC LIMIT %s)",
-                (execution_id, execution_id, keep),
-            )
-            return cur.rowcount
-
-        return await self._write(run)
-
-    async def get_execution(self, execution_id: str) -> ExecutionRecord | None:
-        """The execution's row, or None."""
-
-        async def run(conn: Conn) -> ExecutionRecord | None:
-            row = await self._fetchone(
-                conn,
-                f"SELECT {_EXEC_COLUMNS} FROM executions WHERE execution_id = %s",
-                (execution_id,),
-            )
-            return None if row is None else ExecutionRecord(*row)
-
-        return await self._read(run)
-
-    async def list_executions(
-        self,
-        *,
-        status: str | Sequence[str] | None = None,
-        workflow_id: str | None = None,
-        limit: int = 1000,
-        offset: int = 0,
-    ) -> list[ExecutionRecord]:
-        """Filtered executions, ordered by creation time then id."""
-        check_paging(limit, offset)
-        statuses = status_filter(status)
-        if statuses is not None and not statuses:
-            return []
-        where: list[str] = []
-        params: list[Any] = []
-        if statuses is not None:
-            where.append("status = ANY(%s)")
-            params.append(statuses)
-        if workflow_id is not None:
-            where.append("workflow_id = %s")
-            params.append(workflow_id)
-        query = f"SELECT {_EXEC_COLUMNS} FROM executions"
-        if where:
-            query += " WHERE " + " AND ".join(where)
-        query += " ORDER BY created_at, execution_id LIMIT %s OFFSET %s"
-        params.extend([limit, offset])
-
-        async def run(conn: Conn) -> list[ExecutionRecord]:
-            return [ExecutionRecord(*r) for r in await self._fetchall(conn, query, params)]
-
-        return await self._read(run)
-
-    async def unfinished_executions(self) -> list[str]:
-        """Ids of the executions not in a terminal status."""
-
-        async def run(conn: Conn) -> list[str]:
-            rows = await self._fetchall(
-                conn,
-                "SELECT execution_id FROM executions WHERE NOT (status = ANY(%s))"
-                " ORDER BY created_at, execution_id",
-                (sorted(TERMINAL_STATUSES),),
-            )
-            return [r[0] for r in rows]
-
-        return await self._read(run)
-
-    async def due_timers(self, now: int) -> list[tuple[str, str, int]]:
-        """Timers with ``fire_at <= now``, soonest first."""
-
-        async def run(conn: Conn) -> list[tuple[str, str, int]]:
-            rows = await self._fetchall(
-                conn,
-                "SELECT execution_id, step, fire_at FROM timers WHERE fire_at <= %s"
-                " ORDER BY fire_at, execution_id, step",
-                (now,),
-            )
-            return [tuple(r) for r in rows]
-
-        return await self._read(run)
-
-    async def all_timers(self) -> list[tuple[str, str, int]]:
-        """Every timer, soonest first."""
-
-        async def run(conn: Conn) -> list[tuple[str, str, int]]:
-            rows = await self._fetchall(
-                conn,
-                "SELECT execution_id, step, fire_at FROM timers"
-                " ORDER BY fire_at, execution_id, step",
-            )
-            return [tuple(r) for r in rows]
-
-        return await self._read(run)
-
-    async def put_definition(
-        self, workflow_id: str, version: str, content_hash: str, document: bytes
-    ) -> None:
-        """Register a definition (idempotent; different content for a version is refused)."""
-        check_definition(workflow_id, version, content_hash, document)
-
-        async def run(conn: Conn) -> None:
-            await conn.execute(
-                "INSERT INTO definitions (workflow_id, version, content_hash, document)"
-                " VALUES (%s, %s, %s, %s) ON CONFLICT (workflow_id, version) DO NOTHING",
-                (workflow_id, version, content_hash, bytes(document)),
-            )
-            row = await self._fetchone(
-                conn,
-                "SELECT content_hash FROM definitions WHERE workflow_id = %s AND version = %s",
-                (workflow_id, version),
-            )
-            if row is not None and row[0] != content_hash:
-                raise definition_mismatch(workflow_id, version, row[0], content_hash)
-
-        await self._write(run)
-
-    async def get_definition(self, workflow_id: str, version: str | None = None) -> bytes | None:
-        """A document by workflow and version (None = newest registered)."""
-        if version is None:
-            query = (
-                "SELECT document FROM definitions WHERE workflow_id = %s ORDER BY seq DESC LIMIT 1"
-            )
-            params: tuple[Any, ...] = (workflow_id,)
-        else:
-            query = "SELECT document FROM definitions WHERE workflow_id = %s AND version = %s"
-            params = (workflow_id, version)
-
-        async def run(conn: Conn) -> bytes | None:
-            row = await self._fetchone(conn, query, params)
-            return None if row is None else bytes(row[0])
-
-        return await self._read(run)
-
-    async def get_definition_by_hash(self, content_hash: str) -> bytes | None:
-        """A document by content hash."""
-
-        async def run(conn: Conn) -> bytes | None:
-            row = await self._fetchone(
-                conn,
-                "SELECT document FROM definitions WHERE content_hash = %s ORDER BY seq LIMIT 1",
-                (content_hash,),
-            )
-            return None if row is None else bytes(row[0])
-
-        return await self._read(run)
-
-    async def max_tx(self) -> int:
-        """The largest stored tx (0 when empty)."""
-
-        async def run(conn: Conn) -> int:
-            row = await self._fetchone(conn, "SELECT COALESCE(MAX(tx), 0) FROM events")
-            return int(row[0])
-
-        return await self._read(run)
-
-    async def integrity_check(self) -> list[str]:
-        """History, orphan and snapshot checks (types are enforced by PostgreSQL)."""
-
-        async def run(conn: Conn) -> list[str]:
-            async with conn.transaction():
-                await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-                pairs = await self._fetchall(
-                    conn, "SELECT execution_id, version FROM events ORDER BY execution_id, version"
-                )
-                heads = dict(
-                    await self._fetchall(conn, "SELECT execution_id, version FROM executions")
-                )
-                problems = find_history_problems(pairs, heads)
-                for eid, version in await self._fetchall(
-                    conn,
-                    "SELECT s.execution_id, s.version FROM snapshots s"
-                    " LEFT JOIN executions e ON e.execution_id = s.execution_id"
-                    " WHERE e.execution_id IS NULL OR s.version > e.version",
-                ):
-                    problems.append(
-                        f"execution {eid}: snapshot at version {version} is beyond the "
-                        "stored history"
-                    )
-                for eid, step in await self._fetchall(
-                    conn,
-                    "SELECT t.execution_id, t.step FROM timers t"
-                    " LEFT JOIN executions e ON e.execution_id = t.execution_id"
-                    " WHERE e.execution_id IS NULL",
-                ):
-                    problems.append(f"execution {eid}: timer {step} has no execution row")
-                return problems
-
-        return await self._read(run)
+    async def _pump(self, conn: Conn) -> None:
+        with contextlib.suppress(psycopg.Error):
+            async for _ in conn.notifies():
+                self._wakeup.notify()

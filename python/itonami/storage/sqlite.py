@@ -18,6 +18,20 @@ Design:
   thread must then wait to take it back from a busy event loop for each
   statement, which made the thread mode several times slower than the fsync
   it keeps off the loop (measured: see docs/benchmarks.md).
+* **Other processes.** Several processes may share one file. The database's
+  write lock serialises their transactions; waiting for it never blocks the
+  event loop: with ``writer="loop"`` a batch first tries to take the lock
+  without waiting, and when another process holds it the batch is handed to
+  a thread that waits up to ``busy_timeout`` (later batches queue behind
+  it). Transaction ids come from the ``counters`` table inside the write
+  transaction, so they are unique and increase in commit order across
+  processes.
+* **Clock.** Lease expiry and ``ready_at`` use this process's wall clock:
+  SQLite is shared by processes of one machine, which share the clock.
+* **Wake hints**: :meth:`SqliteStorage.wait_for_work` polls ``PRAGMA
+  data_version`` (it changes when another connection committed) every
+  ``poll_interval`` seconds, and returns at once for this store's own
+  commits that made work ready.
 * **Readers** use their own connections (a small pool served by a small
   thread pool). In WAL mode they read a consistent snapshot and never block
   the writer, nor it them.
@@ -27,8 +41,10 @@ Design:
   survives a crash of the process, but the last transactions may be lost on
   power loss or an OS crash; in exchange commits do not wait for an fsync.
 * **Schema versions**: the ``schema_version`` table holds the version of the
-  schema; on open the missing entries of :data:`MIGRATIONS` are applied in one
-  transaction. A store written by a newer itonami is refused.
+  schema; on open the missing entries of :data:`MIGRATIONS` (the shared ones
+  of :mod:`itonami.storage.sqlbase`) are applied in one transaction. A store
+  written by a newer itonami is refused. Every query is shared with
+  PostgreSQL too; this module holds only SQLite's connections and spellings.
 * ``sqlite:///:memory:`` keeps everything in the write connection, and the
   reads go through it too.
 """
@@ -43,27 +59,15 @@ import os
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from itonami._failpoints import hit
 from itonami.errors import ConflictError, CorruptStorageError, StorageError
-from itonami.storage.base import (
-    TERMINAL_STATUSES,
-    AppendRequest,
-    ExecutionRecord,
-    Storage,
-    StoredEvent,
-    check_definition,
-    check_event_rows,
-    check_paging,
-    check_request,
-    conflict,
-    definition_mismatch,
-    find_history_problems,
-    status_filter,
-)
+from itonami.storage.base import AppendRequest, Wakeup, check_request
+from itonami.storage.sqlbase import NOW, WAKE, Op, Q, SqlStorage, migrations
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SqliteStorage"]
 
@@ -72,66 +76,18 @@ T = TypeVar("T")
 _MAGIC = b"SQLite format 3\x00"
 
 #: Ordered schema migrations: (version reached, statements). Never edit an
-#: entry once released; append a new one.
-MIGRATIONS: list[tuple[int, tuple[str, ...]]] = [
-    (
-        1,
-        (
-            "CREATE TABLE executions ("
-            " execution_id TEXT PRIMARY KEY,"
-            " workflow_id TEXT NOT NULL,"
-            " workflow_version TEXT NOT NULL,"
-            " status TEXT NOT NULL,"
-            " parent_id TEXT,"
-            " created_at INTEGER NOT NULL,"
-            " updated_at INTEGER NOT NULL,"
-            " version INTEGER NOT NULL)",
-            "CREATE TABLE events ("
-            " execution_id TEXT NOT NULL,"
-            " version INTEGER NOT NULL,"
-            " tx INTEGER NOT NULL UNIQUE,"
-            " timestamp INTEGER NOT NULL,"
-            " kind TEXT NOT NULL,"
-            " hash BLOB NOT NULL,"
-            " encoded BLOB NOT NULL,"
-            " PRIMARY KEY (execution_id, version)) WITHOUT ROWID",
-            "CREATE TABLE snapshots ("
-            " execution_id TEXT NOT NULL,"
-            " version INTEGER NOT NULL,"
-            " data BLOB NOT NULL,"
-            " PRIMARY KEY (execution_id, version)) WITHOUT ROWID",
-            "CREATE TABLE definitions ("
-            " workflow_id TEXT NOT NULL,"
-            " version TEXT NOT NULL,"
-            " content_hash TEXT NOT NULL,"
-            " document BLOB NOT NULL,"
-            " seq INTEGER NOT NULL,"
-            " PRIMARY KEY (workflow_id, version))",
-            "CREATE INDEX definitions_hash ON definitions (content_hash)",
-        ),
-    ),
-    (
-        2,
-        (
-            "CREATE TABLE timers ("
-            " execution_id TEXT NOT NULL,"
-            " step TEXT NOT NULL,"
-            " fire_at INTEGER NOT NULL,"
-            " PRIMARY KEY (execution_id, step)) WITHOUT ROWID",
-            "CREATE INDEX timers_fire_at ON timers (fire_at)",
-            "CREATE INDEX executions_status ON executions (status, created_at)",
-            "CREATE INDEX executions_workflow ON executions (workflow_id, created_at)",
-        ),
-    ),
-]
+#: entry once released; append a new one (in :func:`sqlbase.migrations`).
+MIGRATIONS: list[tuple[int, tuple[str, ...]]] = migrations(
+    {
+        "int": "INTEGER",
+        "blob": "BLOB",
+        "norowid": " WITHOUT ROWID",
+        "seq": "seq INTEGER NOT NULL",
+    }
+)
 
 #: The schema version this code writes.
 SCHEMA_VERSION: int = MIGRATIONS[-1][0]
-
-_EXEC_COLUMNS = (
-    "execution_id, workflow_id, workflow_version, status, parent_id, created_at, updated_at, "
-    "version"
-)
 
 
 @dataclass(slots=True)
@@ -157,12 +113,28 @@ def _settle(fut: asyncio.Future[Any], result: Any, exc: BaseException | None) ->
         fut.set_result(result)
 
 
+_SQLITE_BUSY = 5
 _SQLITE_CORRUPT = 11
 _SQLITE_NOTADB = 26
 
 
 class _RedoCarefully(Exception):
     """An op failed after it may have written: redo the batch with savepoints."""
+
+
+def _is_busy(exc: BaseException) -> bool:
+    if not isinstance(exc, sqlite3.OperationalError):
+        return False
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code == _SQLITE_BUSY or "database is locked" in str(exc).lower()
+
+
+class _Busy(Exception):
+    """Another process holds the write lock: wait for it off the event loop."""
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
 
 
 def _is_corruption(exc: sqlite3.Error) -> bool:
@@ -174,13 +146,15 @@ def _is_corruption(exc: sqlite3.Error) -> bool:
     return "malformed" in msg or "not a database" in msg
 
 
-class SqliteStorage(Storage):
+class SqliteStorage(SqlStorage):
     """A :class:`Storage` in one SQLite file.
 
     ``path`` is a file path or ``":memory:"``. Options: ``durability``
     (``"full"`` or ``"normal"``, see the module docstring), ``readers`` (reader
     connections, default 2), ``busy_timeout`` (seconds to wait for another
-    process holding the write lock, default 10), ``writer``:
+    process holding the write lock, default 10; waited off the event loop),
+    ``poll_interval`` (seconds between ``data_version`` checks of
+    :meth:`wait_for_work`, default 0.05), ``writer``:
 
     - ``"loop"`` (default): writes run on the event loop's thread. Everything
       submitted during one turn of the loop is committed together at the end
@@ -203,6 +177,8 @@ class SqliteStorage(Storage):
         readers: int = 2,
         busy_timeout: float = 10.0,
         writer: str = "loop",
+        poll_interval: float = 0.05,
+        clock: Callable[[], int] | None = None,
     ) -> None:
         super().__init__(url or f"sqlite:///{path}")
         if writer not in ("loop", "thread"):
@@ -226,6 +202,21 @@ class SqliteStorage(Storage):
         self._wconn: sqlite3.Connection | None = None  # writer="loop" only
         self._batch: list[_Op] = []
         self._flush_scheduled = False
+        # writer="loop": a batch waiting for another process's lock on a thread.
+        self._waiting: concurrent.futures.ThreadPoolExecutor | None = None
+        self._lock_wait = False
+        self._woke = False  # an op of the running batch made work ready
+        self._wakeup = Wakeup()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
+        self.poll_interval = poll_interval
+        #: The store's clock in µs (this process's wall clock unless a test fakes it).
+        self.clock: Callable[[], int] = clock or _now_us
+        self._watch: sqlite3.Connection | None = None
+        self._watch_lock = threading.Lock()
+        self._seen_version: int | None = None
+        #: Batches that had to wait for another process's write lock.
+        self.lock_waits = 0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -235,8 +226,19 @@ class SqliteStorage(Storage):
             return
         if not self._memory:
             self._check_file()
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
         if self.writer == "loop":
-            self._wconn = self._open_writer_connection()
+            if self._memory:
+                self._wconn = self._open_writer_connection()
+            else:
+                # Migrating may wait for another process's lock: not on the loop.
+                self._wconn = await asyncio.to_thread(self._open_writer_connection)
+                # From now on the loop never waits for the lock (see _flush_batch).
+                self._wconn.execute("PRAGMA busy_timeout = 0")
+                self._waiting = concurrent.futures.ThreadPoolExecutor(
+                    max_workers=1, thread_name_prefix="itonami-sqlite-lockwait"
+                )
             await self._open_readers()
             return
         ready: concurrent.futures.Future[None] = concurrent.futures.Future()
@@ -264,8 +266,9 @@ class SqliteStorage(Storage):
                 await self.close()
                 raise self._map_error(exc, "opening a reader connection") from exc
             self._read_pool = concurrent.futures.ThreadPoolExecutor(
-                max_workers=self._n_readers, thread_name_prefix="itonami-sqlite-read"
+                max_workers=self._n_readers + 1, thread_name_prefix="itonami-sqlite-read"
             )
+            await asyncio.get_running_loop().run_in_executor(self._read_pool, self._changed)
         self._open = True
 
     async def close(self) -> None:
@@ -274,7 +277,15 @@ class SqliteStorage(Storage):
             return
         self._open = False
         if self._wconn is not None:
-            self._flush_batch()
+            while self._lock_wait or self._batch:
+                if self._lock_wait:
+                    await asyncio.sleep(0.005)  # the lock-wait thread settles it
+                else:
+                    self._flush_scheduled = False
+                    self._flush_batch()
+            if self._waiting is not None:
+                await asyncio.to_thread(self._waiting.shutdown, wait=True)
+                self._waiting = None
             self._wconn.close()
             self._wconn = None
         self._queue.put(_STOP)
@@ -287,6 +298,10 @@ class SqliteStorage(Storage):
         for conn in self._all_readers:
             conn.close()
         self._all_readers.clear()
+        with self._watch_lock:
+            if self._watch is not None:
+                self._watch.close()
+                self._watch = None
         self._reader_conns = queue.SimpleQueue()
 
     def _check_file(self) -> None:
@@ -310,10 +325,12 @@ class SqliteStorage(Storage):
             )
 
     def _connect(self, *, reader: bool) -> sqlite3.Connection:
+        # Connections move between the loop and worker threads; their use is
+        # serialised by the writer queue and the reader pool.
         conn = sqlite3.connect(
             self.path,
             isolation_level=None,
-            check_same_thread=not reader,
+            check_same_thread=False,
             timeout=self._busy_ms / 1000,
         )
         conn.execute(f"PRAGMA busy_timeout = {self._busy_ms:d}")
@@ -378,17 +395,26 @@ class SqliteStorage(Storage):
                 if not op.write:
                     self._run_read_op(conn, op)
 
-    def _run_writes(self, conn: sqlite3.Connection, ops: list[_Op], careful: bool = False) -> None:
+    def _run_writes(
+        self, conn: sqlite3.Connection, ops: list[_Op], careful: bool = False, nowait: bool = False
+    ) -> None:
         """Run ``ops`` in one transaction and commit once (group commit).
 
         An op that fails must not take the others down. A conflict is found
         before its op writes anything, so the fast path runs without
         savepoints; any other failure rolls the batch back and runs it again
-        with a savepoint around each op (``careful``).
+        with a savepoint around each op (``careful``). With ``nowait`` a lock
+        held by another process raises :class:`_Busy` before anything ran.
         """
         outcomes: list[tuple[_Op, Any, BaseException | None]] = []
+        self._woke = False
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                if nowait and _is_busy(exc):
+                    raise _Busy from exc
+                raise
             for op in ops:
                 if careful:
                     conn.execute("SAVEPOINT op")
@@ -416,6 +442,8 @@ class SqliteStorage(Storage):
                 conn.execute("ROLLBACK")
             self._run_writes(conn, ops, careful=True)
             return
+        except _Busy:
+            raise
         except BaseException as exc:
             if conn.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
@@ -426,8 +454,21 @@ class SqliteStorage(Storage):
             return
         self.commits += 1
         self.appends += sum(1 for op, _, failure in outcomes if op.is_append and failure is None)
+        if self._woke:
+            self._woke = False
+            self._wake_local()
         for op, result, failure in outcomes:
             self._post(op, result, failure)
+
+    def _wake_local(self) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        if threading.get_ident() == self._loop_thread:
+            self._wakeup.notify()
+            return
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(self._wakeup.notify)
 
     def _run_read_op(self, conn: sqlite3.Connection, op: _Op) -> None:
         try:
@@ -515,15 +556,61 @@ class SqliteStorage(Storage):
 
     def _flush_batch(self) -> None:
         self._flush_scheduled = False
+        if self._lock_wait:
+            return  # the connection is busy on the lock-wait thread; it flushes after
         ops, self._batch = self._batch, []
         if self._wconn is None or not ops:
             return
         writes = [op for op in ops if op.write]
         if writes:
-            self._run_writes(self._wconn, writes)
+            try:
+                self._run_writes(self._wconn, writes, nowait=self._waiting is not None)
+            except _Busy:
+                self._wait_for_lock(ops)
+                return
         for op in ops:
             if not op.write:
                 self._run_read_op(self._wconn, op)
+
+    def _wait_for_lock(self, ops: list[_Op]) -> None:
+        """Run a batch on a thread that may wait for another process's write lock."""
+        assert self._waiting is not None and self._wconn is not None
+        self._lock_wait = True
+        self.lock_waits += 1
+        conn = self._wconn
+        loop = ops[0].loop
+        busy_ms = self._busy_ms
+
+        def run() -> None:
+            try:
+                conn.execute(f"PRAGMA busy_timeout = {busy_ms:d}")
+            except sqlite3.Error as exc:
+                err = self._map_error(exc, "waiting for the write lock")
+                for op in ops:
+                    self._post(op, None, err)
+                return
+            try:
+                writes = [op for op in ops if op.write]
+                self._run_writes(conn, writes)
+                for op in ops:
+                    if not op.write:
+                        self._run_read_op(conn, op)
+            finally:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("PRAGMA busy_timeout = 0")
+
+        def settled(_: concurrent.futures.Future[None]) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits
+                loop.call_soon_threadsafe(done, _)
+
+        def done(_: concurrent.futures.Future[None]) -> None:
+            self._lock_wait = False
+            if self._batch and not self._flush_scheduled:
+                self._flush_scheduled = True
+                loop.call_soon(self._flush_batch)
+
+        fut = self._waiting.submit(run)
+        fut.add_done_callback(settled)
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         self._check_open()
@@ -555,336 +642,166 @@ class SqliteStorage(Storage):
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
 
-    # ------------------------------------------------------------------ API
+    # ------------------------------------------------------------------ driver
+
+    def _drive(self, conn: sqlite3.Connection, op: Op[T]) -> T:
+        """Run a shared operation's statements on ``conn``."""
+        try:
+            item = next(op)
+            while True:
+                if item is NOW:
+                    result: Any = self.clock()
+                elif item is WAKE:
+                    self._woke = True
+                    result = None
+                else:
+                    try:
+                        result = self._execute(conn, item)
+                    except sqlite3.Error as exc:
+                        item = op.throw(exc)
+                        continue
+                item = op.send(result)
+        except StopIteration as stop:
+            return stop.value
+
+    @staticmethod
+    def _execute(conn: sqlite3.Connection, q: Q) -> Any:
+        if q.fetch == "many":
+            conn.executemany(q.sql, q.params)
+            return None
+        cur = conn.execute(q.sql, q.params)
+        if q.fetch == "one":
+            return cur.fetchone()
+        if q.fetch == "all":
+            return cur.fetchall()
+        if q.fetch == "rowcount":
+            return cur.rowcount
+        return None
+
+    async def _read_op(self, make: Callable[[], Op[T]], *, snapshot: bool = False) -> T:
+        # Every read runs in one read transaction: always a consistent view.
+        return await self._read(lambda conn: self._drive(conn, make()))
+
+    async def _write_op(self, make: Callable[[], Op[T]]) -> T:
+        return await self._write(lambda conn: self._drive(conn, make()))
+
+    def _allocate(self, counter: str, n: int) -> Op[list[int]]:
+        if counter == "tx":
+            # Above every stored tx too (MAX over the tx index is one lookup),
+            # so appends with caller-given txs need not touch the counter.
+            query = (
+                "UPDATE counters SET value = MAX(value, (SELECT COALESCE(MAX(tx), 0) FROM events))"
+                " + ? WHERE name = ? RETURNING value"
+            )
+        else:
+            query = "UPDATE counters SET value = value + ? WHERE name = ? RETURNING value"
+        row = yield Q(query, (n, counter), "one")
+        last = int(row[0])
+        return list(range(last - n + 1, last + 1))
+
+    def _raise_floor(self, counter: str, value: int) -> Op[None]:
+        if counter != "tx":  # the tx allocation looks at the stored txs itself
+            yield Q("UPDATE counters SET value = MAX(value, ?) WHERE name = ?", (value, counter))
+
+    def _read_counter(self, counter: str) -> Op[int]:
+        row = yield Q("SELECT value FROM counters WHERE name = ?", (counter,), "one")
+        return 0 if row is None else int(row[0])
+
+    def _is_unique_violation(self, exc: BaseException) -> bool:
+        return isinstance(exc, sqlite3.IntegrityError)
+
+    def _event_rows(self, execution_id: str, from_version: int) -> Op[list[tuple[Any, ...]]]:
+        # kind is fetched as bytes so that invalid UTF-8 names its version
+        # instead of failing the whole query.
+        raw = yield Q(
+            "SELECT version, tx, timestamp, CAST(kind AS BLOB), typeof(kind), hash, encoded"
+            " FROM events WHERE execution_id = ? AND version > ? ORDER BY version",
+            (execution_id, from_version),
+            "all",
+        )
+        rows = []
+        for version, tx, ts, kind_raw, kind_type, hash_, encoded in raw:
+            kind: Any = kind_raw
+            if kind_type == "text":
+                try:
+                    kind = bytes(kind_raw).decode("utf-8")
+                except UnicodeDecodeError:
+                    kind = kind_raw
+            rows.append((version, tx, ts, kind, hash_, encoded))
+        return rows
+
+    def _integrity_fatal(self) -> Op[list[str]]:
+        try:
+            lines = yield Q("PRAGMA integrity_check", (), "all")
+        except sqlite3.DatabaseError as exc:
+            return [f"sqlite: {exc}"]
+        return [f"sqlite: {line}" for (line,) in lines if line != "ok"]
+
+    def _integrity_types(self) -> Op[list[str]]:
+        bad = yield Q(
+            "SELECT execution_id, version, typeof(tx) || ',' || typeof(timestamp) || ','"
+            " || typeof(kind) || ',' || typeof(hash) || ',' || typeof(encoded) FROM events"
+            " WHERE typeof(tx) != 'integer' OR typeof(timestamp) != 'integer'"
+            " OR typeof(kind) != 'text' OR typeof(hash) != 'blob'"
+            " OR typeof(encoded) != 'blob'",
+            (),
+            "all",
+        )
+        return [
+            f"execution {eid}: event version {version!r} has wrong-typed values "
+            f"(tx, timestamp, kind, hash, encoded are {types})"
+            for eid, version, types in bad
+        ]
+
+    # ------------------------------------------------------------------ appends
 
     async def append(self, req: AppendRequest) -> None:
         """Append under optimistic concurrency; group-committed with concurrent appends."""
         await self.submit(req)
 
-    def submit(self, req: AppendRequest) -> asyncio.Future[None]:
-        """Queue the append for the writer thread's next group commit."""
+    def submit(self, req: AppendRequest) -> asyncio.Future[list[int]]:
+        """Queue the append for the next group commit; resolves to the events' txs."""
         self._check_open()
         check_request(req)
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[None] = loop.create_future()
+        fut: asyncio.Future[list[int]] = loop.create_future()
         self._enqueue(
-            _Op(lambda conn: self._append_tx(conn, req), fut, loop, write=True, is_append=True)
+            _Op(
+                lambda conn: self._drive(conn, self._append(req)),
+                fut,
+                loop,
+                write=True,
+                is_append=True,
+            )
         )
         return fut
 
-    def _append_tx(self, conn: sqlite3.Connection, req: AppendRequest) -> None:
-        eid = req.execution_id
-        row = conn.execute(
-            "SELECT version FROM executions WHERE execution_id = ?", (eid,)
-        ).fetchone()
-        actual = row[0] if row else 0
-        if type(actual) is not int:
-            raise CorruptStorageError(
-                f"execution {eid}: stored version {actual!r} is not an integer", execution_id=eid
-            )
-        if actual != req.expected_version:
-            raise conflict(eid, req.expected_version, actual)
-        events = req.events
-        try:
-            conn.executemany(
-                "INSERT INTO events (execution_id, version, tx, timestamp, kind, hash, encoded)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(eid, e.version, e.tx, e.timestamp, e.kind, e.hash, e.encoded) for e in events],
-            )
-        except sqlite3.IntegrityError as exc:
-            raise StorageError(
-                f"append to {eid}: an event's version or tx is already stored ({exc})"
-            ) from exc
-        new_version = req.expected_version + len(events)
-        last_ts = events[-1].timestamp if events else None
-        if row is None:
-            first_ts = events[0].timestamp if events else 0
-            conn.execute(
-                f"INSERT INTO executions ({_EXEC_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    eid,
-                    req.workflow_id,
-                    req.workflow_version or "",
-                    req.status,
-                    req.parent_id,
-                    first_ts,
-                    first_ts if last_ts is None else last_ts,
-                    new_version,
-                ),
-            )
-        else:
-            conn.execute(
-                "UPDATE executions SET status = ?, version = ?,"
-                " updated_at = COALESCE(?, updated_at) WHERE execution_id = ?",
-                (req.status, new_version, last_ts, eid),
-            )
-        if req.timers_cleared:
-            conn.executemany(
-                "DELETE FROM timers WHERE execution_id = ? AND step = ?",
-                [(eid, step) for step in req.timers_cleared],
-            )
-        if req.timers_set:
-            conn.executemany(
-                "INSERT INTO timers (execution_id, step, fire_at) VALUES (?, ?, ?)"
-                " ON CONFLICT (execution_id, step) DO UPDATE SET fire_at = excluded.fire_at",
-                [(eid, step, at) for step, at in req.timers_set.items()],
-            )
-        if req.status in TERMINAL_STATUSES:
-            conn.execute("DELETE FROM timers WHERE execution_id = ?", (eid,))
+    # ------------------------------------------------------------------ wake hints
 
-    async def read_events(self, execution_id: str, from_version: int = 0) -> list[StoredEvent]:
-        """Events after ``from_version``; damaged rows raise CorruptStorageError."""
+    async def wait_for_work(self, timeout: float) -> bool:
+        """Return on a commit by another connection or a local ready write, else at timeout."""
+        self._check_open()
+        if self._memory:
+            return await self._wakeup.wait(timeout)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(0.0, timeout)
+        assert self._read_pool is not None
+        while True:
+            if await loop.run_in_executor(self._read_pool, self._changed):
+                return True
+            left = deadline - loop.time()
+            if left <= 0:
+                return False
+            if await self._wakeup.wait(min(self.poll_interval, left)):
+                # Our own commit shows in data_version too: take it as seen.
+                await loop.run_in_executor(self._read_pool, self._changed)
+                return True
 
-        def run(conn: sqlite3.Connection) -> list[StoredEvent]:
-            head = conn.execute(
-                "SELECT version FROM executions WHERE execution_id = ?", (execution_id,)
-            ).fetchone()
-            # kind is fetched as bytes so that invalid UTF-8 names its version
-            # instead of failing the whole query.
-            cur = conn.execute(
-                "SELECT version, tx, timestamp, CAST(kind AS BLOB), typeof(kind), hash, encoded"
-                " FROM events WHERE execution_id = ? AND version > ? ORDER BY version",
-                (execution_id, from_version),
-            )
-            rows = []
-            for version, tx, ts, kind_raw, kind_type, hash_, encoded in cur:
-                kind: Any = kind_raw
-                if kind_type == "text":
-                    try:
-                        kind = bytes(kind_raw).decode("utf-8")
-                    except UnicodeDecodeError:
-                        kind = kind_raw
-                rows.append((version, tx, ts, kind, hash_, encoded))
-            head_version = head[0] if head and type(head[0]) is int else None
-            return check_event_rows(execution_id, rows, from_version, head_version)
-
-        try:
-            return await self._read(run)
-        except CorruptStorageError as exc:
-            if exc.execution_id is not None:
-                raise
-            raise CorruptStorageError(
-                f"execution {execution_id}: cannot read its events: {exc}",
-                execution_id=execution_id,
-            ) from exc
-
-    async def save_snapshot(self, execution_id: str, version: int, data: bytes) -> None:
-        """Store (or replace) the snapshot at ``version``."""
-
-        def run(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT OR REPLACE INTO snapshots (execution_id, version, data) VALUES (?, ?, ?)",
-                (execution_id, version, bytes(data)),
-            )
-
-        await self._write(run)
-
-    async def load_snapshot(self, execution_id: str) -> tuple[int, bytes] | None:
-        """The newest snapshot, or None."""
-
-        def run(conn: sqlite3.Connection) -> tuple[int, bytes] | None:
-            row = conn.execute(
-                "SELECT version, data FROM snapshots WHERE execution_id = ?"
-                " ORDER BY version DESC LIMIT 1",
-                (execution_id,),
-            ).fetchone()
-            if row is None:
-                return None
-            if type(row[0]) is not int or not isinstance(row[1], bytes):
-                raise CorruptStorageError(
-                    f"execution {execution_id}: stored snapshot {row[0]!r} has wrong-typed values",
-                    execution_id=execution_id,
-                )
-            return row[0], row[1]
-
-        return await self._read(run)
-
-    async def prune_snapshots(self, execution_id: str, keep: int) -> int:
-        """Delete all but the ``keep`` newest snapshots."""
-        if keep < 0:
-            raise StorageError(f"prune_snapshots {execution_id}: keep must be >= 0, got {keep}")
-
-        def run(conn: sqlite3.Connection) -> int:
-            cur = conn.execute(
-                "DELETE FROM snapshots WHERE execution_id = ? AND version NOT IN"
-                " (SELECT version FROM snapshots WHERE execution_id = ?"
-                "  ORDER BY version DESC LIMIT ?)",
-                (execution_id, execution_id, keep),
-            )
-            return cur.rowcount
-
-        return await self._write(run)
-
-    async def get_execution(self, execution_id: str) -> ExecutionRecord | None:
-        """The execution's row, or None."""
-
-        def run(conn: sqlite3.Connection) -> ExecutionRecord | None:
-            row = conn.execute(
-                f"SELECT {_EXEC_COLUMNS} FROM executions WHERE execution_id = ?", (execution_id,)
-            ).fetchone()
-            return None if row is None else ExecutionRecord(*row)
-
-        return await self._read(run)
-
-    async def list_executions(
-        self,
-        *,
-        status: str | Sequence[str] | None = None,
-        workflow_id: str | None = None,
-        limit: int = 1000,
-        offset: int = 0,
-    ) -> list[ExecutionRecord]:
-        """Filtered executions, ordered by creation time then id."""
-        check_paging(limit, offset)
-        statuses = status_filter(status)
-        if statuses is not None and not statuses:
-            return []
-        where: list[str] = []
-        params: list[Any] = []
-        if statuses is not None:
-            where.append(f"status IN ({', '.join('?' for _ in statuses)})")
-            params.extend(statuses)
-        if workflow_id is not None:
-            where.append("workflow_id = ?")
-            params.append(workflow_id)
-        sql = f"SELECT {_EXEC_COLUMNS} FROM executions"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY created_at, execution_id LIMIT ? OFFSET ?"
-        params.extend([limit, offset])
-
-        def run(conn: sqlite3.Connection) -> list[ExecutionRecord]:
-            return [ExecutionRecord(*row) for row in conn.execute(sql, params)]
-
-        return await self._read(run)
-
-    async def unfinished_executions(self) -> list[str]:
-        """Ids of the executions not in a terminal status."""
-        terminal = sorted(TERMINAL_STATUSES)
-        sql = (
-            "SELECT execution_id FROM executions WHERE status NOT IN"
-            f" ({', '.join('?' for _ in terminal)}) ORDER BY created_at, execution_id"
-        )
-        return await self._read(lambda conn: [r[0] for r in conn.execute(sql, terminal)])
-
-    async def due_timers(self, now: int) -> list[tuple[str, str, int]]:
-        """Timers with ``fire_at <= now``, soonest first."""
-        sql = (
-            "SELECT execution_id, step, fire_at FROM timers WHERE fire_at <= ?"
-            " ORDER BY fire_at, execution_id, step"
-        )
-        return await self._read(lambda conn: [tuple(r) for r in conn.execute(sql, (now,))])
-
-    async def all_timers(self) -> list[tuple[str, str, int]]:
-        """Every timer, soonest first."""
-        sql = "SELECT execution_id, step, fire_at FROM timers ORDER BY fire_at, execution_id, step"
-        return await self._read(lambda conn: [tuple(r) for r in conn.execute(sql)])
-
-    async def put_definition(
-        self, workflow_id: str, version: str, content_hash: str, document: bytes
-    ) -> None:
-        """Register a definition (idempotent; different content for a version is refused)."""
-        check_definition(workflow_id, version, content_hash, document)
-
-        def run(conn: sqlite3.Connection) -> None:
-            row = conn.execute(
-                "SELECT content_hash FROM definitions WHERE workflow_id = ? AND version = ?",
-                (workflow_id, version),
-            ).fetchone()
-            if row is not None:
-                if row[0] != content_hash:
-                    raise definition_mismatch(workflow_id, version, row[0], content_hash)
-                return
-            conn.execute(
-                "INSERT INTO definitions (workflow_id, version, content_hash, document, seq)"
-                " VALUES (?, ?, ?, ?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM definitions))",
-                (workflow_id, version, content_hash, bytes(document)),
-            )
-
-        await self._write(run)
-
-    async def get_definition(self, workflow_id: str, version: str | None = None) -> bytes | None:
-        """A document by workflow and version (None = newest registered)."""
-        if version is None:
-            sql = "SELECT document FROM definitions WHERE workflow_id = ? ORDER BY seq DESC LIMIT 1"
-            params: tuple[Any, ...] = (workflow_id,)
-        else:
-            sql = "SELECT document FROM definitions WHERE workflow_id = ? AND version = ?"
-            params = (workflow_id, version)
-
-        def run(conn: sqlite3.Connection) -> bytes | None:
-            row = conn.execute(sql, params).fetchone()
-            return None if row is None else row[0]
-
-        return await self._read(run)
-
-    async def get_definition_by_hash(self, content_hash: str) -> bytes | None:
-        """A document by content hash."""
-
-        def run(conn: sqlite3.Connection) -> bytes | None:
-            row = conn.execute(
-                "SELECT document FROM definitions WHERE content_hash = ? ORDER BY seq LIMIT 1",
-                (content_hash,),
-            ).fetchone()
-            return None if row is None else row[0]
-
-        return await self._read(run)
-
-    async def max_tx(self) -> int:
-        """The largest stored tx (0 when empty)."""
-
-        def run(conn: sqlite3.Connection) -> int:
-            row = conn.execute("SELECT MAX(tx) FROM events").fetchone()
-            value = row[0] if row and row[0] is not None else 0
-            if type(value) is not int:
-                raise CorruptStorageError(f"{self.path}: a stored tx is not an integer: {value!r}")
-            return value
-
-        return await self._read(run)
-
-    async def integrity_check(self) -> list[str]:
-        """``PRAGMA integrity_check`` plus history, type and orphan checks."""
-
-        def run(conn: sqlite3.Connection) -> list[str]:
-            problems: list[str] = []
-            try:
-                for (line,) in conn.execute("PRAGMA integrity_check"):
-                    if line != "ok":
-                        problems.append(f"sqlite: {line}")
-            except sqlite3.DatabaseError as exc:
-                return [f"sqlite: {exc}"]
-            if problems:  # the b-trees are damaged: our own queries would mislead
-                return problems
-            for eid, version, types in conn.execute(
-                "SELECT execution_id, version, typeof(tx) || ',' || typeof(timestamp) || ','"
-                " || typeof(kind) || ',' || typeof(hash) || ',' || typeof(encoded) FROM events"
-                " WHERE typeof(tx) != 'integer' OR typeof(timestamp) != 'integer'"
-                " OR typeof(kind) != 'text' OR typeof(hash) != 'blob'"
-                " OR typeof(encoded) != 'blob'"
-            ):
-                problems.append(
-                    f"execution {eid}: event version {version!r} has wrong-typed values "
-                    f"(tx, timestamp, kind, hash, encoded are {types})"
-                )
-            pairs = conn.execute(
-                "SELECT execution_id, version FROM events ORDER BY execution_id, version"
-            )
-            heads = dict(conn.execute("SELECT execution_id, version FROM executions").fetchall())
-            problems.extend(find_history_problems(pairs, heads))
-            for eid, version in conn.execute(
-                "SELECT s.execution_id, s.version FROM snapshots s"
-                " LEFT JOIN executions e ON e.execution_id = s.execution_id"
-                " WHERE e.execution_id IS NULL OR s.version > e.version"
-            ):
-                problems.append(
-                    f"execution {eid}: snapshot at version {version} is beyond the stored history"
-                )
-            for eid, step in conn.execute(
-                "SELECT t.execution_id, t.step FROM timers t"
-                " LEFT JOIN executions e ON e.execution_id = t.execution_id"
-                " WHERE e.execution_id IS NULL"
-            ):
-                problems.append(f"execution {eid}: timer {step} has no execution row")
-            return problems
-
-        return await self._read(run)
+    def _changed(self) -> bool:
+        """Whether another connection committed since the last check."""
+        with self._watch_lock:
+            if self._watch is None:
+                self._watch = self._connect(reader=True)
+            (version,) = self._watch.execute("PRAGMA data_version").fetchone()
+            seen, self._seen_version = self._seen_version, version
+            return seen is not None and version != seen

@@ -1087,6 +1087,106 @@ impl VersionStore {
             .ok()
             .map(|before| before + 1)
     }
+
+    /// Records the txs a durable store allocated when it committed versions
+    /// `first_version ..= first_version + txs.len() - 1` of execution `id`.
+    ///
+    /// The txs must be strictly increasing and above the tx of the version
+    /// before `first_version`. Versions after the range that are still
+    /// provisional (applied here, not yet committed) and whose tx would no
+    /// longer be above the assigned ones are renumbered from the store-wide
+    /// counter, which is raised to the largest assigned tx first, so an
+    /// execution's txs keep increasing with its versions. Node hashes do not
+    /// cover txs, so nothing else changes. On error nothing changes.
+    pub fn assign_txs(&self, id: &str, first_version: u64, txs: &[u64]) -> Result<(), StoreError> {
+        let Some(&last_assigned) = txs.last() else {
+            return Ok(());
+        };
+        let exec = self.get(id)?;
+        let mut ex = exec.write();
+        let refuse = |message: String| StoreError::OutOfRange {
+            execution_id: id.to_owned(),
+            tx: first_version,
+            message,
+        };
+        let held = ex.version();
+        let count = u64::try_from(txs.len()).map_err(|_| refuse("too many txs".to_owned()))?;
+        let last_version = first_version
+            .checked_add(count - 1)
+            .ok_or_else(|| refuse(format!("version {first_version} + {count} txs overflows")))?;
+        if first_version <= ex.base_version || last_version > held {
+            return Err(refuse(format!(
+                "versions {first_version}..={last_version} of execution {id:?} are not held \
+                 (held: {}..={held})",
+                ex.base_version.saturating_add(1)
+            )));
+        }
+        let start = usize::try_from(first_version - ex.base_version - 1)
+            .map_err(|_| refuse(format!("version {first_version} is out of reach")))?;
+        let mut prev = match start.checked_sub(1) {
+            None => ex.base_tx,
+            Some(i) => ex.meta.get(i).map_or(ex.base_tx, |m| m.tx),
+        };
+        for &tx in txs {
+            if tx <= prev {
+                return Err(refuse(format!(
+                    "tx {tx} does not follow tx {prev} in execution {id:?}"
+                )));
+            }
+            prev = tx;
+        }
+        self.advance_tx(last_assigned);
+        let end = start + txs.len();
+        // Provisional versions after the range: renumber those that would
+        // break the order, drawing fresh txs above everything assigned.
+        let mut renumbered = Vec::new();
+        let mut floor = last_assigned;
+        for m in ex.meta.get(end..).unwrap_or(&[]) {
+            if m.tx > floor {
+                break;
+            }
+            let fresh = self.next_tx()?;
+            renumbered.push(fresh);
+            floor = fresh;
+        }
+        let ranges = ex.meta.get_mut(start..).unwrap_or(&mut []);
+        for (m, &tx) in ranges.iter_mut().zip(txs.iter().chain(renumbered.iter())) {
+            m.tx = tx;
+        }
+        let base_version = ex.base_version;
+        let meta = std::mem::take(&mut ex.meta);
+        for (version, state) in ex.snapshots.iter_mut() {
+            let i = version
+                .checked_sub(base_version)
+                .and_then(|d| d.checked_sub(1))
+                .and_then(|i| usize::try_from(i).ok());
+            if let Some(m) = i.and_then(|i| meta.get(i)) {
+                if state.tx != m.tx {
+                    Arc::make_mut(state).tx = m.tx;
+                }
+            }
+        }
+        ex.meta = meta;
+        if let Some(tx) = ex.meta.last().map(|m| m.tx) {
+            if ex.current.state.tx != tx {
+                Arc::make_mut(&mut ex.current.state).tx = tx;
+            }
+        }
+        Ok(())
+    }
+
+    /// Draws the next tx from the counter, refusing to wrap around.
+    fn next_tx(&self) -> Result<u64, StoreError> {
+        let prev = self
+            .tx
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |t| t.checked_add(1))
+            .map_err(|t| StoreError::OutOfRange {
+                execution_id: String::new(),
+                tx: t,
+                message: "the tx counter is exhausted".to_owned(),
+            })?;
+        Ok(prev + 1)
+    }
 }
 
 /// Folds a history into a state without hashing.

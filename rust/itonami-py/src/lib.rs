@@ -777,6 +777,19 @@ impl VersionStore {
         self.inner.advance_tx(tx.0).map_err(|e| store_err(py, e))
     }
 
+    fn assign_txs(
+        &self,
+        py: Python<'_>,
+        execution_id: &str,
+        first_version: u64,
+        txs: Vec<u64>,
+    ) -> PyResult<()> {
+        detached(py, || {
+            self.inner.assign_txs(execution_id, first_version, &txs)
+        })?;
+        Ok(())
+    }
+
     #[getter]
     fn snapshot_every(&self) -> u64 {
         self.inner.config().snapshot_every
