@@ -65,7 +65,8 @@ class Journal:
         # (workflow_id, workflow_version, parent_id) for the execution's first commit.
         self._first = first
         self._pending: list[StoredEvent] = []
-        self._flushing: asyncio.Future[None] | None = None
+        self._flushing: asyncio.Future[list[int]] | None = None
+        self._flush_first = version
         self._flush_target = version
         self.broken: BaseException | None = None
         self._snapshot_every = snapshot_every
@@ -151,7 +152,7 @@ class Journal:
             with contextlib.suppress(BaseException):
                 await asyncio.shield(fut)
 
-    def _submit(self) -> asyncio.Future[None]:
+    def _submit(self) -> asyncio.Future[list[int]]:
         events, self._pending = self._pending, []
         first = self._first if self.durable_version == 0 else None
         req = AppendRequest(
@@ -162,8 +163,12 @@ class Journal:
             workflow_id=first[0] if first else None,
             workflow_version=first[1] if first else None,
             parent_id=first[2] if first else None,
+            # Transaction ids come from the store, so they are unique and
+            # increasing across every process that shares it.
+            allocate_tx=True,
         )
         self._flush_target = events[-1].version
+        self._flush_first = events[0].version
         self.commits += 1
         try:
             fut = self.storage.submit(req)
@@ -175,7 +180,7 @@ class Journal:
             fut.add_done_callback(self._committed)
         return fut
 
-    def _committed(self, fut: asyncio.Future[None]) -> None:
+    def _committed(self, fut: asyncio.Future[list[int]]) -> None:
         if self._flushing is not fut:
             return
         self._flushing = None
@@ -191,6 +196,11 @@ class Journal:
             if self._on_broken is not None:
                 self._on_broken(self)
             return
+        txs = fut.result()
+        if txs and self.core.contains(self.execution_id):
+            # The versions now carry the txs the store gave them (MVCC reads
+            # as of a tx agree with every other process).
+            self.core.assign_txs(self.execution_id, self._flush_first, list(txs))
         self.durable_version = self._flush_target
 
     def _snapshot_due(self) -> bool:
