@@ -343,6 +343,9 @@ async def run(args: argparse.Namespace) -> int:
         .with_workflows(definitions())
         .with_snapshots(every=5)
         .with_random_seed(11)
+        # One workload process at a time: a restarted one takes its
+        # executions back at once instead of waiting out the dead one's leases.
+        .with_node_id("crash-workload")
         .build()
     )
     summary: dict[str, Any] = {}

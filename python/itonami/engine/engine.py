@@ -15,7 +15,9 @@ import functools
 import heapq
 import itertools
 import logging
+import os
 import random
+import socket
 import traceback
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -28,6 +30,7 @@ from ..dsl import WorkflowIR
 from ..errors import (
     ConflictError,
     ExecutionNotRunningError,
+    FencedError,
     ItonamiError,
     Problem,
     StorageError,
@@ -39,7 +42,13 @@ from ..errors import (
 from ..integrity import load_execution, load_history, verify_execution
 from ..payload import to_recorded
 from ..retry import RetryPolicy
-from ..storage import ExecutionRecord, Storage, default_storage_url, open_storage
+from ..storage import (
+    READY_NOW,
+    ExecutionRecord,
+    Storage,
+    default_storage_url,
+    open_storage,
+)
 from .clock import Clock, SystemClock
 from .journal import Journal
 from .lifecycle import Blocked, Entry, ExecutionTable, Phase
@@ -105,6 +114,8 @@ class WorkflowEngineBuilder:
         self._seed: int | None = None
         self._park = True
         self._max_engine_errors = 3
+        self._node_id: str | None = None
+        self._lease_seconds = 15.0
         self._recover: bool | frozenset[str] = True
         self._storage_options: dict[str, Any] = {}
 
@@ -164,6 +175,25 @@ class WorkflowEngineBuilder:
         self._max_engine_errors = max_errors
         return self
 
+    def with_node_id(self, node_id: str) -> WorkflowEngineBuilder:
+        """This process's identity in the store (default: host, pid and a
+        random suffix). Give a restarted process the same id to let it take
+        its executions back at once instead of after their leases expire;
+        never run two live processes under one id."""
+        if not isinstance(node_id, str) or not node_id:
+            raise ValueError("node_id must be a non-empty string")
+        self._node_id = node_id
+        return self
+
+    def with_lease(self, seconds: float) -> WorkflowEngineBuilder:
+        """How long this process's hold on an execution lasts unrenewed
+        (default 15 s): the time another process waits before taking over
+        the executions of one that died."""
+        if not seconds > 0:
+            raise ValueError("lease seconds must be > 0")
+        self._lease_seconds = float(seconds)
+        return self
+
     def with_random_seed(self, seed: int) -> WorkflowEngineBuilder:
         """Seed the retry jitter (for reproducible tests)."""
         self._seed = seed
@@ -188,6 +218,8 @@ class WorkflowEngineBuilder:
             park_idle=self._park,
             recover=self._recover,
             max_engine_errors=self._max_engine_errors,
+            node_id=self._node_id,
+            lease_seconds=self._lease_seconds,
         )
 
     def build_sync(self) -> Any:
@@ -223,6 +255,8 @@ class WorkflowEngine:
         park_idle: bool = True,
         recover: bool | frozenset[str] = True,
         max_engine_errors: int = 3,
+        node_id: str | None = None,
+        lease_seconds: float = 15.0,
     ) -> None:
         self.storage = storage
         self.activities = activities
@@ -233,6 +267,9 @@ class WorkflowEngine:
         self.core = _core.VersionStore(max_payload_bytes=max_payload_bytes)
         self.park_idle = park_idle
         self.max_engine_errors = max_engine_errors
+        self.node_id = node_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.lease_seconds = lease_seconds
+        self._lease_task: asyncio.Task[None] | None = None
         self._definitions: dict[tuple[str, str], WorkflowIR] = {}
         self._by_hash: dict[str, WorkflowIR] = {}
         self._latest: dict[str, WorkflowIR] = {}
@@ -314,6 +351,7 @@ class WorkflowEngine:
                 await self._register(ir)
             self._started = True
             await self._recover()
+            self._lease_task = asyncio.ensure_future(self._keep_leases())
 
     async def close(self) -> None:
         """Stop running executions (they resume on the next start) and close storage."""
@@ -325,6 +363,9 @@ class WorkflowEngine:
         for handle in self._backoff_timers.values():
             handle.cancel()
         self._backoff_timers.clear()
+        held = self._held()  # before the runs stop and leave the table
+        if self._lease_task is not None:
+            self._lease_task.cancel()
         tasks = [r.task for r in self._table.live_runs() if r.task is not None]
         tasks += list(self._background)
         for task in tasks:
@@ -334,6 +375,12 @@ class WorkflowEngine:
         for entry in self._table.entries():
             self._table.finish(entry)  # waiters wake and see the execution unfinished
         if self._started:
+            for eid, epoch in held:
+                # Released as ready: another process takes it over at once.
+                try:
+                    await self.storage.release(eid, self.node_id, epoch, ready_at=READY_NOW)
+                except ItonamiError as e:
+                    log.warning("could not release execution %s: %s", eid, e)
             try:
                 await self.storage.close()
             except StorageError as e:
@@ -341,22 +388,119 @@ class WorkflowEngine:
                 # store must not turn a shutdown into a crash.
                 log.warning("closing storage failed: %s", e)
 
-    async def _recover(self) -> None:
-        """Resume every unfinished execution: snapshot + later events, then run.
+    def capabilities(self) -> list[str]:
+        """What this process can run, as the store matches it against an
+        execution's needs (``activity:<name>`` per registered activity)."""
+        return [f"activity:{name}" for name in self.activities.names()]
 
-        All are admitted before any is revived, so a parent that resumes
-        first finds its resuming children.
+    async def _recover(self) -> None:
+        """Take over the unfinished executions nobody else holds, and resume them.
+
+        Its own (a restarted process with the same node id) at once; others
+        whose lease expired, or that were released, through ``claim``, which
+        gives each to one process only and only to a process that has its
+        activities. All are admitted before any is revived, so a parent that
+        resumes first finds its resuming children.
         """
         scope = self._recover_scope
         if scope is False:
             return
-        entries = [
-            self._table.admit(eid)
-            for eid in await self.storage.unfinished_executions()
-            if eid not in self._table and (scope is True or eid in scope)
-        ]
+        claims: list[tuple[str, int]] = []
+        candidates = await self.storage.unfinished_executions() if scope is True else sorted(scope)
+        for eid in candidates:
+            if eid in self._table:
+                continue
+            lease = await self.storage.get_lease(eid)
+            if scope is not True or (lease is not None and lease.owner == self.node_id):
+                got = await self.storage.acquire(
+                    eid, self.node_id, lease_seconds=self.lease_seconds
+                )
+                if got is not None:
+                    claims.append((eid, got.epoch))
+        if scope is True:
+            claims += await self._claim_ready()
+        entries = []
+        for eid, epoch in claims:
+            if eid not in self._table:
+                entry = self._table.admit(eid)
+                entry.epoch = epoch
+                entries.append(entry)
         for entry in entries:
             await self._revive(entry, in_thread=False)
+
+    async def _claim_ready(self) -> list[tuple[str, int]]:
+        """Claim every ready execution this process can run (bounded batches)."""
+        out: list[tuple[str, int]] = []
+        while True:
+            batch = await self.storage.claim(
+                self.node_id,
+                capabilities=self.capabilities(),
+                limit=500,
+                lease_seconds=self.lease_seconds,
+            )
+            out += [(c.execution_id, c.epoch) for c in batch]
+            if len(batch) < 500:
+                return out
+
+    def _held(self) -> list[tuple[str, int]]:
+        held = []
+        for entry in self._table.entries():
+            if entry.run is not None and entry.run.status in TERMINAL:
+                continue  # the store dropped its lease with the terminal commit
+            epoch = entry.run.journal.epoch if entry.run is not None else entry.epoch
+            if epoch > 0 and not entry.lost:
+                held.append((entry.execution_id, epoch))
+        return held
+
+    async def _keep_leases(self) -> None:
+        """Renew this process's leases well inside their length; drop the runs
+        of leases lost (paused past them, partitioned); and, when recovering,
+        take over executions whose owner died or that were released
+        (failover), promptly on the store's wake hint and at least at every
+        renewal."""
+        loop = asyncio.get_running_loop()
+        interval = self.lease_seconds / 3
+        next_renew = loop.time() + interval
+        last_claim = loop.time()
+        while not self._closed:
+            try:
+                hinted = await self.storage.wait_for_work(max(next_renew - loop.time(), 0.0))
+                now = loop.time()
+                renewing = now >= next_renew
+                if renewing:
+                    next_renew = now + interval
+                    lost = await self.storage.renew(
+                        self.node_id, self._held(), lease_seconds=self.lease_seconds
+                    )
+                    for eid in lost:
+                        self._lose(eid)
+                if self._recover_scope is True and (
+                    renewing or (hinted and now - last_claim > 0.1)
+                ):
+                    last_claim = now
+                    for eid, epoch in await self._claim_ready():
+                        if eid in self._table:
+                            continue
+                        entry = self._table.admit(eid)
+                        entry.epoch = epoch
+                        self._spawn(self._revive(entry))
+            except StorageError as e:
+                log.warning("lease upkeep failed (%s); trying again", e)
+                await asyncio.sleep(min(interval, 1.0))
+
+    def _lose(self, execution_id: str) -> None:
+        """Another process holds the execution now: stop ours without writing."""
+        entry = self._table.get(execution_id)
+        if entry is None or (entry.run is not None and entry.run.status in TERMINAL):
+            return
+        entry.lost = True
+        log.warning("execution %s: lease lost; another process runs it now", execution_id)
+        run = entry.run
+        if run is not None and run.task is not None and not run.task.done():
+            run.task.cancel()
+        elif entry.phase is not Phase.LIVE:
+            self._forget(execution_id)
+            self._table.finish(entry)
 
     async def _ensure_started(self) -> None:
         if not self._started:
@@ -386,8 +530,17 @@ class WorkflowEngine:
         return task
 
     def _journal(
-        self, execution_id: str, version: int, first: tuple[str, str, str | None] | None = None
+        self,
+        execution_id: str,
+        version: int,
+        first: tuple[str, str, str | None] | None = None,
+        *,
+        entry: Entry | None = None,
+        needs: list[str] | None = None,
     ) -> Journal:
+        """The journal of one execution: fenced with this engine's lease when
+        it owns it (``entry`` held, or ``first``: it creates it)."""
+        owned = first is not None or (entry is not None and entry.epoch > 0)
         return Journal(
             self.core,
             self.storage,
@@ -398,6 +551,10 @@ class WorkflowEngine:
             snapshot_every=self.snapshot_every,
             snapshot_retention=self.snapshot_retention,
             on_broken=self._journal_broken,
+            owner=self.node_id if owned else None,
+            epoch=entry.epoch if entry is not None else 0,
+            lease_seconds=self.lease_seconds,
+            needs=needs,
         )
 
     def _journal_broken(self, journal: Journal) -> None:
@@ -454,6 +611,7 @@ class WorkflowEngine:
         quiet = run.journal.version == run.journal.durable_version
         if run.cancel_requested is not None:
             entry.cancel_reason = run.cancel_requested
+        entry.epoch = run.journal.epoch
         self._forget(eid)
         self._table.park(entry, blocked)
         log.debug("execution %s parked on %s", eid, blocked.describe())
@@ -471,7 +629,17 @@ class WorkflowEngine:
         self._forget(eid)
         if run.cancel_requested is not None:
             entry.cancel_reason = run.cancel_requested
+        entry.epoch = max(entry.epoch, run.journal.epoch)
         if self._closed:
+            self._table.finish(entry)
+            return
+        if (
+            entry.lost
+            or isinstance(exc, FencedError)
+            or isinstance(run.journal.broken, FencedError)
+        ):
+            # Another process owns it now: this one writes nothing more.
+            log.warning("execution %s: lease lost to another process; dropping its run", eid)
             self._table.finish(entry)
             return
         if run.journal.durable_version == 0:
@@ -515,7 +683,7 @@ class WorkflowEngine:
                     self._table.finish(entry)
                     return
                 count = 1 + sum(1 for e in self.core.events(eid) if e.kind == "engine_error")
-                journal = self._journal(eid, self.core.version(eid))
+                journal = self._journal(eid, self.core.version(eid), entry=entry)
                 journal.append("engine_error", "", 0, {"error": error, "attempt": count})
                 if count >= self.max_engine_errors:
                     failed = True
@@ -535,6 +703,10 @@ class WorkflowEngine:
                     )
                 await journal.flush()
                 children = _running_children(self.core.state(eid).to_dict())
+            except FencedError:
+                log.warning("execution %s: lease lost to another process", eid)
+                self._table.finish(entry)
+                return
             except StorageError as e:
                 log.warning("could not record the engine error of %s: %s", eid, e)
                 failed = False
@@ -561,6 +733,8 @@ class WorkflowEngine:
         """Revive a BACKOFF entry after ``delay`` real seconds (engine and
         storage faults are not workflow time)."""
         eid = entry.execution_id
+        if self._closed:
+            return
 
         def due() -> None:
             self._backoff_timers.pop(eid, None)
@@ -574,6 +748,8 @@ class WorkflowEngine:
 
     def _wake(self, entry: Entry, before_launch: Any = None) -> None:
         """PARKED/BACKOFF → RESUMING, and revive it."""
+        if self._closed:
+            return
         timer = self._backoff_timers.pop(entry.execution_id, None)
         if timer is not None:
             timer.cancel()
@@ -628,7 +804,7 @@ class WorkflowEngine:
             return None
         run = Run(
             self,
-            self._journal(eid, d["version"]),
+            self._journal(eid, d["version"], entry=entry),
             ir,
             eid,
             d.get("inputs") or {},
@@ -801,7 +977,10 @@ class WorkflowEngine:
             if execution_id in self._table:  # started while we looked
                 return
         journal = self._journal(
-            execution_id, 0, first=(ir.id, ir.version, (parent or {}).get("execution_id"))
+            execution_id,
+            0,
+            first=(ir.id, ir.version, (parent or {}).get("execution_id")),
+            needs=_needs(ir),
         )
         run = Run(self, journal, ir, execution_id, inputs, parent=parent)
         try:
@@ -955,14 +1134,16 @@ class WorkflowEngine:
                 # bringing the execution back.
                 async with entry.lock:
                     if entry.phase in (Phase.PARKED, Phase.BACKOFF):
-                        await self._append_offline(execution_id, "signal_received", data)
+                        await self._append_offline(execution_id, "signal_received", data, entry)
                         return
                 continue
             if entry.phase is Phase.BROKEN and entry.error is not None:
                 raise entry.error
             await asyncio.shield(entry.changed)  # resuming: ask again once live
 
-    async def _append_offline(self, execution_id: str, kind: str, data: Any) -> None:
+    async def _append_offline(
+        self, execution_id: str, kind: str, data: Any, entry: Entry | None = None
+    ) -> None:
         """Append one event to an execution no run of this engine drives."""
         await self._load(execution_id)
         try:
@@ -973,7 +1154,7 @@ class WorkflowEngine:
                     execution_id=execution_id,
                     status=state.status,
                 )
-            journal = self._journal(execution_id, self.core.version(execution_id))
+            journal = self._journal(execution_id, self.core.version(execution_id), entry=entry)
             await journal.emit(kind, "", 0, data)
         finally:
             # A parked execution holds no memory; the next reader reloads it.
@@ -1045,8 +1226,20 @@ class WorkflowEngine:
                 state = await self._state(execution_id)  # raises for an unknown id
                 if state.status in TERMINAL:
                     return requested and state.status == "cancelled"
-                # Unfinished but not held here: bring it in to end it.
+                # Unfinished but not held here: take it over to end it.
+                got = await self.storage.acquire(
+                    execution_id, self.node_id, lease_seconds=self.lease_seconds
+                )
+                if got is None:
+                    lease = await self.storage.get_lease(execution_id)
+                    raise ExecutionNotRunningError(
+                        f"execution {execution_id!r} is run by another process "
+                        f"({lease.owner if lease else 'unknown'}); cancel it there",
+                        execution_id=execution_id,
+                        status=state.status,
+                    )
                 entry = self._table.admit(execution_id)
+                entry.epoch = got.epoch
                 entry.cancel_reason = reason
                 requested = True
                 self._spawn(self._revive(entry))
@@ -1146,6 +1339,12 @@ async def _hand_event(
 
 def _document(ir: WorkflowIR) -> bytes:
     return ir.to_json()
+
+
+def _needs(ir: WorkflowIR) -> list[str]:
+    """What a process must have to run an execution of ``ir``: every activity
+    it names (a process that lacks one never claims it)."""
+    return [f"activity:{name}" for name in sorted(ir.activity_refs())]
 
 
 def _backoff(failures: int) -> float:

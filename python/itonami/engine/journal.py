@@ -21,7 +21,7 @@ import orjson
 
 from .._failpoints import hit
 from ..errors import StorageError
-from ..storage import AppendRequest, Storage, StoredEvent
+from ..storage import READY_NOW, AppendRequest, Fence, Storage, StoredEvent
 from .clock import Clock, to_micros
 
 __all__ = ["Journal", "JournalBroken"]
@@ -54,6 +54,10 @@ class Journal:
         snapshot_every: int = 0,
         snapshot_retention: int = 2,
         on_broken: Callable[[Journal], None] | None = None,
+        owner: str | None = None,
+        epoch: int = 0,
+        lease_seconds: float = 30.0,
+        needs: list[str] | None = None,
     ) -> None:
         self.core = core
         self.storage = storage
@@ -76,6 +80,12 @@ class Journal:
         #: Commits handed to storage (for the engine's idle checks and metrics).
         self.commits = 0
         self._deferred = False
+        # The lease every commit is fenced with (None: write unfenced, for an
+        # execution this engine does not own).
+        self.owner = owner
+        self.epoch = epoch
+        self._lease_seconds = lease_seconds
+        self._needs = needs
 
     def state(self) -> Any:
         """The core's state of the execution, including pending events."""
@@ -166,7 +176,14 @@ class Journal:
             # Transaction ids come from the store, so they are unique and
             # increasing across every process that shares it.
             allocate_tx=True,
+            fence=None if self.owner is None else Fence(self.owner, self.epoch),
+            lease_seconds=self._lease_seconds,
         )
+        if first is not None:
+            # Runnable (once its lease expires, by another process) and
+            # claimable only by processes that have its activities.
+            req.ready_at = READY_NOW
+            req.needs = self._needs
         self._flush_target = events[-1].version
         self._flush_first = events[0].version
         self.commits += 1
@@ -201,6 +218,8 @@ class Journal:
             # The versions now carry the txs the store gave them (MVCC reads
             # as of a tx agree with every other process).
             self.core.assign_txs(self.execution_id, self._flush_first, list(txs))
+        if self._flush_first == 1 and self.owner is not None:
+            self.epoch = 1  # the store made the creator its owner at epoch 1
         self.durable_version = self._flush_target
 
     def _snapshot_due(self) -> bool:

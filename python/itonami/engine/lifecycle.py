@@ -91,6 +91,10 @@ class Entry:
     )
     #: Engine errors in a row (the backoff grows with it).
     failures: int = 0
+    #: The fencing epoch of this engine's lease on it (0: not owned yet).
+    epoch: int = 0
+    #: The lease was lost to another process: nothing more may be written.
+    lost: bool = False
 
 
 class ExecutionTable:
