@@ -16,15 +16,19 @@ import string
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable, Container, Iterable, Mapping
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import httpx
 import orjson
 
 from itonami.errors import ActivityError, ActivityTimeoutError, HostNotAllowedError
 
 from .base import ActivityConfigError, ActivityContext, NonRetryableError
 from .secrets import Secret, redact, resolve
+
+if TYPE_CHECKING:
+    # httpx is imported where a request is made, so `import itonami` does not pay
+    # for it when no HTTP activity runs.
+    import httpx
 
 __all__ = ["DEFAULT_RETRY_STATUS", "HostPolicy", "HttpActivity"]
 
@@ -434,6 +438,8 @@ class HttpActivity:
         return node
 
     def _client_for_loop(self) -> httpx.AsyncClient:
+        import httpx
+
         loop = asyncio.get_running_loop()
         if self._client is None or self._client.is_closed or self._client_loop is not loop:
             # a client's pooled connections belong to the loop that opened them; one
@@ -447,6 +453,8 @@ class HttpActivity:
 
     async def execute(self, input: dict[str, Any], ctx: ActivityContext) -> Any:
         """Make the request and return ``{"status", "headers", "body"}``."""
+        import httpx
+
         url = self.render_url(input)
         host = urllib.parse.urlsplit(url).hostname or ""
         await self.host_policy.check(host, activity=self.name)

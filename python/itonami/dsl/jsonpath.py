@@ -8,11 +8,17 @@ through the API they share: ``compile``, ``find(...).values()``,
 
 from __future__ import annotations
 
+from types import ModuleType
 from typing import Any
 
-import jsonpath_rfc9535
-
 __all__ = ["JsonPath"]
+
+
+def _library() -> ModuleType:
+    # Imported when the first query is compiled, not by `import itonami`.
+    import jsonpath_rfc9535
+
+    return jsonpath_rfc9535
 
 
 def _is_singular(text: str) -> bool:
@@ -23,9 +29,10 @@ def _is_singular(text: str) -> bool:
     exposed ``singular_query()`` and 2.x dropped it; asking the parser keeps
     this one rule for both.
     """
+    library = _library()
     try:
-        jsonpath_rfc9535.compile(f"$[?{text} == null]")
-    except jsonpath_rfc9535.JSONPathError:
+        library.compile(f"$[?{text} == null]")
+    except library.JSONPathError:
         return False
     return True
 
@@ -43,9 +50,10 @@ class JsonPath:
         if not isinstance(text, str):
             raise ValueError(f"a JSONPath query must be a string, got {type(text).__name__}")
         self.text = text
+        library = _library()
         try:
-            self._query = jsonpath_rfc9535.compile(text)
-        except jsonpath_rfc9535.JSONPathError as exc:
+            self._query = library.compile(text)
+        except library.JSONPathError as exc:
             raise ValueError(f"invalid JSONPath {text!r}: {exc}") from None
         self._singular = _is_singular(text)
 
