@@ -12,7 +12,7 @@
 # Every interpreter runs the full suite, crash tests included. Measured from a
 # fresh clone on the 2-core machine CI uses: cargo test plus the release build
 # about 4 minutes (cold cache), each interpreter's suite 2 to 3 minutes, about
-# 13 minutes in all, well inside the 30-minute budget, so nothing is cut on
+# 9 to 13 minutes in all, well inside the 30-minute budget, so nothing is cut on
 # 3.12/3.13. Should the budget tighten, the crash tests (`-m "not crash"` on
 # 3.12/3.13) are the part to drop: they exercise the storage engines and the
 # Rust core, which vary least with the Python version.
