@@ -13,7 +13,7 @@ help: ## list the targets
 
 $(VENV)/.deps: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip "maturin>=1.7,<2"
+	$(PIP) install -q --upgrade pip "maturin>=1.9.3,<2"
 	touch $@
 
 .PHONY: wheel

@@ -29,11 +29,10 @@ def validate_order(order_id: str, customer_id: str) -> dict:
 @registry.activity()
 async def process_payment(amount: float) -> dict:
     """Charge the customer; the idempotency key makes the charge happen once."""
-    ctx = current_context()
+    key = current_context().idempotency_key
     await asyncio.sleep(0)  # stands in for the call to a payment provider
     if amount > PAYMENT_LIMIT:
         raise NonRetryableError(f"payment of {amount} declined: over the limit")
-    key = ctx.idempotency_key if ctx else "local"
     return {"payment_id": f"PAY-{key[:12]}", "charged": amount}
 
 
@@ -46,8 +45,7 @@ def reserve_inventory(order_id: str) -> dict:
 @registry.activity()
 def send_confirmation() -> dict:
     """E-mail the customer; returns the workflow's outputs by name."""
-    ctx = current_context()
-    key = ctx.idempotency_key if ctx else "local"
+    key = current_context().idempotency_key
     confirmation = f"CONF-{key[:8]}"
     return {"processed": True, "confirmationId": confirmation, "confirmation_id": confirmation}
 

@@ -28,7 +28,7 @@ import importlib
 import importlib.util
 import os
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -218,18 +218,31 @@ def _descends(eid: str, roots: set[str], parents: dict[str, str | None]) -> bool
     return False
 
 
-def _engine(
+@contextlib.asynccontextmanager
+async def _engine(
     url: str,
     registry: ActivityRegistry | None = None,
     workflows: Iterable[WorkflowIR] = (),
     resume: Iterable[str] = (),
-) -> WorkflowEngine:
+) -> AsyncIterator[WorkflowEngine]:
     # Resume only what this command is about: other executions in the store
     # belong to other programs, with activities this process does not have.
     builder = WorkflowEngine.builder().with_storage(url).with_recovery(only=resume)
     if registry is not None:
         builder = builder.with_activities(registry)
-    return builder.with_workflows(_unique(workflows)).build()
+    engine = builder.with_workflows(_unique(workflows)).build()
+    try:
+        await engine.start()
+    except BaseException:
+        # start() can fail after opening the storage (a definition that does
+        # not register), and then close() leaves the storage open: close it
+        # here so its connections do not leak.
+        await engine.storage.close()
+        raise
+    try:
+        yield engine
+    finally:
+        await engine.close()
 
 
 def _unique(workflows: Iterable[WorkflowIR]) -> list[WorkflowIR]:

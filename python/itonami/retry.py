@@ -6,12 +6,19 @@ in events); the arithmetic lives here so the engine and activities agree.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["DEFAULT_RETRY_POLICY", "RetryPolicy"]
+__all__ = ["DEFAULT_RETRY_POLICY", "MAX_INTERVAL", "RetryPolicy"]
+
+#: The longest backoff (seconds, before jitter): 365 days. An uncapped policy
+#: stops growing here, and no interval may be set above it, so a retry time
+#: always fits the microsecond timestamps that events record.
+MAX_INTERVAL = 365 * 24 * 3600.0
+_MAX_TEXT = f"{MAX_INTERVAL:g} s (365 days)"
 
 
 @dataclass(frozen=True)
@@ -20,10 +27,12 @@ class RetryPolicy:
 
     Intervals are in seconds. Attempt ``n`` (1-based) that fails waits
     ``min(initial_interval * backoff_coefficient ** (n - 1), maximum_interval)``
-    before attempt ``n + 1``, scaled by a random factor in
-    ``[1 - jitter, 1 + jitter]``. ``maximum_attempts`` counts the first try;
-    0 means unlimited. Errors whose type name is in ``non_retryable_errors``
-    fail at once.
+    before attempt ``n + 1`` (:data:`MAX_INTERVAL` stands in for an unset
+    ``maximum_interval``), scaled by a random factor in
+    ``[1 - jitter, 1 + jitter]``: so a delay is at most
+    ``maximum_interval * (1 + jitter)``. ``maximum_attempts`` counts the first
+    try; 0 means unlimited. Errors whose type name is in
+    ``non_retryable_errors`` fail at once.
     """
 
     initial_interval: float = 1.0
@@ -43,13 +52,23 @@ class RetryPolicy:
         out = []
         if not self.initial_interval >= 0:
             out.append(f"initial_interval must be >= 0, got {self.initial_interval}")
+        elif not self.initial_interval <= MAX_INTERVAL:
+            out.append(f"initial_interval must be at most {_MAX_TEXT}, got {self.initial_interval}")
         if not self.backoff_coefficient >= 1:
             out.append(f"backoff_coefficient must be >= 1, got {self.backoff_coefficient}")
-        if self.maximum_interval is not None and self.maximum_interval < self.initial_interval:
-            out.append(
-                f"maximum_interval ({self.maximum_interval}) is below "
-                f"initial_interval ({self.initial_interval})"
-            )
+        elif not math.isfinite(self.backoff_coefficient):
+            out.append(f"backoff_coefficient must be finite, got {self.backoff_coefficient}")
+        if self.maximum_interval is not None:
+            # `not x <= limit` also catches NaN, which every comparison rejects
+            if not self.maximum_interval <= MAX_INTERVAL:
+                out.append(
+                    f"maximum_interval must be at most {_MAX_TEXT}, got {self.maximum_interval}"
+                )
+            elif self.maximum_interval < self.initial_interval:
+                out.append(
+                    f"maximum_interval ({self.maximum_interval}) is below "
+                    f"initial_interval ({self.initial_interval})"
+                )
         if self.maximum_attempts < 0:
             out.append(f"maximum_attempts must be >= 0, got {self.maximum_attempts}")
         if not 0 <= self.jitter <= 1:
@@ -57,10 +76,21 @@ class RetryPolicy:
         return out
 
     def delay(self, attempt: int, rng: random.Random | None = None) -> float:
-        """Seconds to wait after failed attempt ``attempt`` (1-based)."""
-        base = self.initial_interval * self.backoff_coefficient ** max(attempt - 1, 0)
-        if self.maximum_interval is not None:
-            base = min(base, self.maximum_interval)
+        """Seconds to wait after failed attempt ``attempt`` (1-based).
+
+        Finite for every attempt number, however large: the exponential part
+        saturates at the cap instead of overflowing.
+        """
+        cap = MAX_INTERVAL if self.maximum_interval is None else float(self.maximum_interval)
+        initial = float(self.initial_interval)
+        base = 0.0 if initial == 0 else cap
+        if 0 < initial < cap:
+            try:
+                # float power: an int coefficient would make a huge exact integer
+                growth = float(self.backoff_coefficient) ** max(attempt - 1, 0)
+            except OverflowError:
+                growth = math.inf
+            base = min(initial * growth, cap)
         if self.jitter:
             r = (rng or random).random()
             base *= 1 - self.jitter + 2 * self.jitter * r

@@ -183,18 +183,28 @@ def test_non_callable_is_rejected() -> None:
 
 
 async def test_current_context_in_async_and_sync_code(make_ctx) -> None:
-    async def in_async() -> str | None:
-        c = current_context()
-        return c.idempotency_key if c else None
+    async def in_async() -> str:
+        return current_context().idempotency_key
 
     def in_thread() -> list[Any]:
         c = current_context()
-        return [c.attempt, c.execution_id] if c else []
+        return [c.attempt, c.execution_id]
 
     ctx = make_ctx(attempt=2, execution_id="e-9")
     assert await run_activity(FunctionActivity("a", in_async), {}, ctx) == ctx.idempotency_key
     assert await run_activity(FunctionActivity("s", in_thread), {}, ctx) == [2, "e-9"]
-    assert current_context() is None  # not leaked to the caller
+    with pytest.raises(RuntimeError, match="outside an activity"):
+        current_context()  # not leaked to the caller
+
+
+async def test_current_context_with_a_timeout_and_outside_any_activity(make_ctx) -> None:
+    # With a timeout the attempt runs in its own task: the context goes with it.
+    async def in_task() -> int:
+        return current_context().attempt
+
+    assert await run_activity(FunctionActivity("t", in_task), {}, make_ctx(attempt=3), 5) == 3
+    with pytest.raises(RuntimeError, match=r"current_context\(\) was called outside"):
+        current_context()
 
 
 async def test_concurrent_attempts_see_their_own_context(make_ctx) -> None:

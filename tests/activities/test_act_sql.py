@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import sqlite3
 import uuid
@@ -20,6 +21,7 @@ from itonami.activities import (
     describe_error,
     run_activity,
 )
+from itonami.activities.sql import _sqlite_named_parameters
 from itonami.errors import ActivityError, ActivityTimeoutError
 
 INJECTION = "Robert'); DROP TABLE students;--"
@@ -180,6 +182,72 @@ async def test_timeout_interrupts_a_long_query(make_ctx) -> None:
     # aclose needs the connection's lock, held until the statement stops: it
     # returns only because the timeout interrupted the endless query
     await asyncio.wait_for(act.aclose(), 5)
+
+
+async def test_field_list_binds_named_placeholders_in_order_of_appearance(
+    db: str, make_ctx
+) -> None:
+    # Python 3.12 deprecates binding a sequence to named placeholders (and the
+    # suite turns warnings into errors), so this also proves none is emitted.
+    insert = DatabaseActivity(
+        "add",
+        db,
+        "INSERT INTO students (name, id, meta) VALUES (:n, @i, $m || ':x' || :n) -- :c",
+        params=["who", "num", "tag"],
+    )
+    assert await run_activity(insert, {"who": "di", "num": 7, "tag": "t"}, make_ctx()) == {
+        "rowcount": 1
+    }
+    select = DatabaseActivity(
+        "get", db, "SELECT name, meta FROM students WHERE id = :id", params=["id"], fetch="one"
+    )
+    assert await run_activity(select, {"id": 7}, make_ctx()) == {
+        "row": {"name": "di", "meta": "t:xdi"}
+    }
+
+
+@pytest.mark.parametrize(
+    ("query", "names"),
+    [
+        ("SELECT :a, :b, :a", ["a", "b"]),
+        ("SELECT $b, @a, :c", ["b", "a", "c"]),
+        ("SELECT ':no', \"@no\", [$no], `:no` /* :no */ , :yes -- :no", ["yes"]),
+        ("SELECT 'it''s :no' || :yes", ["yes"]),
+        ("SELECT a$b, :x FROM t", ["x"]),
+        ("SELECT ?, :a", None),
+        ("SELECT ?1, ?2", None),
+        ("SELECT 1", None),
+    ],
+)
+def test_sqlite_named_parameters_follow_sqlite_tokens(query: str, names: list[str] | None) -> None:
+    assert _sqlite_named_parameters(query) == names
+
+
+def test_field_list_must_match_the_named_placeholders() -> None:
+    with pytest.raises(ActivityConfigError, match=r"2 fields for the query's 1 named .*\(:a\)"):
+        DatabaseActivity("bad", "sqlite:///:memory:", "SELECT :a, :a", params=["x", "y"])
+
+
+async def test_field_list_arity_is_checked_for_a_secret_sqlite_dsn(
+    tmp_path: Path, make_ctx, monkeypatch
+) -> None:
+    monkeypatch.setenv("ITONAMI_TEST_DSN", f"sqlite:///{tmp_path / 's.db'}")
+    act = DatabaseActivity("s", Secret.env("ITONAMI_TEST_DSN"), "SELECT :a", params=["x", "y"])
+    with pytest.raises(ActivityError, match="2 fields for the query's 1") as info:
+        await run_activity(act, {"x": 1, "y": 2}, make_ctx())
+    assert info.value.retryable is False
+
+
+async def test_memory_connection_is_closed_with_the_activity(make_ctx) -> None:
+    act = DatabaseActivity("m", "sqlite:///:memory:", "SELECT 1 AS one")
+    assert await run_activity(act, {}, make_ctx()) == {"rows": [{"one": 1}]}
+    conn = act._memory_conn
+    assert conn is not None
+    del act
+    gc.collect()
+    # closed by the activity's finalizer, not left to the collector (a ResourceWarning on 3.13)
+    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+        conn.execute("SELECT 1")
 
 
 async def test_dsn_from_secret(tmp_path: Path, make_ctx, monkeypatch) -> None:

@@ -4,6 +4,7 @@ and that a command resumes only the executions it names."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import shutil
 import subprocess
 import sys
@@ -130,6 +131,35 @@ def test_usage_errors_are_one_clear_line_and_exit_2(
     assert first.startswith("itonami: ")
     assert message in captured.err
     assert "Traceback" not in captured.err
+
+
+def test_a_definition_that_fails_to_register_leaves_no_database_open(
+    in_examples: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The engine's start() fails after opening the store; the command must
+    # still close it (Python 3.13 reports a leaked connection as a ResourceWarning).
+    db = in_examples / "inproc.db"
+
+    def open_on_db() -> list[str]:
+        fds = Path("/proc/self/fd")
+        return [str(fd) for fd in fds.iterdir() if _target(fd) == str(db)]
+
+    gc.disable()  # a leaked connection would otherwise close whenever the collector runs
+    try:
+        argv = ["run", "sequence.kotoba", "--activities", "order_activities.py", "--input", "{}"]
+        assert main(argv) == EXIT_USAGE
+        assert "unknown activity 'load_user'" in capsys.readouterr().err
+        assert open_on_db() == []
+    finally:
+        gc.enable()
+        gc.collect()
+
+
+def _target(fd: Path) -> str:
+    try:
+        return str(fd.readlink())
+    except OSError:  # closed since it was listed
+        return ""
 
 
 def test_invalid_definition_lists_every_problem(

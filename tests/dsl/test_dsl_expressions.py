@@ -96,6 +96,35 @@ def test_jsonpath() -> None:
 
 
 @pytest.mark.parametrize(
+    ("text", "singular"),
+    [
+        ("$", True),
+        ("$.inputs", True),
+        ("$.inputs.items[0].sku", True),
+        ("$['inputs']['items'][-1]", True),
+        ('$["a]b"]["c == d"]', True),
+        ("$.inputs.items[*]", False),
+        ("$.inputs.items[*].sku", False),
+        ("$..sku", False),
+        ("$.inputs.items[0:1]", False),
+        ("$['inputs','steps']", False),
+        ("$.inputs.items[?@.sku == 'a'].sku", False),
+        ("$.inputs.items[0,1]", False),
+    ],
+)
+def test_jsonpath_singular_follows_rfc9535(text: str, singular: bool) -> None:
+    # The rule is RFC 9535's singular-query grammar; it must hold on every
+    # jsonpath-rfc9535 major the package allows (1.x on 3.11, 2.x on 3.12+).
+    path = JsonPath(text)
+    assert path.singular is singular
+    value = path.resolve(CONTEXT)
+    if singular:
+        assert value == path.find_one(CONTEXT)
+    else:
+        assert isinstance(value, list) and value == path.find_all(CONTEXT)
+
+
+@pytest.mark.parametrize(
     ("text", "expected"),
     [
         ("inputs.amount > 1000 && steps.validate.output.ok", True),

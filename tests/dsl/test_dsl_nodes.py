@@ -140,8 +140,65 @@ def test_map_template_and_iterations() -> None:
     assert [n.path for n in it.walk()] == ["0/7", "0/7/0", "0/7/0/comp"]
     assert ir.node_at("0/7/0/comp") == it.strategies[0].compensation  # type: ignore[attr-defined]
     assert node.resolve_items({"inputs": {"items": [1, 2]}}) == [1, 2]
-    with pytest.raises(ValueError, match="must select an array"):
-        node.resolve_items({"inputs": {"items": "nope"}})
+
+
+ORDERS = {"inputs": {"orders": [{"id": "o1", "n": 2}, {"id": "o2", "n": 5}, {"id": "o3"}]}}
+
+
+def map_over(items: str) -> MapNode:
+    node = load(
+        {"op": "seq", "strategies": [act("a"), {"op": "map", "items": items, "strategy": act("x")}]}
+    ).strategy
+    assert isinstance(node, SeqNode)
+    mapped = node.strategies[1]
+    assert isinstance(mapped, MapNode)
+    return mapped
+
+
+@pytest.mark.parametrize(
+    ("items", "expected"),
+    [
+        # non-singular: the list of the values matched, in document order
+        ("$.inputs.orders[*].id", ["o1", "o2", "o3"]),
+        ("$.inputs.orders[*]", ORDERS["inputs"]["orders"]),
+        ("$.inputs.orders[?@.n > 1].id", ["o1", "o2"]),
+        ("$..n", [2, 5]),
+        ("$.inputs.orders[1:].id", ["o2", "o3"]),
+        ("$.inputs.orders[0].id[*]", []),
+        ("$.inputs.nothing[*]", []),
+        # singular: the array it selects
+        ("$.inputs.orders", ORDERS["inputs"]["orders"]),
+        ("$['inputs']['orders']", ORDERS["inputs"]["orders"]),
+    ],
+)
+def test_map_items_singular_array_or_list_of_matches(items: str, expected: list) -> None:
+    node = map_over(items)
+    assert node.resolve_items(ORDERS) == expected
+
+
+def test_map_items_of_a_single_match_is_a_one_element_list() -> None:
+    # a non-singular query that happens to match one array iterates once, over that array
+    node = map_over("$..orders")
+    assert node.resolve_items(ORDERS) == [ORDERS["inputs"]["orders"]]
+
+
+@pytest.mark.parametrize(
+    ("items", "got"),
+    [
+        ("$.inputs.orders[0]", "object"),
+        ("$.inputs.orders[0].id", "string"),
+        ("$.inputs.orders[1].n", "integer"),
+        ("$.inputs.missing", "null"),
+        ("$.inputs.orders[9]", "null"),
+    ],
+)
+def test_map_items_singular_non_array_names_the_map_and_query(items: str, got: str) -> None:
+    node = map_over(items)
+    with pytest.raises(ValueError) as info:
+        node.resolve_items(ORDERS)
+    message = str(info.value)
+    assert "map at '0/1'" in message and repr(items) in message
+    assert message.endswith(f"must select an array, got {got}")
 
 
 def test_decision_branches_and_default() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
@@ -61,7 +62,7 @@ async def test_http_then_sql_in_one_workflow(
     h: Harness, price_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     db = tmp_path / "orders.db"
-    with sqlite3.connect(db) as conn:
+    with contextlib.closing(sqlite3.connect(db)) as conn, conn:
         conn.execute("CREATE TABLE orders (sku TEXT, price REAL)")
     monkeypatch.setenv("PRICE_TOKEN", "s3cr3t-token")
     h.registry.register(
@@ -99,7 +100,7 @@ async def test_http_then_sql_in_one_workflow(
     )
     eid = await h.engine.start_workflow(ir, {"sku": "A 1/x"})
     assert await h.engine.wait_for_completion(eid, timeout=10) == {"rowcount": 1}
-    with sqlite3.connect(db) as conn:
+    with contextlib.closing(sqlite3.connect(db)) as conn, conn:
         assert conn.execute("SELECT sku, price FROM orders").fetchall() == [("A 1/x", 12.5)]
     assert Prices.seen_auth[-1] == "Bearer s3cr3t-token"
     # The secret reached the server, never the history.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from pathlib import Path
 
@@ -37,7 +38,7 @@ async def park_two(path: Path) -> tuple[str, str]:
 
 
 def tamper(path: Path, execution_id: str, version: int) -> None:
-    with sqlite3.connect(path) as conn:
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
         (blob,) = conn.execute(
             "SELECT encoded FROM events WHERE execution_id = ? AND version = ?",
             (execution_id, version),
@@ -125,7 +126,7 @@ async def test_tampered_snapshot_is_passed_over_for_the_events(tmp_path: Path) -
     assert await h.engine.storage.load_snapshot(eid) is not None
     await h.engine.close()
 
-    with sqlite3.connect(db) as conn:
+    with contextlib.closing(sqlite3.connect(db)) as conn, conn:
         version, data = conn.execute(
             "SELECT version, data FROM snapshots WHERE execution_id = ? ORDER BY version DESC",
             (eid,),

@@ -31,7 +31,8 @@ from itonami.activities import (
     redact,
     run_activity,
 )
-from itonami.activities.http import _PINNED, _PinnedBackend
+from itonami.activities._pinned import PinnedBackend
+from itonami.activities.http import _PINNED
 from itonami.errors import ActivityError, ActivityTimeoutError, HostNotAllowedError
 
 
@@ -136,7 +137,7 @@ async def test_a_name_that_turns_into_loopback_after_the_check_is_not_followed()
     # The check saw a public address; whatever DNS says at connect time, the
     # connection may only go there. The backend connects to exactly what it
     # was given, and refuses a host it was given nothing for.
-    backend = _PinnedBackend()
+    backend = PinnedBackend()
     seen: list[str] = []
 
     class Recorder:

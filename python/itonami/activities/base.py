@@ -154,13 +154,17 @@ _CURRENT: contextvars.ContextVar[ActivityContext | None] = contextvars.ContextVa
 )
 
 
-def current_context() -> ActivityContext | None:
+def current_context() -> ActivityContext:
     """The context of the activity attempt running in this task or thread.
 
-    ``None`` outside an activity. Sync functions run in worker threads see it
-    too, because the context is copied into the thread.
+    Sync functions run in worker threads see it too, because the context is
+    copied into the thread. Raises :class:`RuntimeError` when called outside
+    an activity attempt.
     """
-    return _CURRENT.get()
+    ctx = _CURRENT.get()
+    if ctx is None:
+        raise RuntimeError("current_context() was called outside an activity attempt")
+    return ctx
 
 
 def _is_retryable(exc: BaseException) -> bool:

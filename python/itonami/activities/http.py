@@ -18,16 +18,19 @@ import string
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable, Container, Iterable, Mapping
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import httpcore
-import httpx
 import orjson
 
 from itonami.errors import ActivityError, ActivityTimeoutError, HostNotAllowedError
 
 from .base import ActivityConfigError, ActivityContext, NonRetryableError
 from .secrets import Secret, redact, remember_header, resolve
+
+if TYPE_CHECKING:
+    # httpx is imported where a request is made, so `import itonami` does not pay
+    # for it when no HTTP activity runs.
+    import httpx
 
 __all__ = ["DEFAULT_MAX_RESPONSE_BYTES", "DEFAULT_RETRY_STATUS", "HostPolicy", "HttpActivity"]
 
@@ -306,80 +309,6 @@ _PINNED: contextvars.ContextVar[Mapping[str, list[str]] | None] = contextvars.Co
 )
 
 
-class _PinnedBackend(httpcore.AsyncNetworkBackend):
-    """Connects to the addresses the policy checked, never re-resolving the name.
-
-    Only the TCP connect changes: httpcore still takes the TLS server name
-    (SNI, certificate check) and httpx the ``Host`` header from the URL, so
-    both keep naming the host while the socket goes to the checked address.
-    A host with no checked addresses is refused (fail closed).
-    """
-
-    def __init__(self) -> None:
-        self._inner = httpcore.AnyIOBackend()
-
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        pinned = _PINNED.get() or {}
-        addresses = pinned.get(_normalise_host(host))
-        if not addresses:
-            raise httpcore.ConnectError(
-                f"host {host!r} was not checked by the host policy; not connecting"
-            )
-        error: Exception | None = None
-        for address in addresses:
-            try:
-                return await self._inner.connect_tcp(
-                    address,
-                    port,
-                    timeout=timeout,
-                    local_address=local_address,
-                    socket_options=socket_options,
-                )
-            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
-                error = exc
-        assert error is not None
-        raise error
-
-    async def connect_unix_socket(
-        self,
-        path: str,
-        timeout: float | None = None,
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        raise httpcore.ConnectError("unix sockets are not reachable through the host policy")
-
-    async def sleep(self, seconds: float) -> None:
-        await self._inner.sleep(seconds)
-
-
-def _pinned_transport() -> httpx.AsyncHTTPTransport:
-    """httpx's own transport, its connection pool on a :class:`_PinnedBackend`.
-
-    httpx does not let a caller choose the pool's network backend, so the
-    pool it built is replaced by an equivalent one that has it; the check
-    below stops a future httpx that is laid out differently from silently
-    losing the pinning.
-    """
-    transport = httpx.AsyncHTTPTransport(trust_env=False)
-    if not isinstance(getattr(transport, "_pool", None), httpcore.AsyncConnectionPool):
-        raise RuntimeError("this httpx version cannot pin connections to checked addresses")
-    transport._pool = httpcore.AsyncConnectionPool(
-        ssl_context=httpx.create_ssl_context(trust_env=False),
-        max_connections=httpx.Limits().max_connections,
-        max_keepalive_connections=httpx.Limits().max_keepalive_connections,
-        keepalive_expiry=httpx.Limits().keepalive_expiry,
-        network_backend=_PinnedBackend(),
-    )
-    return transport
-
-
 def _check_header(name: str, value: str, source: Secret | str, activity: str) -> None:
     """Refuse a header httpx would reject, without the value in the message.
 
@@ -613,13 +542,17 @@ class HttpActivity:
         return node
 
     def _client_for_loop(self) -> httpx.AsyncClient:
+        import httpx
+
+        from . import _pinned
+
         loop = asyncio.get_running_loop()
         if self._client is None or self._client.is_closed or self._client_loop is not loop:
             # a client's pooled connections belong to the loop that opened them; one
             # left behind by a finished loop (e.g. a sync wrapper's asyncio.run) is
             # dropped, its sockets closed with that loop
             self._client = httpx.AsyncClient(
-                transport=self._transport or _pinned_transport(),
+                transport=self._transport or _pinned.pinned_transport(),
                 follow_redirects=False,
                 trust_env=False,
             )
@@ -628,6 +561,8 @@ class HttpActivity:
 
     async def execute(self, input: dict[str, Any], ctx: ActivityContext) -> Any:
         """Make the request and return ``{"status", "headers", "body"}``."""
+        import httpx
+
         url = self.render_url(input)
         host = urllib.parse.urlsplit(url).hostname or ""
         addresses = await self.host_policy.check(host, activity=self.name)

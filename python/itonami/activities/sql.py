@@ -22,8 +22,10 @@ Each call runs in one transaction: committed when the statement succeeds,
 rolled back when it fails.
 
 ``params`` says which input fields bind: a sequence of field names binds
-them positionally in that order; a mapping ``{placeholder: field}`` binds by
-name; ``None`` binds the whole input by name (or nothing if it is empty).
+them positionally in that order (to SQLite named placeholders in the order
+they first appear in the query, so their count must match); a mapping
+``{placeholder: field}`` binds by name; ``None`` binds the whole input by
+name (or nothing if it is empty).
 A field missing from the input is a non-retryable ``ActivityInputError``.
 Dict and list values are bound as JSON (text in SQLite, ``jsonb`` in
 PostgreSQL).
@@ -46,6 +48,7 @@ import sqlite3
 import threading
 import urllib.parse
 import uuid
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -60,6 +63,37 @@ __all__ = ["DatabaseActivity"]
 Fetch = Literal["all", "one", "rowcount", "auto"]
 _NATIVE_PLACEHOLDER = re.compile(r"\$\d")
 _FORMAT_PLACEHOLDER = re.compile(r"%(?:s|\()")
+
+# SQLite's tokens, as far as telling parameters from text: literals, quoted
+# identifiers and comments are skipped whole, so a ':x' inside them is no
+# parameter, and words are taken whole, since SQLite identifiers may hold '$'.
+_SQLITE_TOKEN = re.compile(
+    r"""
+      '(?:[^']|'')*'? | "(?:[^"]|"")*"? | `(?:[^`]|``)*`? | \[[^\]]*\]?
+    | --[^\n]* | /\*.*?(?:\*/|\Z)
+    | (?P<named>[:@$][\w$]+)
+    | (?P<positional>\?)
+    | [\w$]+ | .
+    """,
+    re.VERBOSE | re.DOTALL,
+)
+
+
+def _sqlite_named_parameters(query: str) -> list[str] | None:
+    """The distinct named parameters of ``query`` in SQLite's numbering order.
+
+    SQLite numbers parameters by first appearance, so this is the order in
+    which a sequence binds them. ``None`` when the query has a ``?``
+    parameter or no named one: then a sequence binds as it is.
+    """
+    names: list[str] = []
+    for match in _SQLITE_TOKEN.finditer(query):
+        if match.group("positional"):
+            return None
+        name = match.group("named")
+        if name and name[1:] not in names:
+            names.append(name[1:])
+    return names or None
 
 
 def _json_ready(value: Any) -> Any:
@@ -147,8 +181,26 @@ class DatabaseActivity:
                 "give params as a list of field names",
                 activity=name,
             )
+        # Python 3.12 deprecates binding a sequence to named placeholders (3.14
+        # refuses it), so a list of fields binds by name, in SQLite's order.
+        self._sqlite_names = _sqlite_named_parameters(query)
+        if self._backend == "sqlite" and (problem := self._sqlite_arity_problem()):
+            raise ActivityConfigError(f"activity {name!r}: {problem}", activity=name)
         self._memory_conn: sqlite3.Connection | None = None
+        self._memory_close: weakref.finalize[Any, Any] | None = None
         self._memory_lock = threading.Lock()
+
+    def _sqlite_arity_problem(self) -> str | None:
+        """Why a list of fields cannot bind the query's named placeholders, if so."""
+        if self._sqlite_names is None or not isinstance(self.params, tuple):
+            return None
+        if len(self.params) == len(self._sqlite_names):
+            return None
+        placeholders = ", ".join(f":{n}" for n in self._sqlite_names)
+        return (
+            f"params lists {len(self.params)} fields for the query's "
+            f"{len(self._sqlite_names)} named placeholders ({placeholders})"
+        )
 
     def _parse_dsn(self, dsn: str | Secret) -> tuple[str, str | None]:
         if isinstance(dsn, Secret):
@@ -194,7 +246,10 @@ class DatabaseActivity:
             return {k: self._adapt(v, postgres) for k, v in input.items()} if input else None
         if isinstance(self.params, dict):
             return {placeholder: value(field) for placeholder, field in self.params.items()}
-        return [value(field) for field in self.params]
+        values = [value(field) for field in self.params]
+        if not postgres and self._sqlite_names is not None:
+            return dict(zip(self._sqlite_names, values, strict=True))
+        return values
 
     @staticmethod
     def _adapt(value: Any, postgres: bool) -> Any:
@@ -235,6 +290,12 @@ class DatabaseActivity:
             backend, path = self._parse_dsn(dsn)
         if backend == "sqlite":
             assert path is not None
+            if dsn is not None and (problem := self._sqlite_arity_problem()):
+                raise NonRetryableError(
+                    f"activity {self.name!r}: {problem}",
+                    activity=self.name,
+                    error_type="ActivityConfigError",
+                )
             return await self._execute_sqlite(input, path)
         return await self._execute_postgres(input, dsn if dsn is not None else resolve(self.dsn))
 
@@ -257,7 +318,11 @@ class DatabaseActivity:
             if path == ":memory:":
                 with self._memory_lock:
                     if self._memory_conn is None:
-                        self._memory_conn = sqlite3.connect(":memory:", check_same_thread=False)
+                        conn = sqlite3.connect(":memory:", check_same_thread=False)
+                        # closed with the activity when aclose() is never called:
+                        # Python 3.13 warns about connections left to the collector
+                        self._memory_close = weakref.finalize(self, conn.close)
+                        self._memory_conn = conn
                     holder.append(self._memory_conn)
                     return self._run_sqlite(self._memory_conn, bound)
             conn = sqlite3.connect(path, timeout=30)
@@ -307,9 +372,10 @@ class DatabaseActivity:
 
         def close() -> None:
             with self._memory_lock:  # waits for a running statement: not on the loop
-                if self._memory_conn is not None:
-                    self._memory_conn.close()
-                    self._memory_conn = None
+                if self._memory_close is not None:
+                    self._memory_close()  # closes the connection
+                    self._memory_close = None
+                self._memory_conn = None
 
         await asyncio.get_running_loop().run_in_executor(shared_executor(), close)
 

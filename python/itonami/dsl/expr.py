@@ -10,8 +10,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import cel
-
 from itonami.errors import ItonamiError
 
 __all__ = ["Condition", "ExpressionError"]
@@ -43,6 +41,10 @@ class Condition:
         if not text.strip():
             raise ValueError("a condition must not be empty")
         self.text = text
+        # Imported on first use: the cel package loads an interactive shell's
+        # libraries, which would make `import itonami` several times slower.
+        import cel
+
         try:
             self._program = cel.compile(text)
         except (ValueError, RuntimeError) as exc:

@@ -490,11 +490,23 @@ class MapNode(Node):
         return self.strategy.at(self.path_for(k))
 
     def resolve_items(self, context: Mapping[str, Any]) -> list[Any]:
-        """The list to iterate over; :class:`ValueError` when it is not an array."""
-        value = self.items.resolve(context)
+        """The list to iterate over in ``context``, one iteration per element.
+
+        A non-singular query (``$.inputs.orders[*].id``, ``$..sku``, a filter)
+        gives the list of every value it matches, in document order, which may
+        be empty. A singular query (``$.inputs.orders``) must select an array
+        and gives that array. Anything else (a singular query selecting a
+        non-array, or nothing) raises :class:`ValueError` naming the map's
+        step path and the query. The runtime takes a map's iterations from
+        here, so every runtime applies the same rule.
+        """
+        if not self.items.singular:
+            return self.items.find_all(context)
+        value = self.items.find_one(context)
         if not isinstance(value, list):
             raise ValueError(
-                f"map items {self.items.text!r} must select an array, got {_json_type(value)}"
+                f"map at {self.path!r}: items {self.items.text!r} must select an array, "
+                f"got {_json_type(value)}"
             )
         return value
 

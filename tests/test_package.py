@@ -1,0 +1,82 @@
+"""The installed distribution: what `import itonami` loads, and the package metadata."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from importlib import metadata
+
+import pytest
+
+# Loaded where they are used (HTTP calls, conditions, JSONPath queries,
+# PostgreSQL), never by `import itonami` itself.
+LAZY = ("httpx", "cel", "psycopg", "jsonpath_rfc9535", "prompt_toolkit")
+
+
+def loaded_after(code: str) -> set[str]:
+    """The LAZY top-level packages in ``sys.modules`` after running ``code`` afresh."""
+    probe = f"""
+import json, sys
+{code}
+print(json.dumps(sorted({{m.split(".")[0] for m in sys.modules}} & set({list(LAZY)!r}))))
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    return set(json.loads(out.stdout))
+
+
+def test_import_itonami_loads_no_optional_or_heavy_dependency() -> None:
+    assert loaded_after("import itonami") == set()
+
+
+def test_engine_storage_and_http_activity_setup_stay_light() -> None:
+    code = """
+import itonami
+from itonami import HttpActivity, WorkflowEngine, open_storage
+HttpActivity("h", "https://api.example.com/x")
+open_storage("memory")
+WorkflowEngine.builder()
+"""
+    assert loaded_after(code) == set()
+
+
+@pytest.mark.parametrize(
+    ("code", "needed"),
+    [
+        ("from itonami.dsl import Condition; Condition('1 < 2')", {"cel", "prompt_toolkit"}),
+        ("from itonami.dsl import JsonPath; JsonPath('$.a')", {"jsonpath_rfc9535"}),
+        ("import itonami.storage.postgres", {"psycopg"}),
+    ],
+)
+def test_each_dependency_loads_when_first_used(code: str, needed: set[str]) -> None:
+    assert needed <= loaded_after(code)
+
+
+def test_license_files_and_expression() -> None:
+    meta = metadata.metadata("itonami")
+    assert meta["License-Expression"] == "MIT OR Apache-2.0"
+    assert sorted(meta.get_all("License-File") or []) == ["LICENSE-APACHE", "LICENSE-MIT"]
+    files = {f.name: f for f in metadata.files("itonami") or [] if f.name.startswith("LICENSE")}
+    assert "Permission is hereby granted" in files["LICENSE-MIT"].read_text()
+    assert "Apache License" in files["LICENSE-APACHE"].read_text()
+
+
+def test_classifiers_name_every_supported_python() -> None:
+    meta = metadata.metadata("itonami")
+    classifiers = set(meta.get_all("Classifier") or [])
+    minors = {
+        c.rsplit(" ", 1)[1]
+        for c in classifiers
+        if c.startswith("Programming Language :: Python :: 3.")
+    }
+    assert minors == {"3.11", "3.12", "3.13"}
+    assert meta["Requires-Python"] == ">=3.11"
+
+
+def test_every_dependency_has_an_upper_bound() -> None:
+    requirements = metadata.requires("itonami") or []
+    assert requirements
+    unbounded = [r for r in requirements if "<" not in r.split(";")[0]]
+    assert unbounded == []
