@@ -1,0 +1,107 @@
+"""One process of the shared-store tests: an engine on a store that other
+processes use too.
+
+    worker.py URL start N        start N workflows, wait for them all
+    worker.py URL serve SECONDS  resume/claim what it can, for a while
+    worker.py URL hang           start one workflow whose activity hangs
+
+Activities append a line per call to $ITONAMI_LEDGER, so a test can count
+how often each step ran across processes. ``--without pay`` leaves the pay
+activity unregistered.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from typing import Any
+
+from itonami import ActivityRegistry, WorkflowEngine, WorkflowIR, current_context
+
+
+def workflow() -> WorkflowIR:
+    return WorkflowIR.from_dict(
+        {
+            "workflow": {
+                "id": "shared",
+                "name": "shared",
+                "version": "1",
+                "strategy": {
+                    "op": "seq",
+                    "strategies": [
+                        {"op": "activity", "activity_ref": "step", "id": "a"},
+                        {"op": "activity", "activity_ref": "pay", "id": "pay"},
+                        {"op": "activity", "activity_ref": "step", "id": "c"},
+                    ],
+                },
+            }
+        }
+    )
+
+
+def registry(without: set[str], hang: bool) -> ActivityRegistry:
+    reg = ActivityRegistry()
+    ledger = os.environ["ITONAMI_LEDGER"]
+
+    def note() -> None:
+        ctx = current_context()
+        with open(ledger, "a") as f:
+            f.write(
+                json.dumps({"pid": os.getpid(), "eid": ctx.execution_id, "step": ctx.step_path})
+                + "\n"
+            )
+
+    @reg.activity()
+    async def step() -> dict[str, Any]:
+        note()
+        return {"ok": True}
+
+    if "pay" not in without:
+
+        @reg.activity()
+        async def pay() -> dict[str, Any]:
+            note()
+            if hang:
+                print("HANGING", flush=True)
+                await asyncio.sleep(3600)
+            return {"paid": True}
+
+    return reg
+
+
+async def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("url")
+    p.add_argument("mode", choices=["start", "serve", "hang"])
+    p.add_argument("n", type=float, nargs="?", default=1)
+    p.add_argument("--without", action="append", default=[])
+    p.add_argument("--lease", type=float, default=2.0)
+    args = p.parse_args()
+    engine = (
+        WorkflowEngine.builder()
+        .with_storage(args.url)
+        .with_activities(registry(set(args.without), args.mode == "hang"))
+        .with_workflows([] if args.without else [workflow()])
+        .with_lease(args.lease)
+        .build()
+    )
+    async with engine:
+        if args.mode == "start":
+            ids = [await engine.start_workflow("shared", {}) for _ in range(int(args.n))]
+            for eid in ids:
+                await engine.wait_for_completion(eid, timeout=120)
+            print(json.dumps({"completed": len(ids)}))
+        elif args.mode == "hang":
+            await engine.start_workflow("shared", {})
+            await asyncio.sleep(3600)
+        else:
+            await asyncio.sleep(args.n)
+            print(json.dumps({"phases": engine.lifecycle_counts()}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
