@@ -383,3 +383,25 @@ async def test_an_instant_unlimited_retry_loop_does_not_starve_the_event_loop(h:
     with pytest.raises(WaitTimeoutError):
         await h.engine.wait_for_completion(eid, timeout=0.3)
     assert await h.engine.cancel(eid) is True
+
+
+# ----------------------------------------------------------- 7. map over a wildcard
+
+
+async def test_map_items_from_a_wildcard_query(h: Harness) -> None:
+    @h.registry.activity()
+    async def ship(order: str) -> str:
+        return f"shipped {order}"
+
+    ir = wf(
+        {
+            "op": "map",
+            "items": "$.inputs.orders[*].id",
+            "strategy": act("ship", input_mapping={"order": "$.item"}),
+        },
+        inputs=[{"name": "orders", "type": "array", "required": True}],
+    )
+    eid = await h.engine.start_workflow(ir, {"orders": [{"id": "A"}, {"id": "B"}]})
+    assert await h.engine.wait_for_completion(eid, timeout=10) == {
+        "result": ["shipped A", "shipped B"]
+    }
