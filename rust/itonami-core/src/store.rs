@@ -1135,7 +1135,7 @@ impl VersionStore {
             }
             prev = tx;
         }
-        self.advance_tx(last_assigned);
+        self.advance_tx(last_assigned)?;
         let end = start + txs.len();
         // Provisional versions after the range: renumber those that would
         // break the order, drawing fresh txs above everything assigned.
