@@ -204,6 +204,18 @@ async def test_run_until_blocked_names_what_never_settles() -> None:
         await env.cancel(eid)
 
 
+async def test_time_skipping_does_not_skip_past_work_that_never_ends() -> None:
+    async with WorkflowEnvironment.start_local(
+        activities=hang_registry(), settle_timeout=0.5
+    ) as env:
+        t0 = env.clock.now()
+        eid = await env.start(wf(act("hang")))  # no timeout: nothing on the clock ends it
+        with pytest.raises(NotSettledError, match=eid):
+            await env.wait_for_end(eid)
+        assert env.clock.now() == t0
+        await env.cancel(eid)
+
+
 async def test_assert_history_shows_the_actual_history_when_it_differs() -> None:
     async with WorkflowEnvironment.start_local(activities=prepare_registry([])) as env:
         eid = await env.start(wf(act("prepare")))

@@ -323,6 +323,10 @@ class WorkflowEnvironment:
             if engine.phase(execution_id) is None:
                 break
             when = self.next_wakeup()
+            if when is None and engine.blocked().get(execution_id) is None:
+                # Still working, and nothing on the clock would end it.
+                await self.run_until_blocked(timeout=max(deadline - loop.time(), 0.0))
+                continue
             if when is None:
                 waiting = {
                     e: b.describe() if b.signals or b.events else "a child workflow"
