@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from itonami import ActivityRegistry, TestClock, WorkflowEngine, WorkflowFailedError, WorkflowIR
+from itonami.engine.lifecycle import Blocked
 from itonami.testing import BlockedForeverError, NotSettledError, WorkflowEnvironment
 
 STORAGES = ["memory", "sqlite"]
@@ -248,3 +249,29 @@ async def test_more_activities_can_be_registered_after_start() -> None:
 
         eid = await env.start(wf(act("late")))
         assert await env.wait_for_completion(eid) == {"result": 7}
+
+
+async def test_engine_blocked_says_what_each_execution_waits_for() -> None:
+    async with WorkflowEnvironment.start_local(activities=hang_registry()) as env:
+        on_signal = await env.start(wf(sig("approve", timeout="PT60S"), id="s"))
+        on_timer = await env.start(
+            wf({"op": "wait", "condition": {"type": "timer", "duration": "PT1H"}}, id="t")
+        )
+        # Two branches: the run cannot park, so it is read while live.
+        in_parallel = await env.start(
+            wf({"op": "parallel", "branches": [sig("a"), sig("b")]}, id="p")
+        )
+        working = await env.start(wf(act("hang"), id="w"))
+        with pytest.raises(NotSettledError):
+            await env.run_until_blocked(timeout=0.2)
+        t0 = env.clock.now()
+        blocked = env.engine.blocked()
+        assert blocked[working] is None
+        assert env.engine.phase(on_signal) == "parked"
+        assert blocked[on_signal] == Blocked(signals=frozenset({"approve"}), wake_at=t0 + 60)
+        assert blocked[on_timer] == Blocked(wake_at=t0 + 3600)
+        assert env.engine.phase(in_parallel) == "live"
+        assert blocked[in_parallel] == Blocked(signals=frozenset({"a", "b"}))
+        await env.cancel(working)
+        await env.run_until_blocked()
+        assert working not in env.engine.blocked()
