@@ -266,7 +266,12 @@ class WorkflowEnvironment:
                 still, last, quiet_since = 0, marker, now
             if settled and still >= _STILL_ROUNDS:
                 return
-            if not strict and still >= _STILL_ROUNDS and now - quiet_since >= self.quiet_period:
+            if (
+                not strict
+                and still >= _STILL_ROUNDS
+                and now - quiet_since >= self.quiet_period
+                and self._only_attempts_in_flight(report)
+            ):
                 return
             if now > deadline:
                 busy = {e: self.engine.phase(e) for e, b in report.items() if b is None}
@@ -278,6 +283,22 @@ class WorkflowEnvironment:
                 )
             rounds += 1
             await asyncio.sleep(0 if rounds < _SPIN_ROUNDS else _POLL)
+
+    def _only_attempts_in_flight(self, report: Mapping[str, Blocked | None]) -> bool:
+        """Whether every execution still working is a live run with an
+        activity attempt under way (which may wait on the outside world, or
+        for its own timeout), rather than a commit, a revival or a backoff
+        the engine will finish by itself."""
+        engine = self.engine
+        for eid, b in report.items():
+            if b is not None or engine.phase(eid) == "broken":
+                continue
+            if engine.phase(eid) != "live" or not engine.core.contains(eid):
+                return False
+            steps = (engine.core.state(eid).to_dict().get("steps") or {}).values()
+            if not any(s.get("activity") and s.get("status") == "running" for s in steps):
+                return False
+        return True
 
     def _marker(self, report: Mapping[str, Blocked | None]) -> Any:
         """What changes whenever anything happens in the engine: appended
