@@ -11,7 +11,7 @@ import asyncio
 import heapq
 import itertools
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Protocol, TypeVar
 
 __all__ = ["Clock", "DeadlineExceeded", "SystemClock", "TestClock", "race_deadline", "to_micros"]
@@ -60,20 +60,34 @@ class TestClock:
     """A clock that moves only when :meth:`advance` or :meth:`set` is called.
 
     Sleepers whose time has come are woken in order of their wake time, and
-    :meth:`advance` yields to the event loop until the woken coroutines have
-    had a chance to run, so tests read naturally::
+    after each wake-up :meth:`advance` lets the woken work run before it goes
+    on, so tests read naturally::
 
         clock = TestClock()
         ...
         await clock.advance(3600)   # an hour passes
+
+    How long "lets the woken work run" lasts is the clock's *settle* hook.
+    The default yields to the event loop a fixed number of times, which is
+    enough for work that only chains tasks and futures; work that waits on a
+    thread (a SQLite commit, a sync activity) needs a hook that knows what to
+    wait for. ``itonami.testing.WorkflowEnvironment`` installs one that waits
+    until every execution of its engine has reached what blocks it, so
+    ``advance`` right after ``start_workflow`` fires the run's timeout.
     """
 
     __test__ = False  # not a pytest test class
 
-    def __init__(self, start: float = 1_700_000_000.0) -> None:
+    def __init__(
+        self,
+        start: float = 1_700_000_000.0,
+        *,
+        settle: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self._now = start
         self._seq = itertools.count()
         self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._settle = settle
 
     def now(self) -> float:
         return self._now
@@ -95,37 +109,63 @@ class TestClock:
         live = [w for w, _, f in self._sleepers if not f.done()]
         return min(live) if live else None
 
+    def settle_with(
+        self, settle: Callable[[], Awaitable[None]] | None
+    ) -> Callable[[], Awaitable[None]] | None:
+        """Install the hook :meth:`advance` awaits before moving time and after
+        each wake-up (``None``: the default bounded yields); returns the
+        previous one."""
+        old, self._settle = self._settle, settle
+        return old
+
+    async def settle(self) -> None:
+        """Let pending work run (through the settle hook)."""
+        if self._settle is not None:
+            await self._settle()
+        else:
+            await yield_to_loop()
+
     async def advance(self, seconds: float) -> None:
         """Move time forward by ``seconds`` and let the woken coroutines run."""
-        await self.set(self._now + seconds)
+        if seconds < 0:
+            raise ValueError(f"a test clock cannot go backwards (advance({seconds}))")
+        # Settle first: a run started just now must reach its wait (and put
+        # its sleeper on this clock) before time passes, or it would see the
+        # new time as its start and the wait would not time out.
+        await self.settle()
+        await self._move_to(self._now + seconds)
 
     async def set(self, when: float) -> None:
         """Move time forward to ``when``, waking sleepers one deadline at a time."""
         if when < self._now:
             raise ValueError(f"a test clock cannot go backwards ({when} < {self._now})")
-        while self._sleepers and self._sleepers[0][0] <= when:
+        await self.settle()
+        await self._move_to(when)
+
+    async def _move_to(self, when: float) -> None:
+        while True:
+            # Sleepers added by woken work count too: re-read the heap each time.
+            while self._sleepers and self._sleepers[0][2].done():
+                heapq.heappop(self._sleepers)
+            if not self._sleepers or self._sleepers[0][0] > when:
+                break
             wake, _, fut = heapq.heappop(self._sleepers)
             self._now = max(self._now, wake)
-            if not fut.done():
-                fut.set_result(None)
-                await settle()
+            fut.set_result(None)
+            await self.settle()
         self._now = when
-        await settle()
+        await self.settle()
 
 
-async def settle(rounds: int = 50) -> None:
-    """Yield to the event loop until ready callbacks stop appearing (bounded).
+async def yield_to_loop(rounds: int = 50) -> None:
+    """Yield to the event loop ``rounds`` times.
 
-    Used by the test clock so that work triggered by a wake-up (which may
-    chain through several tasks and futures) has run before ``advance``
-    returns. Work waiting on threads or I/O is not waited for.
+    The default settle of :class:`TestClock`: enough for work woken by a
+    wake-up that chains through tasks and futures on this loop; it does not
+    wait for threads or I/O (and reads nothing private of the loop).
     """
-    loop = asyncio.get_running_loop()
     for _ in range(rounds):
         await asyncio.sleep(0)
-        ready = getattr(loop, "_ready", None)
-        if ready is not None and not ready:
-            return
 
 
 async def race_deadline(clock: Clock, aw: Awaitable[T], when: float | None) -> T:

@@ -523,6 +523,29 @@ class WorkflowEngine:
         out.update({f"transitions.{k}": v for k, v in self._table.transitions.items()})
         return out
 
+    def blocked(self) -> dict[str, Blocked | None]:
+        """Every unfinished execution held here, and what it waits for.
+
+        A :class:`~itonami.engine.lifecycle.Blocked` names the signals,
+        event types and earliest wake time an execution waits on with nothing
+        of it in flight (an empty one: it waits only on a child). ``None``
+        means it may still be working: resuming, backing off, broken, a
+        commit or an activity in flight, a due time not acted on yet, or
+        between two steps. The test kit (``itonami.testing``) reads this to
+        know when every run has reached what blocks it.
+        """
+        now = self.clock.now()
+        out: dict[str, Blocked | None] = {}
+        for entry in self._table.entries():
+            if entry.phase is Phase.PARKED and entry.blocked is not None:
+                due = entry.wake_at is not None and entry.wake_at <= now
+                out[entry.execution_id] = None if due else entry.blocked
+            elif entry.phase is Phase.LIVE and entry.run is not None:
+                out[entry.execution_id] = _live_blocked(entry.run, now)
+            else:
+                out[entry.execution_id] = None
+        return out
+
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coro)
         self._background.add(task)
@@ -1361,6 +1384,39 @@ def _engine_error(exc: BaseException) -> dict[str, Any]:
         "message": redact(str(exc))[:2000],
         "traceback": redact("".join(frames))[-4000:],
     }
+
+
+def _live_blocked(run: Run, now: float) -> Blocked | None:
+    """What a live run waits for, read from its state; None while any part
+    of it may be working (see :meth:`WorkflowEngine.blocked`)."""
+    task = run.task
+    if task is None or task.done() or run.journal.version != run.journal.durable_version:
+        return None
+    state = run.state()
+    if state.get("status") != "running":
+        return None
+    steps: dict[str, Any] = state.get("steps") or {}
+    waits: dict[str, Any] = state.get("waits") or {}
+    times = [t / 1e6 for t in (state.get("timers") or {}).values()]
+    times += [w["timeout_at"] / 1e6 for w in waits.values() if w.get("timeout_at") is not None]
+    waits_on_child = False
+    for step in steps.values():
+        status = step.get("status")
+        if step.get("child_execution_id") and status == "running":
+            waits_on_child = True
+        elif step.get("activity") and status in ("scheduled", "running"):
+            return None  # an attempt is in flight
+        elif status == "retrying" and step.get("retry_at") is not None:
+            times.append(step["retry_at"] / 1e6)
+    if not (waits or times or waits_on_child) or any(t <= now for t in times):
+        return None
+    return Blocked(
+        signals=frozenset(w.get("name") or "" for w in waits.values() if w.get("kind") == "signal"),
+        events=frozenset(
+            w.get("event_type") or "" for w in waits.values() if w.get("kind") == "event"
+        ),
+        wake_at=min(times) if times else None,
+    )
 
 
 def _running_children(state: Mapping[str, Any]) -> list[str]:

@@ -1,0 +1,31 @@
+"""The test kit: run workflows on a test clock, assert on their history, replay stored histories.
+
+::
+
+    from itonami.testing import WorkflowEnvironment, replay
+
+    async def test_times_out() -> None:
+        async with WorkflowEnvironment.start_local(activities=registry) as env:
+            eid = await env.start(definition, {"orderId": "A-1"})
+            await env.advance(61)                   # no sleeps: the wait times out
+            assert (await env.wait_for_end(eid)).status == "failed"
+
+With pytest, the plugin (``itonami.testing.pytest_plugin``, registered as
+an entry point) gives the ``itonami_env`` fixture. ``docs/testing.md``
+describes it all.
+"""
+
+from ._env import BlockedForeverError, HistoryItem, NotSettledError, WorkflowEnvironment
+from ._replay import HistoryFile, ReplayError, export_history, read_history_file, replay
+
+__all__ = [
+    "BlockedForeverError",
+    "HistoryFile",
+    "HistoryItem",
+    "NotSettledError",
+    "ReplayError",
+    "WorkflowEnvironment",
+    "export_history",
+    "read_history_file",
+    "replay",
+]
