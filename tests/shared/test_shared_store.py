@@ -14,16 +14,70 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import uuid
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 WORKER = Path(__file__).with_name("worker.py")
 
 
-def spawn(url: str, *args: str, ledger: Path) -> subprocess.Popen[str]:
+PG_URL = os.environ.get("ITONAMI_TEST_POSTGRES_URL", "")
+
+
+class Store:
+    """One shared store and how a test reads it behind the engine's back."""
+
+    def __init__(self, kind: str, tmp: Path) -> None:
+        self.kind = kind
+        if kind == "sqlite":
+            self.db = tmp / "shared.db"
+            self.url, self.schema = f"sqlite:///{self.db}", None
+        else:
+            if not PG_URL:
+                pytest.skip("PostgreSQL tests need ITONAMI_TEST_POSTGRES_URL")
+            self.url, self.schema = PG_URL, f"itonami_sh_{uuid.uuid4().hex[:12]}"
+
+    def args(self) -> list[str]:
+        return ["--schema", self.schema] if self.schema else []
+
+    def rows(self, sql: str) -> list[tuple[Any, ...]]:
+        if self.schema is None:
+            with sqlite3.connect(self.db) as conn:
+                return list(conn.execute(sql))
+        import psycopg
+
+        with psycopg.connect(PG_URL) as conn:
+            conn.execute(f'SET search_path TO "{self.schema}"')
+            return list(conn.execute(sql))
+
+    def statuses(self) -> Counter[str]:
+        return Counter(s for (s,) in self.rows("SELECT status FROM executions"))
+
+    def drop(self) -> None:
+        if self.schema is not None:
+            import psycopg
+
+            with psycopg.connect(PG_URL, autocommit=True) as conn:
+                conn.execute(f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE')
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    s = Store(request.param, tmp_path)
+    try:
+        yield s
+    finally:
+        s.drop()
+
+
+def spawn(store: Store, *args: str, ledger: Path) -> subprocess.Popen[str]:
     env = {**os.environ, "ITONAMI_LEDGER": str(ledger)}
     return subprocess.Popen(
-        [sys.executable, str(WORKER), url, *args],
+        [sys.executable, str(WORKER), store.url, *args, *store.args()],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -31,9 +85,13 @@ def spawn(url: str, *args: str, ledger: Path) -> subprocess.Popen[str]:
     )
 
 
-def finish(proc: subprocess.Popen[str], timeout: float = 120) -> str:
-    out, err = proc.communicate(timeout=timeout)
-    assert proc.returncode == 0, err
+def finish(
+    proc: subprocess.Popen[str], timeout: float = 120, *, err: list[str] | None = None
+) -> str:
+    out, stderr = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, stderr
+    if err is not None:
+        err.append(stderr)
     return out
 
 
@@ -44,52 +102,68 @@ def ran(ledger: Path) -> Counter[tuple[str, str]]:
     return Counter((r["eid"], r["step"]) for r in lines)
 
 
-def statuses(db: Path) -> Counter[str]:
-    with sqlite3.connect(db) as conn:
-        return Counter(s for (s,) in conn.execute("SELECT status FROM executions"))
-
-
-def test_two_processes_each_run_thirty_workflows_on_one_sqlite_file(tmp_path: Path) -> None:
-    db = tmp_path / "shared.db"
+def test_two_processes_each_run_thirty_workflows_on_one_store(store: Store, tmp_path: Path) -> None:
     ledger = tmp_path / "ledger.jsonl"
-    url = f"sqlite:///{db}"
-    procs = [spawn(url, "start", "30", ledger=ledger) for _ in range(2)]
+    procs = [spawn(store, "start", "30", ledger=ledger) for _ in range(2)]
     outs = [finish(p) for p in procs]
     assert all(json.loads(o.splitlines()[-1]) == {"completed": 30} for o in outs)
-    assert statuses(db) == {"completed": 60}
+    assert store.statuses() == {"completed": 60}
     counts = ran(ledger)
     assert len(counts) == 60 * 3 and set(counts.values()) == {1}  # no step ran twice
-    with sqlite3.connect(db) as conn:
-        txs = [t for (t,) in conn.execute("SELECT tx FROM events")]
+    txs = [t for (t,) in store.rows("SELECT tx FROM events")]
     assert len(txs) == len(set(txs))
 
 
 def test_a_process_without_an_activity_leaves_its_executions_to_one_that_has_it(
-    tmp_path: Path,
+    store: Store, tmp_path: Path
 ) -> None:
-    db = tmp_path / "caps.db"
     ledger = tmp_path / "ledger.jsonl"
-    url = f"sqlite:///{db}"
     # Started by a process that is killed while `pay` runs.
-    starter = spawn(url, "hang", "--lease", "1", ledger=ledger)
+    starter = spawn(store, "hang", "--lease", "1", ledger=ledger)
     assert starter.stdout is not None
     assert starter.stdout.readline().strip() == "HANGING"
     starter.send_signal(signal.SIGKILL)
     starter.communicate()
     # A process lacking `pay` outlives the lease and claims nothing.
-    lacking = spawn(url, "serve", "3", "--without", "pay", "--lease", "1", ledger=ledger)
+    lacking = spawn(store, "serve", "3", "--without", "pay", "--lease", "1", ledger=ledger)
     phases = json.loads(finish(lacking).splitlines()[-1])["phases"]
     assert phases["live"] == phases["parked"] == 0
-    assert statuses(db) == {"running": 1}
-    with sqlite3.connect(db) as conn:
-        kinds = [k for (k,) in conn.execute("SELECT kind FROM events ORDER BY version")]
+    assert store.statuses() == {"running": 1}
+    kinds = [k for (k,) in store.rows("SELECT kind FROM events ORDER BY version")]
     assert "engine_error" not in kinds and "workflow_failed" not in kinds
     # Two processes that have it: the interrupted payment runs once more, not twice.
-    procs = [spawn(url, "serve", "4", "--lease", "1", ledger=ledger) for _ in range(2)]
+    procs = [spawn(store, "serve", "4", "--lease", "1", ledger=ledger) for _ in range(2)]
     for p in procs:
         finish(p)
-    assert statuses(db) == {"completed": 1}
+    assert store.statuses() == {"completed": 1}
     counts = ran(ledger)
     pay = [n for (eid, step), n in counts.items() if step == "0/1"]
     assert pay == [2]  # the killed attempt and exactly one re-run
     assert sorted(n for (_, step), n in counts.items() if step != "0/1") == [1, 1]
+
+
+def test_a_stopped_owner_past_its_lease_writes_nothing_when_it_wakes(
+    store: Store, tmp_path: Path
+) -> None:
+    ledger = tmp_path / "ledger.jsonl"
+    owner = spawn(store, "slow", "4", "--lease", "1", ledger=ledger)
+    assert owner.stdout is not None and owner.stdout.readline().strip() == "PAYING"
+    owner.send_signal(signal.SIGSTOP)
+    try:
+        # Another process takes over once the lease expired and finishes it.
+        finish(spawn(store, "serve", "4", "--lease", "1", ledger=ledger))
+        assert store.statuses() == {"completed": 1}
+        before = store.rows("SELECT version, kind FROM events ORDER BY version")
+    finally:
+        owner.send_signal(signal.SIGCONT)
+    err: list[str] = []
+    out = json.loads(finish(owner, err=err).splitlines()[-1])
+    # Its payment finished after the takeover: the fence refused the write and
+    # the run was dropped instead of recording anything; waiting for it reads
+    # the outcome the other process recorded.
+    assert "lease lost" in err[0]
+    assert out["outcome"] == "completed"
+    after = store.rows("SELECT version, kind FROM events ORDER BY version")
+    assert after == before
+    assert [k for _, k in after].count("workflow_completed") == 1
+    assert sum(1 for _, k in after if k == "activity_completed") == 3

@@ -4,6 +4,7 @@ processes use too.
     worker.py URL start N        start N workflows, wait for them all
     worker.py URL serve SECONDS  resume/claim what it can, for a while
     worker.py URL hang           start one workflow whose activity hangs
+    worker.py URL slow SECONDS   start one whose payment takes SECONDS, then wait
 
 Activities append a line per call to $ITONAMI_LEDGER, so a test can count
 how often each step ran across processes. ``--without pay`` leaves the pay
@@ -42,7 +43,7 @@ def workflow() -> WorkflowIR:
     )
 
 
-def registry(without: set[str], hang: bool) -> ActivityRegistry:
+def registry(without: set[str], hang: bool, pay_seconds: float) -> ActivityRegistry:
     reg = ActivityRegistry()
     ledger = os.environ["ITONAMI_LEDGER"]
 
@@ -67,6 +68,9 @@ def registry(without: set[str], hang: bool) -> ActivityRegistry:
             if hang:
                 print("HANGING", flush=True)
                 await asyncio.sleep(3600)
+            if pay_seconds:
+                print("PAYING", flush=True)
+                await asyncio.sleep(pay_seconds)
             return {"paid": True}
 
     return reg
@@ -75,15 +79,18 @@ def registry(without: set[str], hang: bool) -> ActivityRegistry:
 async def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("url")
-    p.add_argument("mode", choices=["start", "serve", "hang"])
+    p.add_argument("mode", choices=["start", "serve", "hang", "slow"])
     p.add_argument("n", type=float, nargs="?", default=1)
     p.add_argument("--without", action="append", default=[])
     p.add_argument("--lease", type=float, default=2.0)
+    p.add_argument("--schema", default=None)
     args = p.parse_args()
     engine = (
         WorkflowEngine.builder()
-        .with_storage(args.url)
-        .with_activities(registry(set(args.without), args.mode == "hang"))
+        .with_storage(args.url, **({"schema": args.schema} if args.schema else {}))
+        .with_activities(
+            registry(set(args.without), args.mode == "hang", args.n if args.mode == "slow" else 0)
+        )
         .with_workflows([] if args.without else [workflow()])
         .with_lease(args.lease)
         .build()
@@ -97,6 +104,15 @@ async def main() -> int:
         elif args.mode == "hang":
             await engine.start_workflow("shared", {})
             await asyncio.sleep(3600)
+        elif args.mode == "slow":
+            eid = await engine.start_workflow("shared", {})
+            # Its lease is lost while it is stopped: the run is dropped, and
+            # waiting for it here reports that it is not running here.
+            try:
+                await engine.wait_for_completion(eid, timeout=60)
+                print(json.dumps({"outcome": "completed"}))
+            except Exception as e:
+                print(json.dumps({"outcome": type(e).__name__}))
         else:
             await asyncio.sleep(args.n)
             print(json.dumps({"phases": engine.lifecycle_counts()}))
