@@ -33,7 +33,7 @@ from typing import Any
 
 import pytest
 from engine_helpers import wf
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from itonami import (
@@ -362,6 +362,26 @@ async def scenario(store: str, tree: dict[str, Any], timeout: Any, flag: bool, p
     max_examples=EXAMPLES,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@example(
+    # A branch's result appended while its sibling's commit was in flight,
+    # then nothing left to flush it: found by this test.
+    tree={
+        "op": "parallel",
+        "branches": [
+            {
+                "op": "activity",
+                "activity_ref": "work",
+                "input_mapping": {"fail": False},
+                "retry_policy": {"maximum_attempts": 1},
+            },
+            {"op": "wait", "condition": {"type": "timer", "duration": "PT10S"}},
+        ],
+        "completion_condition": {"at_least": 2},
+    },
+    timeout=None,
+    flag=False,
+    plan=[("event", "e1")],
 )
 @given(
     tree=trees(),

@@ -438,3 +438,17 @@ async def test_cluster_stats_names_missing_capabilities(
     await asyncio.sleep(0.05)
     stale = await store.cluster_stats(suspect_after=0.001, dead_after=0.01)
     assert set(stale.waiting_for) == {"ok", "stuck"}
+
+
+async def test_pending_messages_lists_what_an_owner_must_act_on(
+    store: Storage, factory: StoreFactory
+) -> None:
+    await store.commit(started(factory, "mine"))
+    await store.commit(started(factory, "other", owner="n2"))
+    assert await store.pending_messages("n1") == []
+    seq = await store.post_message("mine", "signal", "go", b"1")
+    await store.post_message("other", "signal", "go", b"1")
+    assert await store.pending_messages("n1") == ["mine"]
+    assert await store.pending_messages("n2") == ["other"]
+    await store.ack_messages("mine", seq, Fence("n1", 1))
+    assert await store.pending_messages("n1") == []

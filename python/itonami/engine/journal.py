@@ -221,6 +221,11 @@ class Journal:
         if self._flush_first == 1 and self.owner is not None:
             self.epoch = 1  # the store made the creator its owner at epoch 1
         self.durable_version = self._flush_target
+        if self._pending and not self._deferred:
+            # Appended while this commit was in flight, with no barrier
+            # waiting for them: they go in the next commit, not never.
+            self._deferred = True
+            asyncio.get_running_loop().call_soon(self._flush_soon)
 
     def _snapshot_due(self) -> bool:
         every = self._snapshot_every

@@ -778,6 +778,11 @@ class Storage(ABC):
         """
 
     @abstractmethod
+    async def pending_messages(self, node_id: str) -> list[str]:
+        """Ids of the executions ``node_id`` owns that have unacknowledged
+        inbox messages (what an owner acts on after a wake hint)."""
+
+    @abstractmethod
     async def find_event_waiters(self, event_type: str) -> list[str]:
         """Ids of the executions waiting for an external event of this type."""
 

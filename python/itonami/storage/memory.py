@@ -539,6 +539,18 @@ class MemoryStorage(Storage):
         own.acked = max(own.acked, upto_seq)
         self._drop_messages(execution_id, upto_seq)
 
+    async def pending_messages(self, node_id: str) -> list[str]:
+        """Executions ``node_id`` owns with unacknowledged messages."""
+        self._check_open()
+        return sorted(
+            eid
+            for eid, msgs in self._inbox.items()
+            if msgs
+            and (own := self._own.get(eid)) is not None
+            and own.owner == node_id
+            and any(m.seq > own.acked for m in msgs)
+        )
+
     async def find_event_waiters(self, event_type: str) -> list[str]:
         """Executions that wait for ``event_type``."""
         self._check_open()

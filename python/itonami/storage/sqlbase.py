@@ -1035,6 +1035,21 @@ class SqlStorage(Storage):
 
         await self._write_op(op)
 
+    async def pending_messages(self, node_id: str) -> list[str]:
+        """Executions ``node_id`` owns with unacknowledged messages."""
+
+        def op() -> Op[list[str]]:
+            rows = yield Q(
+                "SELECT DISTINCT i.execution_id FROM inbox i"
+                " JOIN executions e ON e.execution_id = i.execution_id"
+                " WHERE e.owner = ? AND i.seq > e.inbox_acked ORDER BY i.execution_id",
+                (node_id,),
+                "all",
+            )
+            return [r[0] for r in rows]
+
+        return await self._read_op(op)
+
     async def find_event_waiters(self, event_type: str) -> list[str]:
         """Executions whose last append opened a wait for ``event_type``."""
 
