@@ -5,6 +5,10 @@ processes use too.
     worker.py URL serve SECONDS  resume/claim what it can, for a while
     worker.py URL hang           start one workflow whose activity hangs
     worker.py URL slow SECONDS   start one whose payment takes SECONDS, then wait
+    worker.py URL signal ID      send signal "go" to ID (no activities loaded)
+    worker.py URL cancel ID      cancel ID (no activities loaded)
+    worker.py URL waiter         start one that waits for signal "go", print its
+                                 id, and serve until it ends
 
 Activities append a line per call to $ITONAMI_LEDGER, so a test can count
 how often each step ran across processes. ``--without pay`` leaves the pay
@@ -30,9 +34,23 @@ def workflow() -> WorkflowIR:
                 "id": "shared",
                 "name": "shared",
                 "version": "1",
+                "inputs": [{"name": "wait", "type": "boolean", "default": False}],
                 "strategy": {
                     "op": "seq",
                     "strategies": [
+                        {
+                            "op": "decision",
+                            "conditions": [
+                                {
+                                    "condition": "inputs.wait",
+                                    "branch": {
+                                        "op": "wait",
+                                        "id": "go",
+                                        "condition": {"type": "signal", "signal_name": "go"},
+                                    },
+                                }
+                            ],
+                        },
                         {"op": "activity", "activity_ref": "step", "id": "a"},
                         {"op": "activity", "activity_ref": "pay", "id": "pay"},
                         {"op": "activity", "activity_ref": "step", "id": "c"},
@@ -79,17 +97,34 @@ def registry(without: set[str], hang: bool, pay_seconds: float) -> ActivityRegis
 async def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("url")
-    p.add_argument("mode", choices=["start", "serve", "hang", "slow"])
-    p.add_argument("n", type=float, nargs="?", default=1)
+    p.add_argument("mode", choices=["start", "serve", "hang", "slow", "waiter", "signal", "cancel"])
+    p.add_argument("n", nargs="?", default="1")
     p.add_argument("--without", action="append", default=[])
     p.add_argument("--lease", type=float, default=2.0)
     p.add_argument("--schema", default=None)
     args = p.parse_args()
+    if args.mode in ("signal", "cancel"):
+        # A process like the CLI: no activities, no workflows, runs nothing.
+        bare = (
+            WorkflowEngine.builder()
+            .with_storage(args.url, **({"schema": args.schema} if args.schema else {}))
+            .with_recovery(False)
+            .build()
+        )
+        async with bare:
+            if args.mode == "signal":
+                await bare.signal(args.n, "go", {"by": "another process"})
+                print(json.dumps({"sent": True}))
+            else:
+                print(json.dumps({"cancelled": await bare.cancel(args.n, "from afar")}))
+        return 0
     engine = (
         WorkflowEngine.builder()
         .with_storage(args.url, **({"schema": args.schema} if args.schema else {}))
         .with_activities(
-            registry(set(args.without), args.mode == "hang", args.n if args.mode == "slow" else 0)
+            registry(
+                set(args.without), args.mode == "hang", float(args.n) if args.mode == "slow" else 0
+            )
         )
         .with_workflows([] if args.without else [workflow()])
         .with_lease(args.lease)
@@ -104,6 +139,14 @@ async def main() -> int:
         elif args.mode == "hang":
             await engine.start_workflow("shared", {})
             await asyncio.sleep(3600)
+        elif args.mode == "waiter":
+            eid = await engine.start_workflow("shared", {"wait": True})
+            print(eid, flush=True)
+            try:
+                await engine.wait_for_completion(eid, timeout=60)
+                print(json.dumps({"outcome": "completed"}))
+            except Exception as e:
+                print(json.dumps({"outcome": getattr(e, "status", type(e).__name__)}))
         elif args.mode == "slow":
             eid = await engine.start_workflow("shared", {})
             # Its lease is lost while it is stopped: the run is dropped, and
@@ -114,7 +157,7 @@ async def main() -> int:
             except Exception as e:
                 print(json.dumps({"outcome": type(e).__name__}))
         else:
-            await asyncio.sleep(args.n)
+            await asyncio.sleep(float(args.n))
             print(json.dumps({"phases": engine.lifecycle_counts()}))
     return 0
 

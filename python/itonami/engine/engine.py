@@ -24,6 +24,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from .. import _core
 from ..activities import Activity, ActivityRegistry, redact
 from ..dsl import WorkflowIR
@@ -45,6 +47,7 @@ from ..retry import RetryPolicy
 from ..storage import (
     READY_NOW,
     ExecutionRecord,
+    Fence,
     Storage,
     default_storage_url,
     open_storage,
@@ -270,6 +273,7 @@ class WorkflowEngine:
         self.node_id = node_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.lease_seconds = lease_seconds
         self._lease_task: asyncio.Task[None] | None = None
+        self._consuming: set[str] = set()
         self._definitions: dict[tuple[str, str], WorkflowIR] = {}
         self._by_hash: dict[str, WorkflowIR] = {}
         self._latest: dict[str, WorkflowIR] = {}
@@ -351,6 +355,7 @@ class WorkflowEngine:
                 await self._register(ir)
             self._started = True
             await self._recover()
+            await self._check_inbox()
             self._lease_task = asyncio.ensure_future(self._keep_leases())
 
     async def close(self) -> None:
@@ -474,6 +479,8 @@ class WorkflowEngine:
                     )
                     for eid in lost:
                         self._lose(eid)
+                if hinted or renewing:
+                    await self._check_inbox()
                 if self._recover_scope is True and (
                     renewing or (hinted and now - last_claim > 0.1)
                 ):
@@ -487,6 +494,43 @@ class WorkflowEngine:
             except StorageError as e:
                 log.warning("lease upkeep failed (%s); trying again", e)
                 await asyncio.sleep(min(interval, 1.0))
+
+    async def _check_inbox(self) -> None:
+        """Act on messages other processes left for executions this one owns."""
+        for eid in await self.storage.pending_messages(self.node_id):
+            entry = self._table.get(eid)
+            if entry is not None and eid not in self._consuming:
+                self._consuming.add(eid)
+                self._spawn(self._consume_inbox(entry))
+
+    async def _consume_inbox(self, entry: Entry) -> None:
+        """Record each message as the owner would have if it had been sent
+        here; a signal's commit deletes its message (exactly once)."""
+        eid = entry.execution_id
+        try:
+            for msg in await self.storage.read_messages(eid):
+                try:
+                    if msg.kind == "signal":
+                        payload = orjson.loads(msg.payload) if msg.payload else None
+                        await self._signal(eid, msg.name, payload, msg.seq)
+                        continue
+                    if msg.kind == "cancel":
+                        await self.cancel(eid, reason=msg.name or "cancelled")
+                        return  # the terminal commit drops the rest of the inbox
+                    if msg.kind == "event":
+                        payload = orjson.loads(msg.payload) if msg.payload else None
+                        await self._offer_event(entry, msg.name, payload)
+                except ExecutionNotRunningError:
+                    return  # it ended: its inbox went with it
+                except (orjson.JSONDecodeError, ItonamiError) as e:
+                    log.warning("execution %s: inbox message %d not delivered: %s", eid, msg.seq, e)
+                epoch = entry.run.journal.epoch if entry.run is not None else entry.epoch
+                with contextlib.suppress(ItonamiError):
+                    await self.storage.ack_messages(eid, msg.seq, Fence(self.node_id, epoch))
+        except StorageError as e:
+            log.warning("execution %s: reading its inbox failed: %s", eid, e)
+        finally:
+            self._consuming.discard(eid)
 
     def _lose(self, execution_id: str) -> None:
         """Another process holds the execution now: stop ours without writing."""
@@ -1066,12 +1110,27 @@ class WorkflowEngine:
             await asyncio.shield(entry.changed)
         state = await self._state(execution_id)
         if state.status not in TERMINAL:
+            lease = await self.storage.get_lease(execution_id)
+            if lease is not None and lease.owner not in (None, self.node_id):
+                return await self._await_elsewhere(execution_id)
             raise ExecutionNotRunningError(
                 f"execution {execution_id!r} is {state.status} but not running here",
                 execution_id=execution_id,
                 status=state.status,
             )
         return state.status, state.outputs, state.error
+
+    async def _await_elsewhere(self, execution_id: str) -> tuple[str, Any, Any]:
+        """Wait for an execution another process runs to end, reading the
+        store on its wake hints (and at least every quarter second)."""
+        while True:
+            if execution_id in self._table:
+                return await self._await_terminal(execution_id)  # it came here
+            self._forget(execution_id)  # our copy is stale: the owner writes
+            state = await self._state(execution_id)
+            if state.status in TERMINAL:
+                return state.status, state.outputs, state.error
+            await self.storage.wait_for_work(0.25)
 
     async def _load(self, execution_id: str, *, in_thread: bool = True) -> None:
         """Bring an execution from storage into the core (verifying its chain)."""
@@ -1129,12 +1188,26 @@ class WorkflowEngine:
         """
         payload = to_recorded(payload, f"signal {name!r} payload")
         await self._ensure_started()
+        await self._signal(execution_id, name, payload, None)
+
+    async def _signal(self, execution_id: str, name: str, payload: Any, ack: int | None) -> None:
         data = {"name": name, "payload": payload}
         while True:
             entry = self._table.get(execution_id)
             if entry is None:
-                # Not held here (not loaded, or run elsewhere): record it in
-                # the store; whoever runs the execution next consumes it.
+                lease = await self.storage.get_lease(execution_id)
+                if lease is not None and lease.owner not in (None, self.node_id):
+                    # Another process owns it: the store's inbox carries the
+                    # signal to it (it acts on the wake hint).
+                    self._forget(execution_id)  # the owner writes: reread it
+                    await self._state(execution_id)  # not found: raises
+                    self._check_running(execution_id)
+                    await self.storage.post_message(
+                        execution_id, "signal", name, orjson.dumps(payload)
+                    )
+                    return
+                # Nobody runs it: record it in its history; whoever runs it
+                # next consumes it.
                 await self._append_offline(execution_id, "signal_received", data)
                 return
             if entry.phase is Phase.LIVE and entry.run is not None:
@@ -1142,12 +1215,13 @@ class WorkflowEngine:
                 if run.status in TERMINAL:
                     await asyncio.shield(entry.changed)
                     continue
-                await run.deliver_signal(name, payload)
+                await run.deliver_signal(name, payload, ack)
                 return
             if entry.phase is Phase.PARKED and entry.blocked and name in entry.blocked.signals:
                 delivered: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
                 self._wake(
-                    entry, before_launch=functools.partial(_deliver, delivered, name, payload)
+                    entry,
+                    before_launch=functools.partial(_deliver, delivered, name, payload, ack),
                 )
                 if await delivered:
                     return
@@ -1157,15 +1231,31 @@ class WorkflowEngine:
                 # bringing the execution back.
                 async with entry.lock:
                     if entry.phase in (Phase.PARKED, Phase.BACKOFF):
-                        await self._append_offline(execution_id, "signal_received", data, entry)
+                        await self._append_offline(
+                            execution_id, "signal_received", data, entry, ack
+                        )
                         return
                 continue
             if entry.phase is Phase.BROKEN and entry.error is not None:
                 raise entry.error
             await asyncio.shield(entry.changed)  # resuming: ask again once live
 
+    def _check_running(self, execution_id: str) -> None:
+        state = self.core.state(execution_id)
+        if state.status in TERMINAL:
+            raise ExecutionNotRunningError(
+                f"execution {execution_id!r} is {state.status}; it takes no more signals",
+                execution_id=execution_id,
+                status=state.status,
+            )
+
     async def _append_offline(
-        self, execution_id: str, kind: str, data: Any, entry: Entry | None = None
+        self,
+        execution_id: str,
+        kind: str,
+        data: Any,
+        entry: Entry | None = None,
+        ack: int | None = None,
     ) -> None:
         """Append one event to an execution no run of this engine drives."""
         await self._load(execution_id)
@@ -1178,6 +1268,7 @@ class WorkflowEngine:
                     status=state.status,
                 )
             journal = self._journal(execution_id, self.core.version(execution_id), entry=entry)
+            journal.ack_inbox_upto = ack
             await journal.emit(kind, "", 0, data)
         finally:
             # A parked execution holds no memory; the next reader reloads it.
@@ -1254,13 +1345,11 @@ class WorkflowEngine:
                     execution_id, self.node_id, lease_seconds=self.lease_seconds
                 )
                 if got is None:
-                    lease = await self.storage.get_lease(execution_id)
-                    raise ExecutionNotRunningError(
-                        f"execution {execution_id!r} is run by another process "
-                        f"({lease.owner if lease else 'unknown'}); cancel it there",
-                        execution_id=execution_id,
-                        status=state.status,
-                    )
+                    # Another process runs it: ask it through the store's
+                    # inbox, then wait for the ending it records.
+                    await self.storage.post_message(execution_id, "cancel", reason)
+                    status, _, _ = await self._await_elsewhere(execution_id)
+                    return status == "cancelled"
                 entry = self._table.admit(execution_id)
                 entry.epoch = got.epoch
                 entry.cancel_reason = reason
@@ -1338,14 +1427,16 @@ class WorkflowEngine:
         return await verify_execution(self.storage, execution_id)
 
 
-async def _deliver(done: asyncio.Future[bool], name: str, payload: Any, run: Run | None) -> None:
+async def _deliver(
+    done: asyncio.Future[bool], name: str, payload: Any, ack: int | None, run: Run | None
+) -> None:
     """Deliver a signal into a revived run before it starts (``done`` tells
     the sender: True delivered, False no run came of the revival)."""
     if run is None:
         done.set_result(False)
         return
     try:
-        await run.deliver_signal(name, payload)
+        await run.deliver_signal(name, payload, ack)
     except Exception as exc:  # the sender gets it; the run still launches
         done.set_exception(exc)
     else:

@@ -86,6 +86,9 @@ class Journal:
         self.epoch = epoch
         self._lease_seconds = lease_seconds
         self._needs = needs
+        #: The newest inbox message the pending events record: the commit
+        #: that carries them deletes it, so a message is consumed exactly once.
+        self.ack_inbox_upto: int | None = None
 
     def state(self) -> Any:
         """The core's state of the execution, including pending events."""
@@ -179,6 +182,8 @@ class Journal:
             fence=None if self.owner is None else Fence(self.owner, self.epoch),
             lease_seconds=self._lease_seconds,
         )
+        if self.ack_inbox_upto is not None:
+            req.ack_inbox_upto, self.ack_inbox_upto = self.ack_inbox_upto, None
         if first is not None:
             # Runnable (once its lease expires, by another process) and
             # claimable only by processes that have its activities.

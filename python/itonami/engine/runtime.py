@@ -311,13 +311,16 @@ class Run:
         )
         self.log(logging.INFO, "started")
 
-    async def deliver_signal(self, name: str, payload: Any) -> None:
+    async def deliver_signal(self, name: str, payload: Any, ack: int | None = None) -> None:
         """Record a signal and wake a wait on it (if any); durable on return.
 
         The signal is applied before the first await, so a wait that is about
-        to park sees it.
+        to park sees it. ``ack``: the inbox message it comes from, deleted by
+        the same commit.
         """
         self.append("signal_received", "", 0, {"name": name, "payload": payload})
+        if ack is not None:
+            self.journal.ack_inbox_upto = max(ack, self.journal.ack_inbox_upto or 0)
         self.log(logging.DEBUG, "signal %r received", name)
         self._signals_seen = None
         for fut in self._signal_waiters.get(name, []):
