@@ -410,6 +410,14 @@ async def _cmd_resume(args: argparse.Namespace) -> int:
     events = _messages(getattr(args, "event", None), "--event")
     if args.command == "signal":
         signals = [(args.name, _json(args.payload, "signal payload") if args.payload else None)]
+        if not args.activities:
+            # Nothing to run it with here: deliver it through the store. The
+            # process that owns the execution acts on it (through the store's
+            # inbox); one that resumes it later finds it recorded.
+            async with _engine(url) as engine:
+                await engine.signal(args.execution_id, *signals[0])
+            print(f"delivered to {args.execution_id}")
+            return EXIT_OK
     elif args.command == "event":
         events = [(args.type, _json(args.payload, "event payload") if args.payload else None)]
     scope, stored = await plan_resume(url, {args.execution_id}, registry)
