@@ -189,3 +189,18 @@ def test_a_signal_and_a_cancel_from_another_process_reach_the_owner(
     assert store.rows("SELECT COUNT(*) FROM inbox") == [(0,)]
     # Well under a second of it was the owner's; the rest is starting Python.
     assert took < 10
+
+
+def test_an_event_from_another_process_reaches_the_waiting_owner(
+    store: Store, tmp_path: Path
+) -> None:
+    ledger = tmp_path / "ledger.jsonl"
+    owner = spawn(store, "waiter", "event", ledger=ledger)
+    assert owner.stdout is not None
+    eid = owner.stdout.readline().strip()
+    sent = json.loads(finish(spawn(store, "event", "7", ledger=ledger)))
+    assert sent == {"to": [eid]}
+    assert json.loads(finish(owner).splitlines()[-1]) == {"outcome": "completed"}
+    kinds = [k for (k,) in store.rows("SELECT kind FROM events ORDER BY version")]
+    assert kinds.count("external_event_received") == 1
+    assert store.rows("SELECT COUNT(*) FROM event_waits") == [(0,)]

@@ -5,6 +5,8 @@ processes use too.
     worker.py URL serve SECONDS  resume/claim what it can, for a while
     worker.py URL hang           start one workflow whose activity hangs
     worker.py URL slow SECONDS   start one whose payment takes SECONDS, then wait
+    worker.py URL waiter event   the same with a wait for the event "paid"
+    worker.py URL event AMOUNT   send_event("paid") from a process running nothing
     worker.py URL signal ID      send signal "go" to ID (no activities loaded)
     worker.py URL cancel ID      cancel ID (no activities loaded)
     worker.py URL waiter         start one that waits for signal "go", print its
@@ -34,7 +36,10 @@ def workflow() -> WorkflowIR:
                 "id": "shared",
                 "name": "shared",
                 "version": "1",
-                "inputs": [{"name": "wait", "type": "boolean", "default": False}],
+                "inputs": [
+                    {"name": "wait", "type": "boolean", "default": False},
+                    {"name": "event", "type": "boolean", "default": False},
+                ],
                 "strategy": {
                     "op": "seq",
                     "strategies": [
@@ -48,7 +53,15 @@ def workflow() -> WorkflowIR:
                                         "id": "go",
                                         "condition": {"type": "signal", "signal_name": "go"},
                                     },
-                                }
+                                },
+                                {
+                                    "condition": "inputs.event",
+                                    "branch": {
+                                        "op": "wait",
+                                        "id": "paid",
+                                        "condition": {"type": "event", "event_type": "paid"},
+                                    },
+                                },
                             ],
                         },
                         {"op": "activity", "activity_ref": "step", "id": "a"},
@@ -97,13 +110,15 @@ def registry(without: set[str], hang: bool, pay_seconds: float) -> ActivityRegis
 async def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("url")
-    p.add_argument("mode", choices=["start", "serve", "hang", "slow", "waiter", "signal", "cancel"])
+    p.add_argument(
+        "mode", choices=["start", "serve", "hang", "slow", "waiter", "signal", "cancel", "event"]
+    )
     p.add_argument("n", nargs="?", default="1")
     p.add_argument("--without", action="append", default=[])
     p.add_argument("--lease", type=float, default=2.0)
     p.add_argument("--schema", default=None)
     args = p.parse_args()
-    if args.mode in ("signal", "cancel"):
+    if args.mode in ("signal", "cancel", "event"):
         # A process like the CLI: no activities, no workflows, runs nothing.
         bare = (
             WorkflowEngine.builder()
@@ -115,6 +130,15 @@ async def main() -> int:
             if args.mode == "signal":
                 await bare.signal(args.n, "go", {"by": "another process"})
                 print(json.dumps({"sent": True}))
+            elif args.mode == "event":
+                # Events reach waits open when they are sent: send again until
+                # the waiting execution's wait is open (bounded).
+                for _ in range(100):
+                    to = await bare.send_event("paid", {"amount": args.n})
+                    if to:
+                        break
+                    await asyncio.sleep(0.05)
+                print(json.dumps({"to": to}))
             else:
                 print(json.dumps({"cancelled": await bare.cancel(args.n, "from afar")}))
         return 0
@@ -140,7 +164,9 @@ async def main() -> int:
             await engine.start_workflow("shared", {})
             await asyncio.sleep(3600)
         elif args.mode == "waiter":
-            eid = await engine.start_workflow("shared", {"wait": True})
+            # "1": wait for the signal "go"; "event": for the event "paid".
+            inputs = {"event": True} if args.n == "event" else {"wait": True}
+            eid = await engine.start_workflow("shared", inputs)
             print(eid, flush=True)
             try:
                 await engine.wait_for_completion(eid, timeout=60)

@@ -1277,7 +1277,9 @@ class WorkflowEngine:
     async def send_event(self, event_type: str, payload: Any = None) -> list[str]:
         """Deliver an external event to every execution whose wait for
         ``event_type`` is open when it is sent and whose filter matches it;
-        returns their ids (each delivery is durable on return).
+        returns their ids (each delivery is durable on return). Executions
+        another process runs get it through the store's inbox, and their
+        owner applies the filter: their ids are returned as handed over.
 
         Events are not kept for waits that open later (unlike signals, which
         are addressed to one execution): a wait receives the events sent
@@ -1289,6 +1291,14 @@ class WorkflowEngine:
         for entry in self._table.entries():
             if await self._offer_event(entry, event_type, payload):
                 delivered.append(entry.execution_id)
+        # Executions this process does not hold: the store knows who waits.
+        data = orjson.dumps(payload)
+        for eid in await self.storage.find_event_waiters(event_type):
+            if eid in self._table or eid in delivered:
+                continue
+            with contextlib.suppress(StorageError):  # it ended meanwhile
+                await self.storage.post_message(eid, "event", event_type, data)
+                delivered.append(eid)
         return delivered
 
     async def _offer_event(self, entry: Entry, event_type: str, payload: Any) -> bool:

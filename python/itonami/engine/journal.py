@@ -27,6 +27,11 @@ from .clock import Clock, to_micros
 __all__ = ["Journal", "JournalBroken"]
 
 _EMPTY = b"{}"
+#: Kinds that may open or close a wait (only commits holding one re-derive
+#: the event-wait index).
+_WAIT_KINDS = frozenset(
+    {"wait_started", "external_event_received", "step_completed", "step_failed", "step_cancelled"}
+)
 
 
 class JournalBroken(StorageError):
@@ -89,6 +94,10 @@ class Journal:
         #: The newest inbox message the pending events record: the commit
         #: that carries them deletes it, so a message is consumed exactly once.
         self.ack_inbox_upto: int | None = None
+        # The event types this execution's open waits expect, as the store's
+        # index last heard them (derived from the state at each commit that
+        # may change them, so send_event in any process finds the waiters).
+        self._event_types: set[str] | None = None if version else set()
 
     def state(self) -> Any:
         """The core's state of the execution, including pending events."""
@@ -154,6 +163,11 @@ class Journal:
         if self._snapshot_due():
             await self._snapshot()
 
+    def event_types(self) -> set[str]:
+        """Event types of the execution's open event waits (pending events included)."""
+        waits = self.core.state(self.execution_id).to_dict().get("waits") or {}
+        return {w["event_type"] for w in waits.values() if w.get("kind") == "event"}
+
     async def settle(self) -> None:
         """Commit what was appended and wait out any commit in flight,
         ignoring failures: after this the store holds all it ever will of
@@ -184,6 +198,14 @@ class Journal:
         )
         if self.ack_inbox_upto is not None:
             req.ack_inbox_upto, self.ack_inbox_upto = self.ack_inbox_upto, None
+        if any(e.kind in _WAIT_KINDS for e in events):
+            old = self._event_types
+            if old is None:
+                old = set()  # re-sent for a revived run: setting is idempotent
+            now = self.event_types()
+            req.waits_set = sorted(now - old)
+            req.waits_cleared = sorted(old - now)
+            self._event_types = now
         if first is not None:
             # Runnable (once its lease expires, by another process) and
             # claimable only by processes that have its activities.
