@@ -380,12 +380,10 @@ class WorkflowEngine:
         for entry in self._table.entries():
             self._table.finish(entry)  # waiters wake and see the execution unfinished
         if self._started:
-            for eid, epoch in held:
-                # Released as ready: another process takes it over at once.
-                try:
-                    await self.storage.release(eid, self.node_id, epoch, ready_at=READY_NOW)
-                except ItonamiError as e:
-                    log.warning("could not release execution %s: %s", eid, e)
+            # Released as ready: another process takes them over at once. A
+            # store that does not answer must not hold up a shutdown: the
+            # leases then simply expire.
+            await self._release_all(held)
             try:
                 await self.storage.close()
             except StorageError as e:
@@ -397,6 +395,19 @@ class WorkflowEngine:
         """What this process can run, as the store matches it against an
         execution's needs (``activity:<name>`` per registered activity)."""
         return [f"activity:{name}" for name in self.activities.names()]
+
+    async def _release_all(self, held: list[tuple[str, int]]) -> None:
+        for eid, epoch in held:
+            try:
+                release = self.storage.release(eid, self.node_id, epoch, ready_at=READY_NOW)
+                await asyncio.wait_for(release, timeout=1.0)
+            except TimeoutError:
+                # A store that does not answer must not hold up a shutdown:
+                # the leases left simply expire.
+                log.warning("the store does not answer: leases left to expire")
+                return
+            except ItonamiError as e:
+                log.warning("could not release execution %s: %s", eid, e)
 
     async def _recover(self) -> None:
         """Take over the unfinished executions nobody else holds, and resume them.
