@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sqlite3
 from pathlib import Path
@@ -69,7 +70,7 @@ def db(tmp_path: Path) -> Path:
 
 
 def sql(db: Path, query: str, *params: object) -> list[tuple]:
-    with sqlite3.connect(db) as conn:
+    with contextlib.closing(sqlite3.connect(db)) as conn, conn:
         return conn.execute(query, params).fetchall()
 
 

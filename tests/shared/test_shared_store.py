@@ -8,6 +8,7 @@ over once its leases expire.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -47,7 +48,7 @@ class Store:
 
     def rows(self, sql: str) -> list[tuple[Any, ...]]:
         if self.schema is None:
-            with sqlite3.connect(self.db) as conn:
+            with contextlib.closing(sqlite3.connect(self.db)) as conn:
                 return list(conn.execute(sql))
         import psycopg
 
