@@ -1271,13 +1271,7 @@ class WorkflowEngine:
         """Append one event to an execution no run of this engine drives."""
         await self._load(execution_id)
         try:
-            state = self.core.state(execution_id)
-            if state.status in TERMINAL:
-                raise ExecutionNotRunningError(
-                    f"execution {execution_id!r} is {state.status}; it takes no more signals",
-                    execution_id=execution_id,
-                    status=state.status,
-                )
+            self._check_running(execution_id)
             journal = self._journal(execution_id, self.core.version(execution_id), entry=entry)
             journal.ack_inbox_upto = ack
             await journal.emit(kind, "", 0, data)
