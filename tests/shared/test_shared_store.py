@@ -106,12 +106,8 @@ def ran(ledger: Path) -> Counter[tuple[str, str]]:
 
 def test_two_processes_each_run_thirty_workflows_on_one_store(store: Store, tmp_path: Path) -> None:
     ledger = tmp_path / "ledger.jsonl"
-    # The second opens the store once the first has created it (two processes
-    # creating a fresh store at the same instant race: a known gap); the 60
-    # workflows then run concurrently.
-    procs = [spawn(store, "start", "30", ledger=ledger)]
-    assert procs[0].stdout is not None and procs[0].stdout.readline().strip() == "READY"
-    procs.append(spawn(store, "start", "30", ledger=ledger))
+    # Both open the fresh store at the same instant (its creation is serialised).
+    procs = [spawn(store, "start", "30", ledger=ledger) for _ in range(2)]
     outs = [finish(p) for p in procs]
     assert all(json.loads(o.splitlines()[-1]) == {"completed": 30} for o in outs)
     assert store.statuses() == {"completed": 60}
@@ -180,14 +176,10 @@ def test_a_signal_and_a_cancel_from_another_process_reach_the_owner(
     store: Store, tmp_path: Path
 ) -> None:
     ledger = tmp_path / "ledger.jsonl"
-    # One after the other: two processes opening a fresh store at the same
-    # instant race on registering its first definition (a known gap).
     signalled = spawn(store, "waiter", ledger=ledger)
-    assert signalled.stdout is not None
-    one = signalled.stdout.readline().strip()
     cancelled = spawn(store, "waiter", ledger=ledger)
-    assert cancelled.stdout is not None
-    two = cancelled.stdout.readline().strip()
+    assert signalled.stdout is not None and cancelled.stdout is not None
+    one, two = signalled.stdout.readline().strip(), cancelled.stdout.readline().strip()
     assert one and two
     began = time.monotonic()
     assert json.loads(finish(spawn(store, "signal", one, ledger=ledger))) == {"sent": True}

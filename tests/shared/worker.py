@@ -156,7 +156,6 @@ async def main() -> int:
     )
     async with engine:
         if args.mode == "start":
-            print("READY", flush=True)
             ids = [await engine.start_workflow("shared", {}) for _ in range(int(args.n))]
             for eid in ids:
                 await engine.wait_for_completion(eid, timeout=120)

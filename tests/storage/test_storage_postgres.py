@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 
 import pytest
@@ -57,6 +58,26 @@ async def test_v1_schema_is_migrated(schema: str) -> None:
     with psycopg.connect(PG_URL) as conn:
         query = sql.SQL("SELECT version FROM {}.schema_version").format(sql.Identifier(schema))
         assert conn.execute(query).fetchone() == (SCHEMA_VERSION,)
+
+
+async def test_openers_of_a_fresh_store_at_the_same_instant_all_succeed(schema: str) -> None:
+    # Several processes (here: connections) creating the same fresh store
+    # and registering its first definition at once take turns, none fails.
+    async def one() -> None:
+        s = open_storage(PG_URL, schema=schema)
+        await s.open()
+        try:
+            await s.put_definition("wf", "1", "a" * 64, b"{}")
+        finally:
+            await s.close()
+
+    await asyncio.gather(*(one() for _ in range(6)))
+    s = open_storage(PG_URL, schema=schema)
+    await s.open()
+    try:
+        assert await s.get_definition("wf", "1") == b"{}"
+    finally:
+        await s.close()
 
 
 async def test_newer_schema_is_refused(schema: str) -> None:

@@ -194,9 +194,16 @@ class PostgresStorage(SqlStorage):
             raise StorageError(f"cannot connect to PostgreSQL at {self._where}: {exc}") from exc
         try:
             if self.schema is not None:
-                await conn.execute(
-                    sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.schema))
-                )
+                # CREATE SCHEMA IF NOT EXISTS is not safe against a concurrent
+                # one (a duplicate-key error on the catalog): processes opening
+                # a fresh store at the same instant take turns.
+                async with conn.transaction():
+                    await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+                    await conn.execute(
+                        sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
+                            sql.Identifier(self.schema)
+                        )
+                    )
                 await conn.execute(
                     sql.SQL("SET search_path TO {}").format(sql.Identifier(self.schema))
                 )
