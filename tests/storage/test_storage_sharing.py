@@ -452,3 +452,57 @@ async def test_pending_messages_lists_what_an_owner_must_act_on(
     assert await store.pending_messages("n2") == ["other"]
     await store.ack_messages("mine", seq, Fence("n1", 1))
     assert await store.pending_messages("n1") == []
+
+
+# ---------------------------------------------------------------- balancing
+
+
+async def test_a_preferred_execution_waits_for_its_node_then_anyone_steals_it(
+    store: Storage, factory: StoreFactory
+) -> None:
+    req = started(factory, "pref", owner=None)
+    req.preferred = "n2"
+    await store.commit(req)
+    lease = await store.get_lease("pref")
+    assert lease is not None and lease.preferred == "n2" and lease.owner is None
+    # Another node leaves it to its preferred node while it is fresh...
+    assert await store.claim("n1", capabilities=[], steal_after=30) == []
+    # ...and takes it once it has waited long enough (steal_after 0: at once).
+    (got,) = await store.claim("n1", capabilities=[], steal_after=0)
+    assert got.execution_id == "pref"
+    lease = await store.get_lease("pref")
+    assert lease is not None and lease.owner == "n1" and lease.preferred is None
+
+
+async def test_the_preferred_node_claims_its_execution_at_once(
+    store: Storage, factory: StoreFactory
+) -> None:
+    req = started(factory, "mine", owner=None)
+    req.preferred = "n2"
+    await store.commit(req)
+    (got,) = await store.claim("n2", capabilities=[], steal_after=30)
+    assert got.execution_id == "mine" and got.epoch == 1
+
+
+async def test_release_names_the_preferred_node(store: Storage, factory: StoreFactory) -> None:
+    await store.commit(started(factory, "r"))
+    assert await store.release("r", "n1", 1, ready_at=READY_NOW, preferred="n3")
+    lease = await store.get_lease("r")
+    assert lease is not None and lease.owner is None and lease.preferred == "n3"
+    assert await store.claim("n1", capabilities=[], steal_after=30) == []
+    (got,) = await store.claim("n3", capabilities=[], steal_after=30)
+    assert got.execution_id == "r"
+    with pytest.raises(StorageError):
+        await store.release("r", "n3", got.epoch, preferred="")
+
+
+async def test_execution_statuses_reads_many_at_once(store: Storage, factory: StoreFactory) -> None:
+    ids = [f"s{i:04d}" for i in range(1203)]
+    for eid in ids[:3]:
+        await store.commit(started(factory, eid, owner=None))
+    done = request(factory, "s0001", 1, 1, status="completed")
+    done.allocate_tx = True
+    await store.commit(done)
+    got = await store.execution_statuses(ids)  # 1,203 ids: more than one batch
+    assert got == {"s0000": "running", "s0001": "completed", "s0002": "running"}
+    assert await store.execution_statuses([]) == {}

@@ -188,6 +188,7 @@ class Lease:
     expires_at: int | None
     ready_at: int | None
     needs: list[str]
+    preferred: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,6 +284,8 @@ class AppendRequest:
       recorded by these events); they are deleted in the same transaction.
     - ``waits_set`` / ``waits_cleared``: external event types this execution
       starts / stops waiting for.
+    - ``preferred``: on the first append of an unowned execution, the node a
+      balancer chose for it (see :meth:`Storage.claim`).
     """
 
     execution_id: str
@@ -300,6 +303,7 @@ class AppendRequest:
     ready_at: int | None = UNCHANGED
     needs: Sequence[str] | None = None
     ack_inbox_upto: int | None = None
+    preferred: str | None = None
     waits_set: list[str] = field(default_factory=list)
     waits_cleared: list[str] = field(default_factory=list)
 
@@ -702,13 +706,16 @@ class Storage(ABC):
         capabilities: Iterable[str],
         limit: int = 1,
         lease_seconds: float = 30.0,
+        steal_after: float = 2.0,
     ) -> list[Claim]:
         """Take up to ``limit`` executions that have work to do now.
 
         Eligible: ``ready_at <= now``, unowned or with an expired lease, and
-        whose needs are a subset of ``capabilities``. Each claimed execution
-        gets ``node_id`` as owner, its epoch + 1 and a lease of
-        ``lease_seconds``; taking an expired lease counts as a reassignment.
+        whose needs are a subset of ``capabilities``; an execution *preferred*
+        for another node (a balancer's choice) only once it has been ready
+        for ``steal_after`` seconds. Each claimed execution gets ``node_id``
+        as owner, its epoch + 1, a lease of ``lease_seconds`` and no
+        preference; taking an expired lease counts as a reassignment.
         Concurrent claimers never get the same execution.
         """
 
@@ -742,8 +749,10 @@ class Storage(ABC):
         *,
         ready_at: int | None = UNCHANGED,
         needs: Iterable[str] | None = None,
+        preferred: str | None = None,
     ) -> bool:
-        """Give the lease up (on park or shutdown), setting what it waits for next.
+        """Give the lease up (on park or shutdown), setting what it waits for next
+        and the node a balancer prefers for it (``None``: any).
 
         The epoch stays, so the next owner's claim bumps it. Returns False
         (and changes nothing, counting a fenced write) when ``node_id`` at
@@ -752,7 +761,13 @@ class Storage(ABC):
 
     @abstractmethod
     async def get_lease(self, execution_id: str) -> Lease | None:
-        """Owner, epoch, expiry, ready_at and needs of one execution (None if unknown)."""
+        """Owner, epoch, expiry, ready_at, needs and preference of one execution
+        (None if unknown)."""
+
+    @abstractmethod
+    async def execution_statuses(self, execution_ids: Iterable[str]) -> dict[str, str]:
+        """The status of each of these executions that exists (one query for
+        many: what waiting for executions run elsewhere polls)."""
 
     @abstractmethod
     async def post_message(

@@ -66,6 +66,7 @@ class _Own:
     ready_at: int | None = None
     needs: set[str] = field(default_factory=set)
     acked: int = 0
+    preferred: str | None = None
 
 
 @dataclass(slots=True)
@@ -203,6 +204,8 @@ class MemoryStorage(Storage):
             if fence is not None:
                 own.owner, own.epoch = fence.owner, 1
                 own.expires_at = self.clock() + _lease_us(req.lease_seconds)
+            else:
+                own.preferred = req.preferred
         if req.ack_inbox_upto is not None:
             own.acked = max(own.acked, req.ack_inbox_upto)
             self._drop_messages(eid, req.ack_inbox_upto)
@@ -221,8 +224,8 @@ class MemoryStorage(Storage):
                 timers.update(req.timers_set)
             if req.ready_at != UNCHANGED:
                 own.ready_at = self.clock() if req.ready_at == READY_NOW else req.ready_at
-                if own.ready_at is not None:
-                    self._wakeup.notify()
+                if own.ready_at is not None and fence is None:
+                    self._wakeup.notify()  # claimable by others now
             if req.needs is not None:
                 own.needs = set(req.needs)
             for name in req.waits_cleared:
@@ -391,6 +394,7 @@ class MemoryStorage(Storage):
         capabilities: Iterable[str],
         limit: int = 1,
         lease_seconds: float = 30.0,
+        steal_after: float = 2.0,
     ) -> list[Claim]:
         """Take up to ``limit`` ready, unowned (or expired) executions this node can run."""
         self._check_open()
@@ -399,19 +403,21 @@ class MemoryStorage(Storage):
         caps = set(capabilities)
         check_needs(node_id, caps)
         now = self.clock()
+        stealable = now - max(0, math.ceil(steal_after * 1_000_000))
         eligible = sorted(
             (own.ready_at, eid)
             for eid, own in self._own.items()
             if own.ready_at is not None
             and own.ready_at <= now
             and (own.owner is None or (own.expires_at is not None and own.expires_at <= now))
+            and (own.preferred in (None, node_id) or own.ready_at <= stealable)
             and own.needs <= caps
         )
         out = []
         for _, eid in eligible[: max(0, limit)]:
             own = self._own[eid]
             reassigned = own.owner is not None
-            own.owner, own.epoch = node_id, own.epoch + 1
+            own.owner, own.epoch, own.preferred = node_id, own.epoch + 1, None
             own.expires_at = now + _lease_us(lease_seconds)
             self._reassignments += reassigned
             out.append(self._claim_of(eid, own, reassigned))
@@ -465,15 +471,20 @@ class MemoryStorage(Storage):
         *,
         ready_at: int | None = UNCHANGED,
         needs: Iterable[str] | None = None,
+        preferred: str | None = None,
     ) -> bool:
-        """Drop the lease, setting ``ready_at`` and ``needs``; False if it was lost."""
+        """Drop the lease, setting ``ready_at``, ``needs`` and the preferred
+        node; False if it was lost."""
         self._check_open()
         names = check_release(execution_id, node_id, epoch, needs)
+        if preferred is not None:
+            check_node_id(preferred)
         own = self._own.get(execution_id)
         if own is None or own.owner != node_id or own.epoch != epoch:
             self._fenced_writes += 1
             return False
         own.owner = own.expires_at = None
+        own.preferred = preferred
         rec = self._executions[execution_id]
         if rec.status not in TERMINAL_STATUSES:
             if ready_at != UNCHANGED:
@@ -491,8 +502,23 @@ class MemoryStorage(Storage):
         if own is None:
             return None
         return Lease(
-            execution_id, own.owner, own.epoch, own.expires_at, own.ready_at, sorted(own.needs)
+            execution_id,
+            own.owner,
+            own.epoch,
+            own.expires_at,
+            own.ready_at,
+            sorted(own.needs),
+            own.preferred,
         )
+
+    async def execution_statuses(self, execution_ids: Iterable[str]) -> dict[str, str]:
+        """Statuses of the executions among these ids that exist."""
+        self._check_open()
+        return {
+            eid: rec.status
+            for eid in execution_ids
+            if (rec := self._executions.get(eid)) is not None
+        }
 
     async def post_message(
         self, execution_id: str, kind: str, name: str, payload: bytes = b""

@@ -425,10 +425,11 @@ class PostgresStorage(SqlStorage):
 
             created = await self._fetchall(
                 conn,
-                f"INSERT INTO executions ({_EXEC_COLUMNS}, owner, epoch, lease_expires_at)"
+                f"INSERT INTO executions ({_EXEC_COLUMNS}, owner, epoch, lease_expires_at,"
+                " preferred)"
                 " SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[],"
                 " %s::text[], %s::bigint[], %s::bigint[], %s::bigint[], %s::text[],"
-                " %s::bigint[], %s::bigint[])"
+                " %s::bigint[], %s::bigint[], %s::text[])"
                 " ON CONFLICT (execution_id) DO NOTHING RETURNING execution_id",
                 (
                     [r.execution_id for r in fresh],
@@ -442,6 +443,7 @@ class PostgresStorage(SqlStorage):
                     [r.fence.owner if owned(r) and r.fence else None for r in fresh],
                     [1 if r.fence else 0 for r in fresh],
                     [now + lease_us(r.lease_seconds) if owned(r) else None for r in fresh],
+                    [None if r.fence else r.preferred for r in fresh],
                 ),
             )
             made = {row[0] for row in created}
@@ -515,8 +517,13 @@ class PostgresStorage(SqlStorage):
             if value == READY_NOW:
                 value = now
             ready.append(value)
-            if value is not None and value != UNCHANGED and r.status not in TERMINAL_STATUSES:
-                self._woke = True
+            if (
+                value is not None
+                and value != UNCHANGED
+                and r.fence is None
+                and r.status not in TERMINAL_STATUSES
+            ):
+                self._woke = True  # claimable by others now (not an owner's own commit)
         if ok:
             await conn.execute(
                 "UPDATE executions AS x SET status = u.status, version = u.version,"

@@ -222,6 +222,11 @@ def migrations(
                 f" heartbeat_at {t['int']} NOT NULL)",
             ),
         ),
+        (
+            4,
+            # The node a balancer chose for an unowned execution.
+            ("ALTER TABLE executions ADD COLUMN preferred TEXT",),
+        ),
     ]
     return [(v, stmts + more.get(v, ())) for v, stmts in out]
 
@@ -354,7 +359,8 @@ class SqlStorage(Storage):
             # The row is written with its final values: one statement, not two.
             inserted = yield Q(
                 f"INSERT INTO executions ({_EXEC_COLUMNS}, owner, epoch, lease_expires_at,"
-                " ready_at, inbox_acked) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ready_at, inbox_acked, preferred)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (execution_id) DO NOTHING RETURNING version",
                 (
                     eid,
@@ -370,6 +376,7 @@ class SqlStorage(Storage):
                     expires,
                     ready,
                     req.ack_inbox_upto or 0,
+                    None if owner is not None else req.preferred,
                 ),
                 "one",
             )
@@ -462,7 +469,9 @@ class SqlStorage(Storage):
                     [(name, eid) for name in dict.fromkeys(req.waits_set)],
                     "many",
                 )
-        if set_ready and ready is not None:
+        if set_ready and ready is not None and fence is None:
+            # Other processes may claim it now (an owner's own commits are
+            # nobody else's work: no hint, no claim storm).
             yield WAKE
         return txs
 
@@ -786,10 +795,12 @@ class SqlStorage(Storage):
         capabilities: Iterable[str],
         limit: int = 1,
         lease_seconds: float = 30.0,
+        steal_after: float = 2.0,
     ) -> list[Claim]:
         """Take up to ``limit`` ready, unowned (or expired) executions this node can run."""
         check_node_id(node_id)
         check_lease_seconds(lease_seconds)
+        steal_us = max(0, math.ceil(steal_after * 1_000_000))
         caps = sorted(set(capabilities))
         check_needs(node_id, caps)
         if limit <= 0:
@@ -802,10 +813,11 @@ class SqlStorage(Storage):
                 "SELECT execution_id, workflow_id, workflow_version, version, status, owner, epoch"
                 " FROM executions e WHERE ready_at IS NOT NULL AND ready_at <= ?"
                 " AND (owner IS NULL OR lease_expires_at <= ?)"
+                " AND (preferred IS NULL OR preferred = ? OR ready_at <= ?)"
                 " AND NOT EXISTS (SELECT 1 FROM execution_needs n"
                 f"  WHERE n.execution_id = e.execution_id AND NOT ({have}))"
                 f" ORDER BY ready_at, execution_id LIMIT ?{self.SKIP_LOCKED}",
-                (now, now, *have_params, limit),
+                (now, now, node_id, now - steal_us, *have_params, limit),
                 "all",
             )
             if not rows:
@@ -814,8 +826,8 @@ class SqlStorage(Storage):
             ids, id_params = self.in_list("execution_id", [row[0] for row in rows])
             # The rows are ours (the write lock, or FOR UPDATE): one statement for all.
             yield Q(
-                "UPDATE executions SET owner = ?, epoch = epoch + 1, lease_expires_at = ?"
-                f" WHERE {ids}",
+                "UPDATE executions SET owner = ?, epoch = epoch + 1, lease_expires_at = ?,"
+                f" preferred = NULL WHERE {ids}",
                 (node_id, expires, *id_params),
             )
             out = [self._claim_row(row, row[6] + 1, expires, row[5] is not None) for row in rows]
@@ -898,9 +910,13 @@ class SqlStorage(Storage):
         *,
         ready_at: int | None = UNCHANGED,
         needs: Iterable[str] | None = None,
+        preferred: str | None = None,
     ) -> bool:
-        """Drop the lease, setting ``ready_at`` and ``needs``; False if it was lost."""
+        """Drop the lease, setting ``ready_at``, ``needs`` and the preferred
+        node; False if it was lost."""
         names = check_release(execution_id, node_id, epoch, needs)
+        if preferred is not None:
+            check_node_id(preferred)
 
         def op() -> Op[bool]:
             row = yield Q(
@@ -912,8 +928,8 @@ class SqlStorage(Storage):
             if row is None or row[0] != node_id or row[1] != epoch:
                 yield from self._allocate("fenced_writes", 1)
                 return False
-            sets = ["owner = NULL", "lease_expires_at = NULL"]
-            params: list[Any] = []
+            sets = ["owner = NULL", "lease_expires_at = NULL", "preferred = ?"]
+            params: list[Any] = [preferred]
             woke = False
             if ready_at != UNCHANGED and row[2] not in TERMINAL_STATUSES:
                 ready = ready_at
@@ -939,7 +955,7 @@ class SqlStorage(Storage):
 
         def op() -> Op[Lease | None]:
             row = yield Q(
-                "SELECT owner, epoch, lease_expires_at, ready_at FROM executions"
+                "SELECT owner, epoch, lease_expires_at, ready_at, preferred FROM executions"
                 " WHERE execution_id = ?",
                 (execution_id,),
                 "one",
@@ -951,9 +967,29 @@ class SqlStorage(Storage):
                 (execution_id,),
                 "all",
             )
-            return Lease(execution_id, row[0], row[1], row[2], row[3], [n[0] for n in needs])
+            return Lease(
+                execution_id, row[0], row[1], row[2], row[3], [n[0] for n in needs], row[4]
+            )
 
         return await self._read_op(op, snapshot=True)
+
+    async def execution_statuses(self, execution_ids: Iterable[str]) -> dict[str, str]:
+        """Statuses of many executions, read in batches of 500 ids."""
+        ids = sorted(set(execution_ids))
+        if not ids:
+            return {}
+
+        def op() -> Op[dict[str, str]]:
+            out: dict[str, str] = {}
+            for i in range(0, len(ids), 500):
+                clause, params = self.in_list("execution_id", ids[i : i + 500])
+                rows = yield Q(
+                    f"SELECT execution_id, status FROM executions WHERE {clause}", params, "all"
+                )
+                out.update({r[0]: r[1] for r in rows})
+            return out
+
+        return await self._read_op(op)
 
     # ------------------------------------------------------------------ inbox
 
