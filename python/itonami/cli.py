@@ -525,6 +525,23 @@ async def _cmd_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def _cmd_worker(args: argparse.Namespace) -> int:
+    from .worker import run_worker
+
+    if args.capacity < 1:
+        raise UsageError("--capacity must be at least 1")
+    await run_worker(
+        storage_url(args.db),
+        _registry(args.activities),
+        workflows=[load_definition(f) for f in args.workflow or ()],
+        node_id=args.node_id,
+        capacity=args.capacity,
+        lease_seconds=args.lease,
+        balancer=args.balancer,
+    )
+    return 0
+
+
 async def _cmd_validate(args: argparse.Namespace) -> int:
     registry = _registry(args.activities) if args.activities else None
     ext_vars = dict(_pairs(args.ext_var, "--ext-var"))
@@ -558,6 +575,7 @@ _COMMANDS = {
     "verify": _cmd_verify,
     "list": _cmd_list,
     "validate": _cmd_validate,
+    "worker": _cmd_worker,
 }
 
 
@@ -671,6 +689,21 @@ def _parser() -> argparse.ArgumentParser:
     ls.add_argument("--workflow", help="only this workflow id")
     ls.add_argument("--limit", type=int, default=1000)
     json_flag(ls)
+
+    worker = sub.add_parser(
+        "worker", help="run a worker node: claim and run the store's work until stopped"
+    )
+    activities(worker)
+    workflows(worker, "a definition to register (stored ones are found)")
+    worker.add_argument("--capacity", type=int, default=1000, help="most executions run at once")
+    worker.add_argument("--node-id", metavar="ID", help="this node's id (default: host-pid-random)")
+    worker.add_argument("--lease", type=float, metavar="S", help="lease length in seconds")
+    worker.add_argument(
+        "--balancer",
+        choices=["least-loaded", "round-robin"],
+        default="least-loaded",
+        help="where executions this node submits go",
+    )
 
     check = sub.add_parser("validate", help="check a definition without running it")
     check.add_argument("file")

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import heapq
 import itertools
 import logging
 import os
+import platform
 import random
 import socket
 import traceback
@@ -48,16 +50,30 @@ from ..storage import (
     READY_NOW,
     ExecutionRecord,
     Fence,
+    NodeInfo,
     Storage,
     default_storage_url,
     open_storage,
 )
+from ..storage.base import waiting_for as missing_capabilities
 from .clock import Clock, SystemClock
+from .cluster import Balancer, ClusterHealth, LeastLoadedBalancer, describe_missing
 from .journal import Journal
 from .lifecycle import Blocked, Entry, ExecutionTable, Phase
 from .runtime import TERMINAL, Run
 
 __all__ = ["Execution", "WorkflowEngine", "WorkflowEngineBuilder"]
+
+# The dispatch loop's poll bounds (s) and the least gap between a claim that
+# found nothing and the next one.
+_POLL_MIN = 0.05
+_POLL_MAX = 1.0
+_CLAIM_GAP = 0.005
+# How long the balancer's view of the nodes table is reused (s).
+_NODE_VIEW_SECONDS = 1.0
+# Bounds (s) of the poll for outcomes of executions run elsewhere.
+_WATCH_MIN = 0.01
+_WATCH_MAX = 0.25
 
 log = logging.getLogger("itonami.engine")
 
@@ -118,7 +134,11 @@ class WorkflowEngineBuilder:
         self._park = True
         self._max_engine_errors = 3
         self._node_id: str | None = None
-        self._lease_seconds = 15.0
+        self._lease_seconds = 8.0
+        self._capacity = 1000
+        self._health: tuple[float, float] | None = None
+        self._steal_after = 2.0
+        self._balancer: Balancer | None = None
         self._recover: bool | frozenset[str] = True
         self._storage_options: dict[str, Any] = {}
 
@@ -190,11 +210,40 @@ class WorkflowEngineBuilder:
 
     def with_lease(self, seconds: float) -> WorkflowEngineBuilder:
         """How long this process's hold on an execution lasts unrenewed
-        (default 15 s): the time another process waits before taking over
-        the executions of one that died."""
+        (default 8 s; renewed every third of it): about the time another
+        process waits before taking over the executions of one that died."""
         if not seconds > 0:
             raise ValueError("lease seconds must be > 0")
         self._lease_seconds = float(seconds)
+        return self
+
+    def with_capacity(self, executions: int) -> WorkflowEngineBuilder:
+        """How many executions this process runs at once at most (default
+        1,000): it claims work from the store only up to its free capacity.
+        Parked executions (waiting on a signal, event or timer) do not count."""
+        if not isinstance(executions, int) or executions < 1:
+            raise ValueError("capacity must be an integer >= 1")
+        self._capacity = executions
+        return self
+
+    def with_node_health(self, *, suspect_after: float, dead_after: float) -> WorkflowEngineBuilder:
+        """Heartbeat ages (s) after which a node counts as suspect, then dead
+        (default: one and three lease lengths). Balancers skip nodes that are
+        not healthy; cluster health reports each node's status."""
+        if not 0 < suspect_after <= dead_after:
+            raise ValueError("need 0 < suspect_after <= dead_after")
+        self._health = (float(suspect_after), float(dead_after))
+        return self
+
+    def with_distributed_execution(
+        self, balancer: Balancer | None = None, *, steal_after: float = 2.0
+    ) -> WorkflowEngineBuilder:
+        """Make the engine a node of a cluster (see
+        :meth:`WorkflowEngine.enable_distributed_execution`)."""
+        if steal_after < 0:
+            raise ValueError("steal_after must be >= 0")
+        self._balancer = balancer or LeastLoadedBalancer()
+        self._steal_after = float(steal_after)
         return self
 
     def with_random_seed(self, seed: int) -> WorkflowEngineBuilder:
@@ -209,7 +258,11 @@ class WorkflowEngineBuilder:
             storage = default_storage_url()
         if isinstance(storage, str):
             storage = open_storage(storage, **self._storage_options)
-        return WorkflowEngine(
+        suspect_after, dead_after = self._health or (
+            self._lease_seconds,
+            3 * self._lease_seconds,
+        )
+        engine = WorkflowEngine(
             storage=storage,
             activities=self._activities,
             workflows=self._workflows,
@@ -223,7 +276,15 @@ class WorkflowEngineBuilder:
             max_engine_errors=self._max_engine_errors,
             node_id=self._node_id,
             lease_seconds=self._lease_seconds,
+            capacity=self._capacity,
+            suspect_after=suspect_after,
+            dead_after=dead_after,
         )
+        if self._balancer is not None:
+            engine.enable_distributed_execution(
+                balancer=self._balancer, steal_after=self._steal_after
+            )
+        return engine
 
     def build_sync(self) -> Any:
         """A blocking facade over the engine, for scripts (see ``SyncWorkflowEngine``)."""
@@ -259,7 +320,10 @@ class WorkflowEngine:
         recover: bool | frozenset[str] = True,
         max_engine_errors: int = 3,
         node_id: str | None = None,
-        lease_seconds: float = 15.0,
+        lease_seconds: float = 8.0,
+        capacity: int = 1000,
+        suspect_after: float | None = None,
+        dead_after: float | None = None,
     ) -> None:
         self.storage = storage
         self.activities = activities
@@ -272,11 +336,27 @@ class WorkflowEngine:
         self.max_engine_errors = max_engine_errors
         self.node_id = node_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.lease_seconds = lease_seconds
+        #: Most executions this node runs at once (claims stop at it).
+        self.capacity = capacity
+        self.suspect_after = lease_seconds if suspect_after is None else suspect_after
+        self.dead_after = 3 * lease_seconds if dead_after is None else dead_after
+        #: Set by enable_distributed_execution: where submitted executions go.
+        self.balancer: Balancer | None = None
+        self.steal_after = 2.0
+        self._registered = False
+        self._node_view: tuple[float, list[NodeInfo]] | None = None
+        self._assigned: dict[str, int] = {}
+        self._dispatch_task: asyncio.Task[None] | None = None
+        # Executions run elsewhere that callers wait for: one poll for all.
+        self._watched: dict[str, asyncio.Future[None]] = {}
+        self._watch_task: asyncio.Task[None] | None = None
         self._lease_task: asyncio.Task[None] | None = None
         self._consuming: set[str] = set()
         self._definitions: dict[tuple[str, str], WorkflowIR] = {}
         self._by_hash: dict[str, WorkflowIR] = {}
         self._latest: dict[str, WorkflowIR] = {}
+        # Definitions whose sub-workflow references are all loaded.
+        self._expanded: set[str] = set()
         self._initial = list(workflows)
         self._table = ExecutionTable()
         self._started = False
@@ -354,9 +434,13 @@ class WorkflowEngine:
             for ir in self._initial:
                 await self._register(ir)
             self._started = True
+            self._table.freed = asyncio.Event()
+            if self._recover_scope is True:
+                await self._register_node()
             await self._recover()
             await self._check_inbox()
             self._lease_task = asyncio.ensure_future(self._keep_leases())
+            self._dispatch_task = asyncio.ensure_future(self._dispatch())
 
     async def close(self) -> None:
         """Stop running executions (they resume on the next start) and close storage."""
@@ -369,8 +453,12 @@ class WorkflowEngine:
             handle.cancel()
         self._backoff_timers.clear()
         held = self._held()  # before the runs stop and leave the table
-        if self._lease_task is not None:
-            self._lease_task.cancel()
+        for loop_task in (self._lease_task, self._dispatch_task, self._watch_task):
+            if loop_task is not None:
+                loop_task.cancel()
+        for waiter in self._watched.values():
+            if not waiter.done():
+                waiter.set_result(None)
         tasks = [r.task for r in self._table.live_runs() if r.task is not None]
         tasks += list(self._background)
         for task in tasks:
@@ -384,6 +472,9 @@ class WorkflowEngine:
             # store that does not answer must not hold up a shutdown: the
             # leases then simply expire.
             await self._release_all(held)
+            if self._registered:
+                with contextlib.suppress(ItonamiError, TimeoutError):
+                    await asyncio.wait_for(self.storage.deregister_node(self.node_id), 1.0)
             try:
                 await self.storage.close()
             except StorageError as e:
@@ -434,7 +525,7 @@ class WorkflowEngine:
                 if got is not None:
                     claims.append((eid, got.epoch))
         if scope is True:
-            claims += await self._claim_ready()
+            claims += await self._claim_ready(self.capacity - len(claims))
         entries = []
         for eid, epoch in claims:
             if eid not in self._table:
@@ -444,19 +535,108 @@ class WorkflowEngine:
         for entry in entries:
             await self._revive(entry, in_thread=False)
 
-    async def _claim_ready(self) -> list[tuple[str, int]]:
-        """Claim every ready execution this process can run (bounded batches)."""
+    async def _claim_ready(self, room: int) -> list[tuple[str, int]]:
+        """Claim ready executions this process can run, up to ``room`` of them
+        (bounded batches)."""
         out: list[tuple[str, int]] = []
-        while True:
+        while room > 0:
+            want = min(room, 500)
             batch = await self.storage.claim(
                 self.node_id,
                 capabilities=self.capabilities(),
-                limit=500,
+                limit=want,
                 lease_seconds=self.lease_seconds,
+                steal_after=self.steal_after,
             )
             out += [(c.execution_id, c.epoch) for c in batch]
-            if len(batch) < 500:
-                return out
+            room -= len(batch)
+            if len(batch) < want:
+                break
+        return out
+
+    async def _register_node(self) -> None:
+        """Enter the store's nodes table (discovery; health is heartbeat age)."""
+        await self.storage.register_node(
+            self.node_id,
+            capacity=self.capacity,
+            capabilities=self.capabilities(),
+            versions={
+                "itonami": getattr(_core, "__version__", "unknown"),
+                "python": platform.python_version(),
+            },
+        )
+        self._registered = True
+
+    async def _dispatch(self) -> None:
+        """Take work from the store: act on the inbox of executions this
+        process owns, and claim ready executions up to its free capacity.
+
+        Prompt on the store's wake hint (NOTIFY, data_version) and on
+        capacity coming free; otherwise an adaptive poll, 50 ms while work
+        keeps coming, doubling to 1 s when there is none (a hint can be
+        missed; the poll catches it).
+        """
+        claiming = self._recover_scope is True
+        freed = self._table.freed
+        assert freed is not None
+        loop = asyncio.get_running_loop()
+        poll = _POLL_MIN
+        last_empty = 0.0
+        hint: asyncio.Task[bool] | None = None
+        while not self._closed:
+            try:
+                if hint is None or hint.done():
+                    hint = asyncio.ensure_future(self.storage.wait_for_work(poll))
+                waits: set[asyncio.Future[Any]] = {hint}
+                freed_wait = None
+                if claiming and self._table.active >= self.capacity:
+                    freed.clear()
+                    freed_wait = asyncio.ensure_future(freed.wait())
+                    waits.add(freed_wait)
+                await asyncio.wait(waits, timeout=poll, return_when=asyncio.FIRST_COMPLETED)
+                if freed_wait is not None:
+                    freed_wait.cancel()
+                hinted = False
+                if hint.done():
+                    hinted, hint = hint.result(), None  # a failed wait raises here
+                if hinted:
+                    await self._check_inbox()
+                if not claiming:
+                    poll = _POLL_MAX
+                    continue
+                room = self.capacity - self._table.active
+                if room <= 0:
+                    continue
+                since = loop.time() - last_empty
+                if since < _CLAIM_GAP:
+                    # Hints come per commit on SQLite: after a claim found
+                    # nothing, claim again only after a short gap.
+                    await asyncio.sleep(_CLAIM_GAP - since)
+                got = await self._claim_ready(min(room, 64))
+                for eid, epoch in got:
+                    if eid in self._table:
+                        continue
+                    entry = self._table.admit(eid)
+                    entry.epoch = epoch
+                    self._spawn(self._revive(entry))
+                if got:
+                    poll = _POLL_MIN
+                    if len(got) == min(room, 64):
+                        hint.cancel()  # more may be waiting: claim again at once
+                        hint = None
+                        await asyncio.sleep(0)
+                else:
+                    last_empty = loop.time()
+                    poll = min(poll * 2, _POLL_MAX)
+            except StorageError as e:
+                log.warning("taking work from the store failed (%s); trying again", e)
+                hint = None
+                await asyncio.sleep(_POLL_MAX)
+            except Exception:
+                # The loop that feeds this node must outlive any one fault.
+                log.exception("the dispatch loop failed; trying again")
+                hint = None
+                await asyncio.sleep(_POLL_MAX)
 
     def _held(self) -> list[tuple[str, int]]:
         held = []
@@ -469,42 +649,29 @@ class WorkflowEngine:
         return held
 
     async def _keep_leases(self) -> None:
-        """Renew this process's leases well inside their length; drop the runs
-        of leases lost (paused past them, partitioned); and, when recovering,
-        take over executions whose owner died or that were released
-        (failover), promptly on the store's wake hint and at least at every
-        renewal."""
-        loop = asyncio.get_running_loop()
+        """Renew this process's leases well inside their length (every third
+        of it), drop the runs of leases lost (paused past them, partitioned),
+        heartbeat in the nodes table, and look at the inbox (in case a hint
+        was missed)."""
         interval = self.lease_seconds / 3
-        next_renew = loop.time() + interval
-        last_claim = loop.time()
         while not self._closed:
+            await asyncio.sleep(interval)
             try:
-                hinted = await self.storage.wait_for_work(max(next_renew - loop.time(), 0.0))
-                now = loop.time()
-                renewing = now >= next_renew
-                if renewing:
-                    next_renew = now + interval
-                    lost = await self.storage.renew(
-                        self.node_id, self._held(), lease_seconds=self.lease_seconds
-                    )
-                    for eid in lost:
-                        self._lose(eid)
-                if hinted or renewing:
-                    await self._check_inbox()
-                if self._recover_scope is True and (
-                    renewing or (hinted and now - last_claim > 0.1)
+                lost = await self.storage.renew(
+                    self.node_id, self._held(), lease_seconds=self.lease_seconds
+                )
+                for eid in lost:
+                    self._lose(eid)
+                if self._registered and not await self.storage.heartbeat(
+                    self.node_id, inflight=self._table.active
                 ):
-                    last_claim = now
-                    for eid, epoch in await self._claim_ready():
-                        if eid in self._table:
-                            continue
-                        entry = self._table.admit(eid)
-                        entry.epoch = epoch
-                        self._spawn(self._revive(entry))
+                    await self._register_node()  # removed meanwhile: register again
+                await self._check_inbox()
             except StorageError as e:
                 log.warning("lease upkeep failed (%s); trying again", e)
-                await asyncio.sleep(min(interval, 1.0))
+            except Exception:
+                # Leases and heartbeats must outlive any one fault.
+                log.exception("lease upkeep failed; trying again")
 
     async def _check_inbox(self) -> None:
         """Act on messages other processes left for executions this one owns."""
@@ -615,10 +782,13 @@ class WorkflowEngine:
         *,
         entry: Entry | None = None,
         needs: list[str] | None = None,
+        owned: bool | None = None,
     ) -> Journal:
         """The journal of one execution: fenced with this engine's lease when
-        it owns it (``entry`` held, or ``first``: it creates it)."""
-        owned = first is not None or (entry is not None and entry.epoch > 0)
+        it owns it (``entry`` held, or ``first``: it creates it, unless
+        ``owned=False``: created for the cluster to claim)."""
+        if owned is None:
+            owned = first is not None or (entry is not None and entry.epoch > 0)
         return Journal(
             self.core,
             self.storage,
@@ -880,6 +1050,15 @@ class WorkflowEngine:
             self._forget(eid)
             self._table.fail_to_load(entry, e)
             return None
+        except Exception as e:
+            # A fault of the engine's own code: never leave it resuming for
+            # good; back off and try again.
+            delay = _backoff(entry.failures)
+            log.exception("resuming execution %s failed; retry in %.2fs", eid, delay)
+            self._forget(eid)
+            self._table.break_off(entry, e, self.clock.now() + delay)
+            self._backoff(entry, delay)
+            return None
         run = Run(
             self,
             self._journal(eid, d["version"], entry=entry),
@@ -942,7 +1121,7 @@ class WorkflowEngine:
             doc = await self.storage.get_definition_by_hash(h)
             if doc is not None:
                 ir = WorkflowIR.from_json(doc)
-                self._remember(ir)
+                self._remember(ir, stored=True)
         if ir is None:
             raise WorkflowNotFoundError(
                 f"definition {state.get('workflow_id')!r} (hash {h}) of execution "
@@ -950,17 +1129,41 @@ class WorkflowEngine:
                 workflow_id=str(state.get("workflow_id")),
                 version=state.get("workflow_version"),
             )
+        if ir.content_hash not in self._expanded:
+            await self._load_referenced(ir)
         return ir
 
     # ------------------------------------------------------------ definitions
 
-    def _remember(self, ir: WorkflowIR) -> None:
+    def _remember(self, ir: WorkflowIR, *, stored: bool = False) -> None:
         self._definitions[(ir.id, ir.version)] = ir
         self._by_hash[ir.content_hash] = ir
-        self._latest[ir.id] = ir
+        if not stored or ir.id not in self._latest:
+            self._latest[ir.id] = ir
+
+    async def _load_referenced(self, ir: WorkflowIR, depth: int = 0) -> None:
+        """Bring the definitions ``ir``'s sub-workflows name from the store
+        (any node runs any stored version, not only those it registered)."""
+        refs: list[tuple[str, str | None]] = []
+        ir.check(workflows=lambda ref, version: refs.append((ref, version)) is None)
+        for ref, version in refs:
+            if self._workflow_known(ref, version):
+                continue
+            doc = await self.storage.get_definition(ref, version)
+            if doc is None:
+                continue  # the step fails with WorkflowNotFoundError, as it says
+            child = WorkflowIR.from_json(doc)
+            if (child.id, child.version) not in self._definitions:
+                self._remember(child, stored=True)
+            if depth < 32:
+                await self._load_referenced(child, depth + 1)
+        self._expanded.add(ir.content_hash)
 
     async def _register(self, ir: WorkflowIR) -> None:
-        problems = ir.check(activities=self.activities, workflows=self._workflow_known)
+        # In a cluster the workers have the activities: a definition that
+        # names one nobody has waits for such a worker, visibly.
+        activities = None if self.balancer is not None else self.activities
+        problems = ir.check(activities=activities, workflows=self._workflow_known)
         if problems:
             raise WorkflowDefinitionError(problems, source=f"{ir.id}@{ir.version}")
         known = self._definitions.get((ir.id, ir.version))
@@ -1032,13 +1235,187 @@ class WorkflowEngine:
             if self._by_hash.get(ir.content_hash) is None:
                 await self._register(ir)
         clean = ir.validate_inputs(to_recorded(dict(inputs or {}), "inputs"))
+        start = self._submit if self.balancer is not None else self._start
         if execution_id is None:
             # A fresh random id cannot exist yet: no lookup needed.
             eid = str(uuid.uuid4())
-            await self._start(ir, clean, eid, parent=None, fresh=True)
+            await start(ir, clean, eid, parent=None, fresh=True)
             return eid
-        await self._start(ir, clean, execution_id, parent=None)
+        await start(ir, clean, execution_id, parent=None)
         return execution_id
+
+    async def _submit(
+        self,
+        ir: WorkflowIR,
+        inputs: dict[str, Any],
+        execution_id: str,
+        parent: dict[str, Any] | None,
+        *,
+        fresh: bool = False,
+    ) -> None:
+        """Start an execution for the cluster: its first commit leaves it
+        unowned and ready, preferred for the node the balancer chose; that
+        node (or, after ``steal_after``, any that can run it) claims it."""
+        if not fresh and await self._exists(execution_id):
+            return
+        needs = _needs(ir)
+        journal = self._journal(
+            execution_id,
+            0,
+            first=(ir.id, ir.version, (parent or {}).get("execution_id")),
+            needs=needs,
+            owned=False,
+        )
+        journal.preferred = await self._choose_node(needs)
+        run = Run(self, journal, ir, execution_id, inputs, parent=parent)
+        try:
+            run.record_started()
+            await journal.flush()
+        except ConflictError as e:
+            if e.expected != 0:
+                raise
+            # started concurrently by another engine: idempotent
+        finally:
+            self._forget(execution_id)  # the claiming node writes from now on
+
+    async def _choose_node(self, needs: Sequence[str]) -> str | None:
+        """The balancer's choice among the healthy nodes that can run ``needs``."""
+        balancer = self.balancer
+        if balancer is None:
+            return None
+        loop = asyncio.get_running_loop()
+        view = self._node_view
+        if view is None or loop.time() - view[0] > _NODE_VIEW_SECONDS:
+            try:
+                nodes = await self.storage.list_nodes(
+                    suspect_after=self.suspect_after, dead_after=self.dead_after
+                )
+            except StorageError as e:
+                log.warning("cannot read the nodes table (%s): no preferred node", e)
+                return None
+            view = self._node_view = (loop.time(), nodes)
+            self._assigned.clear()
+        want = set(needs)
+        able = [
+            dataclasses.replace(n, inflight=n.inflight + self._assigned.get(n.node_id, 0))
+            for n in view[1]
+            if n.status == "healthy" and want <= set(n.capabilities)
+        ]
+        chosen = balancer.choose(able, list(needs))
+        if chosen is not None:
+            self._assigned[chosen] = self._assigned.get(chosen, 0) + 1
+        return chosen
+
+    def enable_distributed_execution(
+        self,
+        node_id: str | None = None,
+        balancer: Balancer | None = None,
+        *,
+        capacity: int | None = None,
+        steal_after: float | None = None,
+    ) -> None:
+        """Make this engine a node of a cluster sharing its store.
+
+        From now on :meth:`start_workflow` hands each new execution to the
+        cluster (:meth:`submit_distributed_workflow`): ``balancer`` (default
+        :class:`LeastLoadedBalancer`) names the node it should run on, and
+        nodes claim work up to their ``capacity``. ``node_id`` (default: the
+        engine's) is this node's identity in the nodes table; it can be
+        given only before the engine starts. An engine built with recovery
+        off submits work without running any (a pure client).
+        """
+        if node_id is not None and node_id != self.node_id:
+            if self._started:
+                raise RuntimeError("the node id cannot change once the engine has started")
+            if not isinstance(node_id, str) or not node_id:
+                raise ValueError("node_id must be a non-empty string")
+            self.node_id = node_id
+        if capacity is not None:
+            if not isinstance(capacity, int) or capacity < 1:
+                raise ValueError("capacity must be an integer >= 1")
+            self.capacity = capacity
+        if steal_after is not None:
+            if steal_after < 0:
+                raise ValueError("steal_after must be >= 0")
+            self.steal_after = float(steal_after)
+        self.balancer = balancer or LeastLoadedBalancer()
+        if self._started and self._recover_scope is True:
+            self._spawn(self._register_node())  # capacity may have changed
+
+    async def submit_distributed_workflow(self, execution_id: str) -> str:
+        """Hand an existing execution to the cluster; returns its task id
+        (the execution id).
+
+        An execution this engine holds but is not running (parked, backing
+        off) is released for the balancer's node; one running here keeps
+        running here (it is already the cluster's); an unowned one gets the
+        balancer's node as its preferred one.
+        """
+        await self._ensure_started()
+        entry = self._table.get(execution_id)
+        if entry is not None and entry.phase in (Phase.LIVE, Phase.RESUMING):
+            return execution_id
+        record = await self.storage.get_execution(execution_id)
+        if record is None:
+            raise WorkflowNotFoundError(f"no execution {execution_id!r}")
+        if record.status in TERMINAL:
+            raise ExecutionNotRunningError(
+                f"execution {execution_id!r} has finished ({record.status})",
+                execution_id=execution_id,
+                status=record.status,
+            )
+        lease = await self.storage.get_lease(execution_id)
+        needs = lease.needs if lease is not None else []
+        preferred = await self._choose_node(needs)
+        epoch = 0
+        if entry is not None:
+            epoch = entry.epoch
+            async with entry.lock:
+                if self._table.get(execution_id) is entry and entry.phase in (
+                    Phase.PARKED,
+                    Phase.BACKOFF,
+                ):
+                    timer = self._backoff_timers.pop(execution_id, None)
+                    if timer is not None:
+                        timer.cancel()
+                    self._table.finish(entry)
+                else:
+                    return execution_id
+        else:
+            got = await self.storage.acquire(
+                execution_id, self.node_id, lease_seconds=self.lease_seconds
+            )
+            if got is None:
+                return execution_id  # another live node holds it: the cluster's already
+            epoch = got.epoch
+        await self.storage.release(
+            execution_id, self.node_id, epoch, ready_at=READY_NOW, preferred=preferred
+        )
+        return execution_id
+
+    async def get_cluster_health(self) -> ClusterHealth:
+        """The cluster as the shared store sees it: nodes with status, load,
+        capacity and capabilities; the ready queue's depth and oldest age;
+        executions waiting for a capability no live node has; reassignments
+        (failovers) and fenced writes."""
+        await self._ensure_started()
+        stats = await self.storage.cluster_stats(
+            suspect_after=self.suspect_after, dead_after=self.dead_after
+        )
+        return ClusterHealth.of(self.node_id, stats)
+
+    async def waiting_for(self, execution_id: str) -> str | None:
+        """Why an execution is not running, when no live node can run it:
+        e.g. ``"no worker with activity `pay_out`"``; None otherwise."""
+        await self._ensure_started()
+        lease = await self.storage.get_lease(execution_id)
+        if lease is None or lease.owner is not None or not lease.needs:
+            return None
+        nodes = await self.storage.list_nodes(
+            suspect_after=self.suspect_after, dead_after=self.dead_after
+        )
+        missing = missing_capabilities(nodes, [(execution_id, cap) for cap in lease.needs])
+        return describe_missing(missing[execution_id]) if execution_id in missing else None
 
     async def _start(
         self,
@@ -1122,26 +1499,60 @@ class WorkflowEngine:
         state = await self._state(execution_id)
         if state.status not in TERMINAL:
             lease = await self.storage.get_lease(execution_id)
-            if lease is not None and lease.owner not in (None, self.node_id):
+            if lease is not None and (
+                lease.owner not in (None, self.node_id)
+                or (self.balancer is not None and lease.ready_at is not None)
+            ):
+                # Run by another process, or (in a cluster) ready for one to claim.
                 return await self._await_elsewhere(execution_id)
-            raise ExecutionNotRunningError(
-                f"execution {execution_id!r} is {state.status} but not running here",
-                execution_id=execution_id,
-                status=state.status,
-            )
+            # It may have ended between the two reads (its end drops the lease).
+            self._forget(execution_id)
+            state = await self._state(execution_id)
+            if state.status not in TERMINAL:
+                raise ExecutionNotRunningError(
+                    f"execution {execution_id!r} is {state.status} but not running here",
+                    execution_id=execution_id,
+                    status=state.status,
+                )
         return state.status, state.outputs, state.error
 
     async def _await_elsewhere(self, execution_id: str) -> tuple[str, Any, Any]:
-        """Wait for an execution another process runs to end, reading the
-        store on its wake hints (and at least every quarter second)."""
-        while True:
-            if execution_id in self._table:
-                return await self._await_terminal(execution_id)  # it came here
-            self._forget(execution_id)  # our copy is stale: the owner writes
-            state = await self._state(execution_id)
-            if state.status in TERMINAL:
-                return state.status, state.outputs, state.error
-            await self.storage.wait_for_work(0.25)
+        """Wait for an execution another process runs to end (or to come
+        here), then read its outcome from the store."""
+        self._forget(execution_id)  # our copy is stale: the owner writes
+        waiter = self._watched.get(execution_id)
+        if waiter is None:
+            waiter = self._watched[execution_id] = asyncio.get_running_loop().create_future()
+        if self._watch_task is None or self._watch_task.done():
+            self._watch_task = asyncio.ensure_future(self._watch())
+        await asyncio.shield(waiter)
+        if execution_id in self._table:
+            return await self._await_terminal(execution_id)  # it came here
+        self._forget(execution_id)
+        state = await self._state(execution_id)
+        return state.status, state.outputs, state.error
+
+    async def _watch(self) -> None:
+        """One poll for every execution waited on that runs elsewhere: their
+        statuses in one query, every 10 ms while outcomes keep arriving,
+        backing off to 250 ms while none do."""
+        interval = _WATCH_MIN
+        while self._watched and not self._closed:
+            done: list[str] = [eid for eid in self._watched if eid in self._table]
+            try:
+                statuses = await self.storage.execution_statuses(list(self._watched))
+            except StorageError as e:
+                log.warning("reading the statuses of executions run elsewhere failed: %s", e)
+                statuses = {}
+            done += [eid for eid, status in statuses.items() if status in TERMINAL]
+            done += [eid for eid in self._watched if eid not in statuses and statuses]
+            for eid in done:
+                waiter = self._watched.pop(eid, None)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(None)
+            interval = _WATCH_MIN if done else min(interval * 2, _WATCH_MAX)
+            if self._watched:
+                await asyncio.sleep(interval)
 
     async def _load(self, execution_id: str, *, in_thread: bool = True) -> None:
         """Bring an execution from storage into the core (verifying its chain)."""

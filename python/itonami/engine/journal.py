@@ -91,6 +91,8 @@ class Journal:
         self.epoch = epoch
         self._lease_seconds = lease_seconds
         self._needs = needs
+        #: The node a balancer chose, for the first commit of an unowned execution.
+        self.preferred: str | None = None
         #: The newest inbox message the pending events record: the commit
         #: that carries them deletes it, so a message is consumed exactly once.
         self.ack_inbox_upto: int | None = None
@@ -211,6 +213,7 @@ class Journal:
             # claimable only by processes that have its activities.
             req.ready_at = READY_NOW
             req.needs = self._needs
+            req.preferred = self.preferred
         self._flush_target = events[-1].version
         self._flush_first = events[0].version
         self.commits += 1

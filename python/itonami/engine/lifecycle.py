@@ -70,6 +70,9 @@ class Blocked:
         return ", ".join(parts) or "nothing"
 
 
+_ACTIVE = frozenset({Phase.RESUMING, Phase.LIVE, Phase.BACKOFF})
+
+
 @dataclass(slots=True, eq=False)
 class Entry:
     """One unfinished execution's place in the lifecycle."""
@@ -105,6 +108,11 @@ class ExecutionTable:
         #: Transitions so far, by target phase (and ``finish``): tests read
         #: them to prove an idle engine does no work; metrics will too.
         self.transitions: dict[str, int] = {}
+        #: Entries in an active phase (resuming, live, backoff): what a node's
+        #: capacity bounds. Parked and broken entries cost no capacity.
+        self.active = 0
+        #: Set whenever an entry leaves an active phase (capacity came free).
+        self.freed: asyncio.Event | None = None
 
     def __contains__(self, execution_id: object) -> bool:
         return execution_id in self._entries
@@ -121,12 +129,22 @@ class ExecutionTable:
     def count(self, phase: Phase) -> int:
         return sum(1 for e in self._entries.values() if e.phase is phase)
 
+    def _account(self, old: Phase, new: Phase | None) -> None:
+        was, now = old in _ACTIVE, new in _ACTIVE
+        if was and not now:
+            self.active -= 1
+            if self.freed is not None:
+                self.freed.set()
+        elif now and not was:
+            self.active += 1
+
     def live_runs(self) -> list[Run]:
         return [e.run for e in self._entries.values() if e.run is not None]
 
     # ---------------------------------------------------------- transitions
 
     def _move(self, entry: Entry, phase: Phase) -> None:
+        self._account(entry.phase, phase)
         entry.phase = phase
         self.transitions[phase.value] = self.transitions.get(phase.value, 0) + 1
         old, entry.changed = entry.changed, asyncio.get_running_loop().create_future()
@@ -139,6 +157,7 @@ class ExecutionTable:
             raise RuntimeError(f"execution {execution_id!r} is already in the table")
         entry = Entry(execution_id, Phase.RESUMING)
         self._entries[execution_id] = entry
+        self.active += 1
         self.transitions["admit"] = self.transitions.get("admit", 0) + 1
         return entry
 
@@ -181,7 +200,8 @@ class ExecutionTable:
 
     def finish(self, entry: Entry) -> None:
         """Terminal (or closed): the entry leaves the table; waiters wake."""
-        self._entries.pop(entry.execution_id, None)
+        if self._entries.pop(entry.execution_id, None) is entry:
+            self._account(entry.phase, None)
         entry.run = None
         self.transitions["finish"] = self.transitions.get("finish", 0) + 1
         if not entry.changed.done():

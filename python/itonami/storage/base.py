@@ -113,6 +113,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from itonami.errors import ConflictError, CorruptStorageError, FencedError, StorageError
 
@@ -931,3 +932,18 @@ def definition_mismatch(workflow_id: str, version: str, old: str, new: str) -> S
         f"workflow {workflow_id} version {version} is already registered with content hash "
         f"{old}; refusing different content {new} (bump the version)"
     )
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password replaced by ``***`` (for messages)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable URL>"
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    netloc = f"{parts.username or ''}:***@{host}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))

@@ -45,7 +45,6 @@ import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 from itonami.errors import StorageError
 from itonami.storage.base import (
@@ -58,6 +57,7 @@ from itonami.storage.base import (
     conflict,
     fenced,
 )
+from itonami.storage.base import redact_url as redact
 from itonami.storage.sqlbase import NOW, WAKE, Op, Q, SqlStorage, lease_us, migrations
 
 try:
@@ -111,21 +111,6 @@ _NOW_SQL = "SELECT (EXTRACT(EPOCH FROM clock_timestamp()) * 1000000)::bigint"
 def _bulk_ok(req: AppendRequest) -> bool:
     """Whether the bulk path can take ``req`` (all but inbox acks and event waits)."""
     return req.ack_inbox_upto is None and not req.waits_set and not req.waits_cleared
-
-
-def redact(url: str) -> str:
-    """``url`` with its password replaced by ``***`` (for messages)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparsable URL>"
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    netloc = f"{parts.username or ''}:***@{host}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 @dataclass(slots=True)
@@ -625,14 +610,25 @@ class PostgresStorage(SqlStorage):
         idle = self._idle
         conn = await idle.get()
         try:
-            if conn.closed or conn.broken:
-                await conn.close()
-                self._readers.remove(conn)
-                conn = await self._connect()
-                self._readers.append(conn)
-            return await fn(conn)
-        except psycopg.Error as exc:
-            raise StorageError(f"PostgreSQL at {self._where}: error while reading: {exc}") from exc
+            for attempt in (1, 2):
+                if conn.closed or conn.broken:
+                    await conn.close()
+                    if conn in self._readers:
+                        self._readers.remove(conn)
+                    # When this fails (the server is still down) the dead
+                    # connection goes back to the pool and the next read retries.
+                    conn = await self._connect()
+                    self._readers.append(conn)
+                try:
+                    return await fn(conn)
+                except psycopg.Error as exc:
+                    # A connection the server dropped (a restart) shows only
+                    # when used: a read is safe to repeat once on a new one.
+                    if attempt == 2 or not (conn.closed or conn.broken):
+                        raise StorageError(
+                            f"PostgreSQL at {self._where}: error while reading: {exc}"
+                        ) from exc
+            raise AssertionError("unreachable")  # pragma: no cover
         finally:
             idle.put_nowait(conn)
 
