@@ -415,3 +415,106 @@ async def test_two_writers_on_the_same_data_cannot_both_win(factory: StoreFactor
     finally:
         await a.close()
         await b.close()
+
+
+# ------------------------------------------------------------------ retention
+
+
+async def _tree_of_executions(store: Storage, factory: StoreFactory) -> None:
+    """r1 (done at 100) > c1 > g1; r2 failed at 200; r3 running; r4 done at 300
+    with a running child c4; o1 of another workflow done at 150."""
+    specs = [
+        ("r1", None, "wf", "completed", 100),
+        ("c1", "r1", "wf", "completed", 90),
+        ("g1", "c1", "wf", "completed", 80),
+        ("r2", None, "wf", "failed", 200),
+        ("r3", None, "wf", "running", 50),
+        ("r4", None, "wf", "completed", 300),
+        ("c4", "r4", "wf", "running", 290),
+        ("o1", None, "other", "cancelled", 150),
+    ]
+    for eid, parent, wf, status, ts in specs:
+        req = AppendRequest(
+            eid, 0, [event(eid, 1, factory.next_tx(), ts=ts)], status, wf, "1", parent
+        )
+        await store.append(req)
+    await store.save_snapshot("r1", 1, b"snap")
+    await store.save_snapshot("c1", 1, b"snap")
+
+
+async def _ids(store: Storage) -> list[str]:
+    return sorted(r.execution_id for r in await store.list_executions())
+
+
+async def test_prune_deletes_old_finished_trees_in_bounded_batches(
+    store: Storage, factory: StoreFactory
+) -> None:
+    await _tree_of_executions(store, factory)
+    assert await store.prune(finished_before=100) == []  # before is exclusive
+    # one tree of 3 ids fits a limit of 2 (a tree is never split), then nothing more
+    first = await store.prune(finished_before=10_000, workflow_id="wf", limit=2)
+    assert sorted(first) == ["c1", "g1", "r1"]
+    assert await store.read_events("c1") == [] and await store.load_snapshot("r1") is None
+    assert await store.get_execution("g1") is None
+    assert await store.prune(finished_before=10_000, workflow_id="wf", limit=2) == ["r2"]
+    # r4 has a running child: it stays, as do r3 (running) and o1 (another workflow)
+    assert await store.prune(finished_before=10_000, workflow_id="wf") == []
+    assert await _ids(store) == ["c4", "o1", "r3", "r4"]
+    assert await store.prune(finished_before=10_000) == ["o1"]
+    assert await store.unfinished_executions() == ["r3", "c4"]
+    assert await store.integrity_check() == []
+    with pytest.raises(StorageError):
+        await store.prune(finished_before=10_000, limit=0)
+    with pytest.raises(StorageError):
+        await store.prune(finished_before=1.5)  # type: ignore[arg-type]
+
+
+async def test_delete_execution_takes_its_sub_workflows_and_never_unfinished_ones(
+    store: Storage, factory: StoreFactory
+) -> None:
+    await _tree_of_executions(store, factory)
+    assert await store.delete_execution("nope") is False
+    with pytest.raises(StorageError, match="r3: it has not finished"):
+        await store.delete_execution("r3")
+    with pytest.raises(StorageError, match="c4 has not finished"):
+        await store.delete_execution("r4")
+    assert await store.delete_execution("c1") is True  # its parent r1 has finished
+    assert await _ids(store) == ["c4", "o1", "r1", "r2", "r3", "r4"]
+    assert await store.load_snapshot("c1") is None and await store.read_events("g1") == []
+    assert await store.delete_execution("c1") is False
+    # a parent whose child was deleted is still pruned as one tree of its own
+    assert await store.prune(finished_before=150) == ["r1"]
+    assert await store.integrity_check() == []
+
+
+async def test_a_child_of_a_running_parent_is_not_deleted(
+    store: Storage, factory: StoreFactory
+) -> None:
+    await store.append(request(factory, "p", 0, 1, status="running"))
+    await store.append(request(factory, "k", 0, 1, status="completed", parent_id="p"))
+    with pytest.raises(StorageError, match="parent execution is still running"):
+        await store.delete_execution("k")
+    assert await store.prune(finished_before=1 << 60) == []  # not top-level
+    assert await _ids(store) == ["k", "p"]
+
+
+async def test_prune_leaves_no_rows_behind(store: Storage, factory: StoreFactory) -> None:
+    await store.append(
+        request(
+            factory, "x", 0, 2, status="waiting", timers_set={"0": 5}, waits_set=["paid"],
+            needs=["activity:a"], ready_at=None,
+        )
+    )  # fmt: skip
+    await store.post_message("x", "signal", "go", b"{}")
+    assert await store.prune(finished_before=1 << 60) == []
+    with pytest.raises(StorageError, match="has not finished"):
+        await store.delete_execution("x")
+    await store.append(request(factory, "x", 2, 1, status="completed"))
+    await store.save_snapshot("x", 3, b"s")
+    assert await store.prune(finished_before=1 << 60) == ["x"]
+    assert await store.all_timers() == [] and await store.find_event_waiters("paid") == []
+    assert await store.read_messages("x") == [] and await store.get_lease("x") is None
+    assert await store.integrity_check() == []
+    # the id can be used again from scratch
+    await store.append(request(factory, "x", 0, 1))
+    assert [e.version for e in await store.read_events("x")] == [1]

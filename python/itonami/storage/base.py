@@ -681,6 +681,31 @@ class Storage(ABC):
         :meth:`list_executions` (statuses with none are left out)."""
 
     @abstractmethod
+    async def delete_execution(self, execution_id: str) -> bool:
+        """Delete a finished execution with its sub-workflow executions.
+
+        Everything of theirs goes: events, snapshots, timers, lease columns,
+        needs, inbox and event waits. Returns False for an unknown id. Raises
+        :class:`~itonami.errors.StorageError` (deleting nothing) when the
+        execution, one of its descendants, or its parent has not finished.
+        """
+
+    @abstractmethod
+    async def prune(
+        self, *, finished_before: int, workflow_id: str | None = None, limit: int = 500
+    ) -> list[str]:
+        """Delete one bounded batch of finished executions; return the deleted ids.
+
+        Candidates are top-level executions (no parent, or a parent no longer
+        stored) with a terminal status whose last update is before
+        ``finished_before`` (µs) and, with ``workflow_id``, of that workflow;
+        each goes together with its descendants (sub-workflows), oldest first,
+        and one whose tree holds an unfinished execution stays. The batch stops
+        before it would exceed ``limit`` ids (one tree always fits). Call again
+        until it returns ``[]``.
+        """
+
+    @abstractmethod
     async def unfinished_executions(self) -> list[str]:
         """Ids of executions whose status is not terminal, oldest first."""
 
@@ -973,6 +998,49 @@ class ExecutionFilter:
             and (self.created_before is None or rec.created_at < self.created_before)
             and (self.id_contains is None or self.id_contains in rec.execution_id)
         )
+
+
+def check_prune(finished_before: int, workflow_id: str | None, limit: int) -> None:
+    """Refuse malformed ``prune`` arguments."""
+    if type(finished_before) is not int:
+        raise StorageError(f"prune: finished_before must be an int (µs), got {finished_before!r}")
+    if workflow_id is not None and not isinstance(workflow_id, str):
+        raise StorageError(f"prune: workflow_id must be a str, got {workflow_id!r}")
+    if type(limit) is not int or limit < 1:
+        raise StorageError(f"prune: limit must be an int >= 1, got {limit!r}")
+
+
+def check_deletable(execution_id: str, tree: Sequence[tuple[str, str]], parent: str | None) -> None:
+    """Refuse to delete ``execution_id`` unless its tree (``(id, status)``,
+    itself included) has finished and its parent's status (``None``: no
+    parent stored) is terminal."""
+    running = [eid for eid, status in tree if status not in TERMINAL_STATUSES]
+    if running:
+        what = "it has not" if execution_id in running else f"{', '.join(sorted(running))} has not"
+        raise StorageError(
+            f"delete_execution {execution_id}: {what} finished (only finished executions "
+            "and their finished sub-workflows are deleted)"
+        )
+    if parent is not None and parent not in TERMINAL_STATUSES:
+        raise StorageError(
+            f"delete_execution {execution_id}: its parent execution is still {parent}"
+        )
+
+
+def pick_trees(
+    roots: Sequence[str], trees: dict[str, list[tuple[str, str]]], limit: int
+) -> list[str]:
+    """The ids ``prune`` deletes: whole finished trees, in ``roots`` order,
+    while they fit in ``limit`` ids (the first always does)."""
+    out: list[str] = []
+    for root in roots:
+        tree = trees.get(root, [])
+        if not tree or any(status not in TERMINAL_STATUSES for _, status in tree):
+            continue
+        if out and len(out) + len(tree) > limit:
+            break
+        out.extend(eid for eid, _ in tree)
+    return out
 
 
 def like_contains(needle: str, escape: str = "!") -> str:

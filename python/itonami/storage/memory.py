@@ -31,6 +31,7 @@ from itonami.storage.base import (
     StoredEvent,
     Wakeup,
     check_definition,
+    check_deletable,
     check_event_rows,
     check_fence,
     check_lease_seconds,
@@ -39,6 +40,7 @@ from itonami.storage.base import (
     check_node,
     check_node_id,
     check_paging,
+    check_prune,
     check_release,
     check_request,
     conflict,
@@ -46,6 +48,7 @@ from itonami.storage.base import (
     fenced,
     find_history_problems,
     node_status,
+    pick_trees,
     waiting_for,
 )
 
@@ -323,6 +326,65 @@ class MemoryStorage(Storage):
             if f.matches(r):
                 counts[r.status] = counts.get(r.status, 0) + 1
         return dict(sorted(counts.items()))
+
+    def _tree(self, root: str) -> list[tuple[str, str]]:
+        children: dict[str, list[str]] = {}
+        for rec in self._executions.values():
+            if rec.parent_id is not None:
+                children.setdefault(rec.parent_id, []).append(rec.execution_id)
+        out: list[tuple[str, str]] = []
+        seen: set[str] = set()
+        todo = [root]
+        while todo:
+            eid = todo.pop()
+            if eid in seen or eid not in self._executions:
+                continue
+            seen.add(eid)
+            out.append((eid, self._executions[eid].status))
+            todo.extend(children.get(eid, ()))
+        return sorted(out)
+
+    def _delete(self, ids: Iterable[str]) -> None:
+        for eid in ids:
+            for table in (self._events, self._snapshots, self._timers, self._own, self._inbox):
+                table.pop(eid, None)
+            for waiting in self._waits.values():
+                waiting.discard(eid)
+            del self._executions[eid]
+
+    async def delete_execution(self, execution_id: str) -> bool:
+        """Delete a finished execution and its sub-workflows; False if unknown."""
+        self._check_open()
+        rec = self._executions.get(execution_id)
+        if rec is None:
+            return False
+        parent = self._executions.get(rec.parent_id) if rec.parent_id is not None else None
+        tree = self._tree(execution_id)
+        check_deletable(execution_id, tree, None if parent is None else parent.status)
+        self._delete(eid for eid, _ in tree)
+        return True
+
+    async def prune(
+        self, *, finished_before: int, workflow_id: str | None = None, limit: int = 500
+    ) -> list[str]:
+        """Delete one batch of old finished execution trees; the deleted ids."""
+        self._check_open()
+        check_prune(finished_before, workflow_id, limit)
+        roots = sorted(
+            (
+                r
+                for r in self._executions.values()
+                if r.status in TERMINAL_STATUSES
+                and r.updated_at < finished_before
+                and (workflow_id is None or r.workflow_id == workflow_id)
+                and (r.parent_id is None or r.parent_id not in self._executions)
+            ),
+            key=lambda r: (r.updated_at, r.execution_id),
+        )[:limit]
+        trees = {r.execution_id: self._tree(r.execution_id) for r in roots}
+        ids = pick_trees([r.execution_id for r in roots], trees, limit)
+        self._delete(ids)
+        return ids
 
     async def unfinished_executions(self) -> list[str]:
         """Ids of the executions not in a terminal status."""

@@ -52,6 +52,7 @@ from itonami.storage.base import (
     Storage,
     StoredEvent,
     check_definition,
+    check_deletable,
     check_event_rows,
     check_fence,
     check_lease_seconds,
@@ -60,6 +61,7 @@ from itonami.storage.base import (
     check_node,
     check_node_id,
     check_paging,
+    check_prune,
     check_release,
     conflict,
     decode_names,
@@ -69,6 +71,7 @@ from itonami.storage.base import (
     find_history_problems,
     like_contains,
     node_status,
+    pick_trees,
     waiting_for,
 )
 
@@ -109,6 +112,19 @@ WAKE = _Token("WAKE")
 Op = Generator[Any, Any, T]
 
 _TERMINAL = tuple(sorted(TERMINAL_STATUSES))
+
+#: Every table holding rows of an execution; retention deletes from each.
+_EXECUTION_TABLES = (
+    "events",
+    "snapshots",
+    "timers",
+    "execution_needs",
+    "inbox",
+    "event_waits",
+    "executions",
+)
+#: Ids per ``DELETE … IN (…)`` statement (well inside every parameter limit).
+_DELETE_CHUNK = 500
 
 _EXEC_COLUMNS = (
     "execution_id, workflow_id, workflow_version, status, parent_id, created_at, updated_at, "
@@ -666,6 +682,89 @@ class SqlStorage(Storage):
             return {r[0]: int(r[1]) for r in rows}
 
         return await self._read_op(op)
+
+    # ------------------------------------------------------------------ retention
+
+    def _trees(self, roots: Sequence[str]) -> Op[dict[str, list[tuple[str, str]]]]:
+        """Each root's ``(id, status)`` with every descendant's (sub-workflows)."""
+        if not roots:
+            return {}
+        seeds, params = self.in_list("execution_id", list(roots))
+        # UNION (not UNION ALL) also ends the walk should parent links loop.
+        rows = yield Q(
+            "WITH RECURSIVE tree(root, id) AS ("
+            f" SELECT execution_id, execution_id FROM executions WHERE {seeds}"
+            " UNION SELECT t.root, c.execution_id FROM executions c"
+            "  JOIN tree t ON c.parent_id = t.id)"
+            " SELECT t.root, t.id, e.status FROM tree t"
+            " JOIN executions e ON e.execution_id = t.id ORDER BY t.root, t.id",
+            params,
+            "all",
+        )
+        trees: dict[str, list[tuple[str, str]]] = {}
+        for root, eid, status in rows:
+            trees.setdefault(root, []).append((eid, status))
+        return trees
+
+    def _delete_rows(self, ids: Sequence[str]) -> Op[None]:
+        for start in range(0, len(ids), _DELETE_CHUNK):
+            chunk = list(ids[start : start + _DELETE_CHUNK])
+            for table in _EXECUTION_TABLES:
+                clause, params = self.in_list("execution_id", chunk)
+                yield Q(f"DELETE FROM {table} WHERE {clause}", params)
+
+    async def delete_execution(self, execution_id: str) -> bool:
+        """Delete a finished execution and its sub-workflows; False if unknown."""
+
+        def op() -> Op[bool]:
+            row = yield Q(
+                "SELECT parent_id FROM executions WHERE execution_id = ?" + self.FOR_UPDATE,
+                (execution_id,),
+                "one",
+            )
+            if row is None:
+                return False
+            parent_status = None
+            if row[0] is not None:
+                parent = yield Q(
+                    "SELECT status FROM executions WHERE execution_id = ?", (row[0],), "one"
+                )
+                parent_status = None if parent is None else parent[0]
+            trees = yield from self._trees([execution_id])
+            tree = trees.get(execution_id, [])
+            check_deletable(execution_id, tree, parent_status)
+            yield from self._delete_rows([eid for eid, _ in tree])
+            return True
+
+        return await self._write_op(op)
+
+    async def prune(
+        self, *, finished_before: int, workflow_id: str | None = None, limit: int = 500
+    ) -> list[str]:
+        """Delete one batch of old finished execution trees; the deleted ids."""
+        check_prune(finished_before, workflow_id, limit)
+        terminal, params = self.in_list("e.status", _TERMINAL)
+        query = (
+            f"SELECT e.execution_id FROM executions e WHERE {terminal} AND e.updated_at < ?"
+            " AND (e.parent_id IS NULL OR NOT EXISTS"
+            "  (SELECT 1 FROM executions p WHERE p.execution_id = e.parent_id))"
+        )
+        params.append(finished_before)
+        if workflow_id is not None:
+            query += " AND e.workflow_id = ?"
+            params.append(workflow_id)
+        query += " ORDER BY e.updated_at, e.execution_id LIMIT ?"
+        params.append(limit)
+
+        def op() -> Op[list[str]]:
+            rows = yield Q(query, params, "all")
+            roots = [r[0] for r in rows]
+            trees = yield from self._trees(roots)
+            ids = pick_trees(roots, trees, limit)
+            yield from self._delete_rows(ids)
+            return ids
+
+        return await self._write_op(op)
 
     async def unfinished_executions(self) -> list[str]:
         """Ids of the executions not in a terminal status."""
