@@ -16,7 +16,15 @@ describes it all.
 """
 
 from ._env import BlockedForeverError, HistoryItem, NotSettledError, WorkflowEnvironment
-from ._replay import HistoryFile, ReplayError, export_history, read_history_file, replay
+from ._replay import (
+    HistoryFile,
+    ReplayError,
+    export_execution,
+    export_history,
+    read_history_file,
+    replay,
+    verify_history,
+)
 
 __all__ = [
     "BlockedForeverError",
@@ -25,7 +33,9 @@ __all__ = [
     "NotSettledError",
     "ReplayError",
     "WorkflowEnvironment",
+    "export_execution",
     "export_history",
     "read_history_file",
     "replay",
+    "verify_history",
 ]
