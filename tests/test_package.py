@@ -6,12 +6,15 @@ import json
 import subprocess
 import sys
 from importlib import metadata
+from pathlib import Path
 
 import pytest
 
 # Loaded where they are used (HTTP calls, conditions, JSONPath queries,
 # PostgreSQL), never by `import itonami` itself.
-LAZY = ("httpx", "cel", "psycopg", "jsonpath_rfc9535", "prompt_toolkit")
+LAZY = ("httpx", "cel", "psycopg", "jsonpath_rfc9535", "prompt_toolkit", "typer", "rich")
+# What the pytest plugin may load when every pytest run imports it.
+PLUGIN_LIGHT = ("itonami.engine", "itonami.dsl", "itonami.activities", "itonami.storage", "orjson")
 
 
 def loaded_after(code: str) -> set[str]:
@@ -29,6 +32,62 @@ print(json.dumps(sorted({{m.split(".")[0] for m in sys.modules}} & set({list(LAZ
 
 def test_import_itonami_loads_no_optional_or_heavy_dependency() -> None:
     assert loaded_after("import itonami") == set()
+
+
+def test_the_pytest_plugin_imports_nothing_heavy() -> None:
+    probe = (
+        "import json, sys; import itonami.testing.pytest_plugin; "
+        f"print(json.dumps([m for m in {list(PLUGIN_LIGHT)!r} if m in sys.modules]))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert json.loads(out.stdout) == []
+
+
+def test_lazy_names_still_import_as_before() -> None:
+    import itonami
+
+    assert itonami.WorkflowEngine.__module__ == "itonami.engine.engine"
+    assert set(itonami.__all__) <= set(dir(itonami))
+    from itonami.testing import WorkflowEnvironment, replay
+
+    assert callable(replay) and WorkflowEnvironment.__name__ == "WorkflowEnvironment"
+    with pytest.raises(AttributeError):
+        _ = itonami.no_such_name  # type: ignore[attr-defined]
+
+
+MYPY_USER_CODE = """
+from itonami import WorkflowEngine, WorkflowIR
+
+def run(ir: WorkflowIR) -> str:
+    with WorkflowEngine.builder().with_storage("memory").build_sync() as engine:
+        eid = engine.start_workflow(ir, {"x": 1})
+        outputs: dict[str, object] = engine.wait_for_completion(eid)
+        assert engine.delete_execution(eid)
+        return eid + str(outputs)
+
+def wrong(ir: WorkflowIR) -> int:
+    with WorkflowEngine.builder().build_sync() as engine:
+        return engine.start_workflow(ir)
+"""
+
+
+def test_build_sync_is_typed_for_mypy_strict_user_code(tmp_path: Path) -> None:
+    pytest.importorskip("mypy")
+    user = tmp_path / "user_code.py"
+    user.write_text(MYPY_USER_CODE)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--no-incremental", str(user)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    # Exactly the one wrong return: a str is not an int. Were build_sync()
+    # typed Any, mypy would report nothing.
+    assert proc.stdout.count("error:") == 1, proc.stdout
+    assert 'Incompatible return value type (got "str", expected "int")' in proc.stdout
 
 
 def test_engine_storage_and_http_activity_setup_stay_light() -> None:

@@ -12,52 +12,21 @@ engine acts on it.
 
 from __future__ import annotations
 
-from . import _core
-from ._core import (
-    Appended,
-    Event,
-    ExecutionState,
-    InclusionProof,
-    VerifyReport,
-    VersionInfo,
-    VersionStore,
-    decode_history,
-    encode_event,
-    replay,
-    verify_proof,
-)
-from .activities import (
-    Activity,
-    ActivityContext,
-    ActivityRegistry,
-    DatabaseActivity,
-    FunctionActivity,
-    HostPolicy,
-    HttpActivity,
-    NonRetryableError,
-    Secret,
-    current_context,
-)
-from .dsl import WorkflowIR
-from .engine import (
-    Balancer,
-    Clock,
-    ClusterHealth,
-    Execution,
-    LeastLoadedBalancer,
-    RoundRobinBalancer,
-    SyncWorkflowEngine,
-    SystemClock,
-    TestClock,
-    WorkflowEngine,
-    WorkflowEngineBuilder,
-)
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# The errors are light and the core raises them: loaded at once. Everything
+# else loads on first use (PEP 562), so that importing a submodule such as
+# the pytest plugin (``itonami.testing.pytest_plugin``, imported by every
+# pytest run) or the errors does not pull in the engine, the language and
+# the activities.
 from .errors import (
     ActivityError,
     ActivityTimeoutError,
     ConflictError,
     CorruptStorageError,
     DecodeError,
+    ExecutionNotFinishedError,
     ExecutionNotFoundError,
     ExecutionNotRunningError,
     HostNotAllowedError,
@@ -76,10 +45,99 @@ from .errors import (
     WorkflowFailedError,
     WorkflowNotFoundError,
 )
-from .retry import RetryPolicy
-from .storage import Storage, open_storage
 
-__version__: str = getattr(_core, "__version__", "0.1.0")
+if TYPE_CHECKING:
+    from ._core import (
+        Appended,
+        Event,
+        ExecutionState,
+        InclusionProof,
+        VerifyReport,
+        VersionInfo,
+        VersionStore,
+        decode_history,
+        encode_event,
+        replay,
+        verify_proof,
+    )
+    from .activities import (
+        Activity,
+        ActivityContext,
+        ActivityRegistry,
+        DatabaseActivity,
+        FunctionActivity,
+        HostPolicy,
+        HttpActivity,
+        NonRetryableError,
+        Secret,
+        current_context,
+    )
+    from .dsl import WorkflowIR
+    from .engine import (
+        Balancer,
+        Clock,
+        ClusterHealth,
+        Execution,
+        LeastLoadedBalancer,
+        RoundRobinBalancer,
+        SyncWorkflowEngine,
+        SystemClock,
+        TestClock,
+        WorkflowEngine,
+        WorkflowEngineBuilder,
+    )
+    from .retry import RetryPolicy
+    from .storage import Storage, open_storage
+
+    __version__: str
+
+#: Where each lazily loaded name lives (the imports above, for checkers).
+_LAZY: dict[str, str] = {
+    **dict.fromkeys(
+        ("Appended", "Event", "ExecutionState", "InclusionProof", "VerifyReport", "VersionInfo",
+         "VersionStore", "decode_history", "encode_event", "replay", "verify_proof"),
+        "._core",
+    ),
+    **dict.fromkeys(
+        ("Activity", "ActivityContext", "ActivityRegistry", "DatabaseActivity",
+         "FunctionActivity", "HostPolicy", "HttpActivity", "NonRetryableError", "Secret",
+         "current_context"),
+        ".activities",
+    ),
+    "WorkflowIR": ".dsl",
+    **dict.fromkeys(
+        ("Balancer", "Clock", "ClusterHealth", "Execution", "LeastLoadedBalancer",
+         "RoundRobinBalancer", "SyncWorkflowEngine", "SystemClock", "TestClock",
+         "WorkflowEngine", "WorkflowEngineBuilder"),
+        ".engine",
+    ),
+    "RetryPolicy": ".retry",
+    "Storage": ".storage",
+    "open_storage": ".storage",
+}  # fmt: skip
+
+
+def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        value: Any = getattr(importlib.import_module("._core", __name__), "__version__", "0.1.0")
+    elif name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f".{name}", __name__)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY, "__version__"})
+
+
+_SUBMODULES = frozenset(
+    {"_core", "activities", "cli", "dsl", "engine", "errors", "integrity", "payload", "retry",
+     "steps", "storage", "testing", "worker"}
+)  # fmt: skip
 
 __all__ = [
     "Activity",
@@ -87,8 +145,8 @@ __all__ = [
     "ActivityError",
     "ActivityRegistry",
     "ActivityTimeoutError",
-    "Balancer",
     "Appended",
+    "Balancer",
     "Clock",
     "ClusterHealth",
     "ConflictError",
@@ -98,6 +156,7 @@ __all__ = [
     "Event",
     "Execution",
     "ExecutionNotFoundError",
+    "ExecutionNotFinishedError",
     "ExecutionNotRunningError",
     "ExecutionState",
     "FunctionActivity",

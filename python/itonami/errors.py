@@ -22,6 +22,7 @@ __all__ = [
     "CorruptStorageError",
     "DecodeError",
     "ExecutionNotFoundError",
+    "ExecutionNotFinishedError",
     "ExecutionNotRunningError",
     "FencedError",
     "HostNotAllowedError",
@@ -130,6 +131,15 @@ class ExecutionNotFoundError(ItonamiError, KeyError):
 
 class ExecutionNotRunningError(ItonamiError):
     """A signal or cancel for an execution that has already finished."""
+
+    def __init__(self, message: str, *, execution_id: str, status: str) -> None:
+        super().__init__(message)
+        self.execution_id = execution_id
+        self.status = status
+
+
+class ExecutionNotFinishedError(ItonamiError):
+    """Deleting an execution (or one of its sub-workflows) that has not finished."""
 
     def __init__(self, message: str, *, execution_id: str, status: str) -> None:
         super().__init__(message)

@@ -219,7 +219,9 @@ def test_subworkflow_runs_one_child_per_order(tmp_path: Path) -> None:
     assert r.code == 0, r.err
     parent = r.json()["execution_id"]
     outputs = r.json()["outputs"]["result"]
-    children = [c for c in itonami("list", "--json", db=db).lines() if c["parent_id"] == parent]
+    children = [
+        c for c in itonami("list", "--json", db=db).json()["executions"] if c["parent_id"] == parent
+    ]
     assert len(children) == 2 and {c["status"] for c in children} == {"completed"}
     assert {c["workflow_id"] for c in children} == {"order_processing"}
     assert [o["processed"] for o in outputs] == [True, True]

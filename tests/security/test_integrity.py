@@ -122,7 +122,11 @@ async def test_a_flipped_event_byte_is_damage_naming_execution_and_version(db: P
 
 def test_the_cli_tells_damage_from_usage(db: Path, capsys) -> None:
     assert main(["--db", str(db), "verify", EID]) == EXIT_OK
-    assert main(["--db", str(db), "verify", "no-such-execution"]) == EXIT_USAGE
+    # An unknown id is "not found" (exit 1, like damage), told apart by its message.
+    capsys.readouterr()
+    assert main(["--db", str(db), "verify", "no-such-execution"]) == EXIT_FAILED
+    assert capsys.readouterr().err == "itonami: no execution 'no-such-execution'\n"
+    assert main(["--db", str(db), "verify", EID, "--head", "00"]) == EXIT_USAGE
     flip_event_byte(db, 3)
     capsys.readouterr()
     assert main(["--db", str(db), "verify", EID]) == EXIT_FAILED

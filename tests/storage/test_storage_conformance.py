@@ -210,6 +210,90 @@ async def test_listing(store: Storage, factory: StoreFactory) -> None:
         await store.list_executions(limit=-1)
 
 
+async def _created(
+    store: Storage, factory: StoreFactory, specs: list[tuple[str, str, str, str, int]]
+) -> None:
+    for eid, wf, version, status, ts in specs:
+        req = AppendRequest(eid, 0, [event(eid, 1, factory.next_tx(), ts=ts)], status, wf, version)
+        await store.append(req)
+
+
+async def test_listing_filters_newest_first_and_counts(
+    store: Storage, factory: StoreFactory
+) -> None:
+    await _created(
+        store,
+        factory,
+        [
+            ("a-1", "alpha", "1", "running", 100),
+            ("a-2", "alpha", "2", "completed", 200),
+            ("b-1", "beta", "1", "failed", 200),  # same created_at as a-2: id breaks the tie
+            ("a-3", "alpha", "2", "completed", 300),
+            ("B-2", "beta", "1", "running", 400),
+        ],
+    )
+
+    def ids(records: list) -> list[str]:
+        return [r.execution_id for r in records]
+
+    everything = ["a-1", "a-2", "b-1", "a-3", "B-2"]
+    assert ids(await store.list_executions()) == everything
+    assert ids(await store.list_executions(newest_first=True)) == everything[::-1]
+    assert ids(await store.list_executions(newest_first=True, limit=2, offset=1)) == ["a-3", "b-1"]
+    assert ids(await store.list_executions(workflow_version="2")) == ["a-2", "a-3"]
+    got = await store.list_executions(workflow_id="beta", workflow_version="1")
+    assert ids(got) == ["b-1", "B-2"]
+    # created_after is inclusive, created_before exclusive
+    assert ids(await store.list_executions(created_after=200)) == ["a-2", "b-1", "a-3", "B-2"]
+    assert ids(await store.list_executions(created_before=200)) == ["a-1"]
+    assert ids(await store.list_executions(created_after=200, created_before=301)) == [
+        "a-2",
+        "b-1",
+        "a-3",
+    ]
+    # a substring, case-sensitive
+    assert ids(await store.list_executions(id_contains="-2")) == ["a-2", "B-2"]
+    assert ids(await store.list_executions(id_contains="b")) == ["b-1"]
+    assert ids(await store.list_executions(id_contains="B")) == ["B-2"]
+    assert ids(await store.list_executions(id_contains="")) == everything
+
+    assert await store.count_executions() == {"completed": 2, "failed": 1, "running": 2}
+    assert await store.count_executions(workflow_id="alpha") == {"completed": 2, "running": 1}
+    assert await store.count_executions(status=["running", "failed"], created_after=150) == {
+        "failed": 1,
+        "running": 1,
+    }
+    assert await store.count_executions(status=[]) == {}
+    assert await store.count_executions(id_contains="zzz") == {}
+    assert await store.count_executions(workflow_version="2", created_before=300) == {
+        "completed": 1
+    }
+    with pytest.raises(StorageError):
+        await store.list_executions(created_after="yesterday")  # type: ignore[arg-type]
+    with pytest.raises(StorageError):
+        await store.count_executions(id_contains=5)  # type: ignore[arg-type]
+
+
+async def test_id_contains_takes_like_metacharacters_literally(
+    store: Storage, factory: StoreFactory
+) -> None:
+    names = ["50%_off", "50x_off", "500off", "a_b", "axb", "back!slash", "back\\slash", "it's"]
+    await _created(store, factory, [(n, "w", "1", "running", 10 + i) for i, n in enumerate(names)])
+
+    async def ids(needle: str) -> list[str]:
+        return [r.execution_id for r in await store.list_executions(id_contains=needle)]
+
+    assert await ids("%") == ["50%_off"]
+    assert await ids("0%_") == ["50%_off"]
+    assert await ids("_") == ["50%_off", "50x_off", "a_b"]
+    assert await ids("a_b") == ["a_b"]
+    assert await ids("!") == ["back!slash"]
+    assert await ids("\\") == ["back\\slash"]
+    assert await ids("'") == ["it's"]
+    assert await ids("%' OR '1'='1") == []
+    assert await store.count_executions(id_contains="_") == {"running": 3}
+
+
 async def test_timers(store: Storage, factory: StoreFactory) -> None:
     await store.append(request(factory, "t1", 0, 1, timers_set={"0/1": 300, "0/2": 100}))
     await store.append(request(factory, "t2", 0, 1, timers_set={"0": 200}))
@@ -331,3 +415,106 @@ async def test_two_writers_on_the_same_data_cannot_both_win(factory: StoreFactor
     finally:
         await a.close()
         await b.close()
+
+
+# ------------------------------------------------------------------ retention
+
+
+async def _tree_of_executions(store: Storage, factory: StoreFactory) -> None:
+    """r1 (done at 100) > c1 > g1; r2 failed at 200; r3 running; r4 done at 300
+    with a running child c4; o1 of another workflow done at 150."""
+    specs = [
+        ("r1", None, "wf", "completed", 100),
+        ("c1", "r1", "wf", "completed", 90),
+        ("g1", "c1", "wf", "completed", 80),
+        ("r2", None, "wf", "failed", 200),
+        ("r3", None, "wf", "running", 50),
+        ("r4", None, "wf", "completed", 300),
+        ("c4", "r4", "wf", "running", 290),
+        ("o1", None, "other", "cancelled", 150),
+    ]
+    for eid, parent, wf, status, ts in specs:
+        req = AppendRequest(
+            eid, 0, [event(eid, 1, factory.next_tx(), ts=ts)], status, wf, "1", parent
+        )
+        await store.append(req)
+    await store.save_snapshot("r1", 1, b"snap")
+    await store.save_snapshot("c1", 1, b"snap")
+
+
+async def _ids(store: Storage) -> list[str]:
+    return sorted(r.execution_id for r in await store.list_executions())
+
+
+async def test_prune_deletes_old_finished_trees_in_bounded_batches(
+    store: Storage, factory: StoreFactory
+) -> None:
+    await _tree_of_executions(store, factory)
+    assert await store.prune(finished_before=100) == []  # before is exclusive
+    # one tree of 3 ids fits a limit of 2 (a tree is never split), then nothing more
+    first = await store.prune(finished_before=10_000, workflow_id="wf", limit=2)
+    assert sorted(first) == ["c1", "g1", "r1"]
+    assert await store.read_events("c1") == [] and await store.load_snapshot("r1") is None
+    assert await store.get_execution("g1") is None
+    assert await store.prune(finished_before=10_000, workflow_id="wf", limit=2) == ["r2"]
+    # r4 has a running child: it stays, as do r3 (running) and o1 (another workflow)
+    assert await store.prune(finished_before=10_000, workflow_id="wf") == []
+    assert await _ids(store) == ["c4", "o1", "r3", "r4"]
+    assert await store.prune(finished_before=10_000) == ["o1"]
+    assert await store.unfinished_executions() == ["r3", "c4"]
+    assert await store.integrity_check() == []
+    with pytest.raises(StorageError):
+        await store.prune(finished_before=10_000, limit=0)
+    with pytest.raises(StorageError):
+        await store.prune(finished_before=1.5)  # type: ignore[arg-type]
+
+
+async def test_delete_execution_takes_its_sub_workflows_and_never_unfinished_ones(
+    store: Storage, factory: StoreFactory
+) -> None:
+    await _tree_of_executions(store, factory)
+    assert await store.delete_execution("nope") is False
+    with pytest.raises(StorageError, match="r3: it has not finished"):
+        await store.delete_execution("r3")
+    with pytest.raises(StorageError, match="c4 has not finished"):
+        await store.delete_execution("r4")
+    assert await store.delete_execution("c1") is True  # its parent r1 has finished
+    assert await _ids(store) == ["c4", "o1", "r1", "r2", "r3", "r4"]
+    assert await store.load_snapshot("c1") is None and await store.read_events("g1") == []
+    assert await store.delete_execution("c1") is False
+    # a parent whose child was deleted is still pruned as one tree of its own
+    assert await store.prune(finished_before=150) == ["r1"]
+    assert await store.integrity_check() == []
+
+
+async def test_a_child_of_a_running_parent_is_not_deleted(
+    store: Storage, factory: StoreFactory
+) -> None:
+    await store.append(request(factory, "p", 0, 1, status="running"))
+    await store.append(request(factory, "k", 0, 1, status="completed", parent_id="p"))
+    with pytest.raises(StorageError, match="parent execution is still running"):
+        await store.delete_execution("k")
+    assert await store.prune(finished_before=1 << 60) == []  # not top-level
+    assert await _ids(store) == ["k", "p"]
+
+
+async def test_prune_leaves_no_rows_behind(store: Storage, factory: StoreFactory) -> None:
+    await store.append(
+        request(
+            factory, "x", 0, 2, status="waiting", timers_set={"0": 5}, waits_set=["paid"],
+            needs=["activity:a"], ready_at=None,
+        )
+    )  # fmt: skip
+    await store.post_message("x", "signal", "go", b"{}")
+    assert await store.prune(finished_before=1 << 60) == []
+    with pytest.raises(StorageError, match="has not finished"):
+        await store.delete_execution("x")
+    await store.append(request(factory, "x", 2, 1, status="completed"))
+    await store.save_snapshot("x", 3, b"s")
+    assert await store.prune(finished_before=1 << 60) == ["x"]
+    assert await store.all_timers() == [] and await store.find_event_waiters("paid") == []
+    assert await store.read_messages("x") == [] and await store.get_lease("x") is None
+    assert await store.integrity_check() == []
+    # the id can be used again from scratch
+    await store.append(request(factory, "x", 0, 1))
+    assert [e.version for e in await store.read_events("x")] == [1]

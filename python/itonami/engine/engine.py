@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import datetime
 import functools
 import heapq
 import itertools
@@ -24,7 +25,7 @@ import traceback
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -33,6 +34,7 @@ from ..activities import Activity, ActivityRegistry, redact
 from ..dsl import WorkflowIR
 from ..errors import (
     ConflictError,
+    ExecutionNotFinishedError,
     ExecutionNotRunningError,
     FencedError,
     ItonamiError,
@@ -61,6 +63,9 @@ from .cluster import Balancer, ClusterHealth, LeastLoadedBalancer, describe_miss
 from .journal import Journal
 from .lifecycle import Blocked, Entry, ExecutionTable, Phase
 from .runtime import TERMINAL, Run
+
+if TYPE_CHECKING:
+    from .sync import SyncWorkflowEngine
 
 __all__ = ["Execution", "WorkflowEngine", "WorkflowEngineBuilder"]
 
@@ -141,6 +146,7 @@ class WorkflowEngineBuilder:
         self._balancer: Balancer | None = None
         self._recover: bool | frozenset[str] = True
         self._storage_options: dict[str, Any] = {}
+        self._retention: tuple[float, float] | None = None
 
     def with_storage(self, storage: str | Storage, **options: Any) -> WorkflowEngineBuilder:
         """``"memory"``, ``"sqlite:///file.db"``, ``"postgresql://…"`` or a Storage."""
@@ -251,6 +257,23 @@ class WorkflowEngineBuilder:
         self._seed = seed
         return self
 
+    def with_retention(
+        self,
+        finished_for: datetime.timedelta | float,
+        *,
+        every: datetime.timedelta | float = 3600.0,
+    ) -> WorkflowEngineBuilder:
+        """Delete executions (with their sub-workflows) once they have been
+        finished for ``finished_for`` (a timedelta or seconds), checking every
+        ``every`` on the engine clock while the engine runs. Unfinished
+        executions are never deleted; see :meth:`WorkflowEngine.prune`."""
+        kept = _seconds(finished_for)
+        period = _seconds(every)
+        if not kept >= 0 or not period > 0:
+            raise ValueError("retention needs finished_for >= 0 and every > 0")
+        self._retention = (kept, period)
+        return self
+
     def build(self) -> WorkflowEngine:
         """The engine; it opens storage and resumes executions on first use."""
         storage = self._storage
@@ -284,9 +307,11 @@ class WorkflowEngineBuilder:
             engine.enable_distributed_execution(
                 balancer=self._balancer, steal_after=self._steal_after
             )
+        if self._retention is not None:
+            engine.enable_retention(*self._retention)
         return engine
 
-    def build_sync(self) -> Any:
+    def build_sync(self) -> SyncWorkflowEngine:
         """A blocking facade over the engine, for scripts (see ``SyncWorkflowEngine``)."""
         from .sync import SyncWorkflowEngine
 
@@ -304,6 +329,9 @@ class WorkflowEngine:
     broken); :meth:`phase` tells which. Signals, external events, cancels
     and timers act on an execution in every one of them.
     """
+
+    #: ``(finished_for, every)`` seconds when retention is on (:meth:`enable_retention`).
+    _retention: tuple[float, float] | None = None
 
     def __init__(
         self,
@@ -441,6 +469,7 @@ class WorkflowEngine:
             await self._check_inbox()
             self._lease_task = asyncio.ensure_future(self._keep_leases())
             self._dispatch_task = asyncio.ensure_future(self._dispatch())
+            self._start_retention()
 
     async def close(self) -> None:
         """Stop running executions (they resume on the next start) and close storage."""
@@ -1586,16 +1615,32 @@ class WorkflowEngine:
         workflow_id: str | None = None,
         limit: int = 1000,
         offset: int = 0,
+        workflow_version: str | None = None,
+        created_after: int | None = None,
+        created_before: int | None = None,
+        id_contains: str | None = None,
+        newest_first: bool = False,
     ) -> list[ExecutionRecord]:
         """Executions by status and/or workflow id, oldest first.
 
         Returns the store's index records (:class:`itonami.storage.ExecutionRecord`:
         id, workflow, status, parent, version; times in microseconds); use
         :meth:`get_execution` for an execution's inputs, outputs and error.
+        The other filters are those of
+        :meth:`itonami.storage.Storage.list_executions` (µs bounds on
+        ``created_at``; ``newest_first`` reverses the order).
         """
         await self._ensure_started()
         return await self.storage.list_executions(
-            status=status, workflow_id=workflow_id, limit=limit, offset=offset
+            status=status,
+            workflow_id=workflow_id,
+            workflow_version=workflow_version,
+            created_after=created_after,
+            created_before=created_before,
+            id_contains=id_contains,
+            newest_first=newest_first,
+            limit=limit,
+            offset=offset,
         )
 
     # ------------------------------------------------------------ messages
@@ -1852,6 +1897,133 @@ class WorkflowEngine:
             await entry.run.flush()
         return await verify_execution(self.storage, execution_id)
 
+    # ------------------------------------------------------------ listing and retention
+
+    async def count_executions(
+        self,
+        *,
+        status: str | Sequence[str] | None = None,
+        workflow_id: str | None = None,
+        workflow_version: str | None = None,
+        created_after: int | None = None,
+        created_before: int | None = None,
+        id_contains: str | None = None,
+    ) -> dict[str, int]:
+        """How many executions each status has under the filters of
+        :meth:`list_executions` (µs bounds on ``created_at``)."""
+        await self._ensure_started()
+        return await self.storage.count_executions(
+            status=status,
+            workflow_id=workflow_id,
+            workflow_version=workflow_version,
+            created_after=created_after,
+            created_before=created_before,
+            id_contains=id_contains,
+        )
+
+    async def delete_execution(self, execution_id: str) -> bool:
+        """Delete a finished execution and its sub-workflow executions from the store.
+
+        Returns False when nothing is stored under the id. Raises
+        :class:`ExecutionNotFinishedError` (deleting nothing) when it, one of
+        its sub-workflows or its parent has not finished: cancel it first.
+        Its history is gone afterwards; ``itonami export`` it first to keep a
+        verifiable copy.
+        """
+        await self._ensure_started()
+        record = await self.storage.get_execution(execution_id)
+        if record is None:
+            return False
+        if record.status not in TERMINAL or self._table.get(execution_id) is not None:
+            raise ExecutionNotFinishedError(
+                f"execution {execution_id!r} is {record.status}: only finished executions "
+                "are deleted (cancel it first)",
+                execution_id=execution_id,
+                status=record.status,
+            )
+        try:
+            deleted = await self.storage.delete_execution(execution_id)
+        except StorageError as e:
+            if "not finished" not in str(e) and "is still" not in str(e):
+                raise
+            raise ExecutionNotFinishedError(
+                str(e), execution_id=execution_id, status=record.status
+            ) from None
+        self._evict_tree(execution_id)
+        return deleted
+
+    async def prune(
+        self,
+        *,
+        finished_before: datetime.datetime | float,
+        workflow_id: str | None = None,
+        batch: int = 500,
+    ) -> list[str]:
+        """Delete every execution that finished before ``finished_before``
+        (a datetime, or seconds since the epoch as the engine clock counts),
+        with its sub-workflows; return the deleted ids.
+
+        Works in batches of at most ``batch`` executions, each one short
+        transaction, yielding to the event loop between them so running
+        work is not held up. Unfinished executions are never touched.
+        """
+        await self._ensure_started()
+        if isinstance(finished_before, datetime.datetime):
+            finished_before = finished_before.timestamp()
+        cutoff = round(float(finished_before) * 1_000_000)
+        deleted: list[str] = []
+        while True:
+            ids = await self.storage.prune(
+                finished_before=cutoff, workflow_id=workflow_id, limit=batch
+            )
+            if not ids:
+                return deleted
+            for eid in ids:
+                if self.core.version(eid):
+                    self._forget(eid)
+            deleted.extend(ids)
+            await asyncio.sleep(0)
+
+    def enable_retention(self, finished_for: float, every: float) -> None:
+        """Prune executions finished more than ``finished_for`` seconds ago,
+        every ``every`` seconds of the engine clock, from :meth:`start` to
+        :meth:`close` (what :meth:`WorkflowEngineBuilder.with_retention` sets)."""
+        if not finished_for >= 0 or not every > 0:
+            raise ValueError("retention needs finished_for >= 0 and every > 0 seconds")
+        first = self._retention is None
+        self._retention = (float(finished_for), float(every))
+        if first and self._started and not self._closed:
+            self._spawn(self._retention_loop())
+
+    def _start_retention(self) -> None:
+        if self._retention is not None:
+            self._spawn(self._retention_loop())
+
+    async def _retention_loop(self) -> None:
+        while self._retention is not None and not self._closed:
+            finished_for, every = self._retention
+            try:
+                gone = await self.prune(finished_before=self.clock.now() - finished_for)
+            except ItonamiError as e:  # the store failed: try again next round
+                log.warning("retention: pruning failed: %s", e)
+            else:
+                if gone:
+                    log.info("retention: deleted %d finished executions", len(gone))
+            await self.clock.sleep_until(self.clock.now() + every)
+
+    def _evict_tree(self, execution_id: str) -> None:
+        """Drop the core's copies of a deleted execution and its sub-workflows."""
+        todo = [execution_id]
+        while todo:
+            eid = todo.pop()
+            if not self.core.version(eid):
+                continue
+            steps = self.core.state(eid).to_dict().get("steps") or {}
+            todo.extend(
+                s["child_execution_id"] for s in steps.values() if s.get("child_execution_id")
+            )
+            self._forget(eid)
+
 
 async def _deliver(
     done: asyncio.Future[bool], name: str, payload: Any, ack: int | None, run: Run | None
@@ -1875,6 +2047,10 @@ async def _hand_event(
     """Offer an external event to a revived run before it starts (``done``
     gets ``(taken, run)``, or None when no run came of the revival)."""
     done.set_result(None if run is None else (run.offer_event(event_type, payload), run))
+
+
+def _seconds(value: datetime.timedelta | float) -> float:
+    return value.total_seconds() if isinstance(value, datetime.timedelta) else float(value)
 
 
 def _document(ir: WorkflowIR) -> bytes:

@@ -125,6 +125,7 @@ __all__ = [
     "AppendRequest",
     "Claim",
     "ClusterStats",
+    "ExecutionFilter",
     "ExecutionRecord",
     "Fence",
     "Lease",
@@ -654,10 +655,60 @@ class Storage(ABC):
         *,
         status: str | Sequence[str] | None = None,
         workflow_id: str | None = None,
+        workflow_version: str | None = None,
+        created_after: int | None = None,
+        created_before: int | None = None,
+        id_contains: str | None = None,
+        newest_first: bool = False,
         limit: int = 1000,
         offset: int = 0,
     ) -> list[ExecutionRecord]:
-        """Executions filtered by status and workflow, oldest first (then by id)."""
+        """Executions under the filters, oldest first (then by id), or newest first.
+
+        ``status`` is one status or several; ``created_after`` (inclusive) and
+        ``created_before`` (exclusive) bound ``created_at`` in µs;
+        ``id_contains`` keeps ids containing that substring (case-sensitive,
+        ``%`` and ``_`` match themselves). ``limit``/``offset`` page the result.
+        """
+
+    @abstractmethod
+    async def count_executions(
+        self,
+        *,
+        status: str | Sequence[str] | None = None,
+        workflow_id: str | None = None,
+        workflow_version: str | None = None,
+        created_after: int | None = None,
+        created_before: int | None = None,
+        id_contains: str | None = None,
+    ) -> dict[str, int]:
+        """How many executions each status has under the filters of
+        :meth:`list_executions` (statuses with none are left out)."""
+
+    @abstractmethod
+    async def delete_execution(self, execution_id: str) -> bool:
+        """Delete a finished execution with its sub-workflow executions.
+
+        Everything of theirs goes: events, snapshots, timers, lease columns,
+        needs, inbox and event waits. Returns False for an unknown id. Raises
+        :class:`~itonami.errors.StorageError` (deleting nothing) when the
+        execution, one of its descendants, or its parent has not finished.
+        """
+
+    @abstractmethod
+    async def prune(
+        self, *, finished_before: int, workflow_id: str | None = None, limit: int = 500
+    ) -> list[str]:
+        """Delete one bounded batch of finished executions; return the deleted ids.
+
+        Candidates are top-level executions (no parent, or a parent no longer
+        stored) with a terminal status whose last update is before
+        ``finished_before`` (µs) and, with ``workflow_id``, of that workflow;
+        each goes together with its descendants (sub-workflows), oldest first,
+        and one whose tree holds an unfinished execution stays. The batch stops
+        before it would exceed ``limit`` ids (one tree always fits). Call again
+        until it returns ``[]``.
+        """
 
     @abstractmethod
     async def unfinished_executions(self) -> list[str]:
@@ -906,6 +957,114 @@ def status_filter(status: str | Sequence[str] | None) -> list[str] | None:
     if isinstance(status, str):
         return [status]
     return list(status)
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionFilter:
+    """The filters of :meth:`Storage.list_executions` and
+    :meth:`Storage.count_executions`, checked once for every backend."""
+
+    statuses: list[str] | None = None
+    workflow_id: str | None = None
+    workflow_version: str | None = None
+    created_after: int | None = None
+    created_before: int | None = None
+    id_contains: str | None = None
+
+    @classmethod
+    def of(
+        cls,
+        status: str | Sequence[str] | None = None,
+        workflow_id: str | None = None,
+        workflow_version: str | None = None,
+        created_after: int | None = None,
+        created_before: int | None = None,
+        id_contains: str | None = None,
+    ) -> ExecutionFilter:
+        """The checked filter; wrong-typed arguments raise :class:`StorageError`."""
+        statuses = status_filter(status)
+        for name, value in (
+            ("workflow_id", workflow_id),
+            ("workflow_version", workflow_version),
+            ("id_contains", id_contains),
+        ):
+            if value is not None and not isinstance(value, str):
+                raise StorageError(f"list_executions: {name} must be a str, got {value!r}")
+        for name, moment in (("created_after", created_after), ("created_before", created_before)):
+            if moment is not None and type(moment) is not int:
+                raise StorageError(f"list_executions: {name} must be an int (µs), got {moment!r}")
+        if statuses is not None and not all(isinstance(s, str) for s in statuses):
+            raise StorageError(f"list_executions: status must be str values, got {statuses!r}")
+        return cls(
+            statuses, workflow_id, workflow_version, created_after, created_before, id_contains
+        )
+
+    @property
+    def empty(self) -> bool:
+        """Whether nothing can match (an empty status list)."""
+        return self.statuses is not None and not self.statuses
+
+    def matches(self, rec: ExecutionRecord) -> bool:
+        """Whether ``rec`` passes every filter (what the SQL ``WHERE`` says)."""
+        return (
+            (self.statuses is None or rec.status in self.statuses)
+            and (self.workflow_id is None or rec.workflow_id == self.workflow_id)
+            and (self.workflow_version is None or rec.workflow_version == self.workflow_version)
+            and (self.created_after is None or rec.created_at >= self.created_after)
+            and (self.created_before is None or rec.created_at < self.created_before)
+            and (self.id_contains is None or self.id_contains in rec.execution_id)
+        )
+
+
+def check_prune(finished_before: int, workflow_id: str | None, limit: int) -> None:
+    """Refuse malformed ``prune`` arguments."""
+    if type(finished_before) is not int:
+        raise StorageError(f"prune: finished_before must be an int (µs), got {finished_before!r}")
+    if workflow_id is not None and not isinstance(workflow_id, str):
+        raise StorageError(f"prune: workflow_id must be a str, got {workflow_id!r}")
+    if type(limit) is not int or limit < 1:
+        raise StorageError(f"prune: limit must be an int >= 1, got {limit!r}")
+
+
+def check_deletable(execution_id: str, tree: Sequence[tuple[str, str]], parent: str | None) -> None:
+    """Refuse to delete ``execution_id`` unless its tree (``(id, status)``,
+    itself included) has finished and its parent's status (``None``: no
+    parent stored) is terminal."""
+    running = [eid for eid, status in tree if status not in TERMINAL_STATUSES]
+    if running:
+        what = "it has not" if execution_id in running else f"{', '.join(sorted(running))} has not"
+        raise StorageError(
+            f"delete_execution {execution_id}: {what} finished (only finished executions "
+            "and their finished sub-workflows are deleted)"
+        )
+    if parent is not None and parent not in TERMINAL_STATUSES:
+        raise StorageError(
+            f"delete_execution {execution_id}: its parent execution is still {parent}"
+        )
+
+
+def pick_trees(
+    roots: Sequence[str], trees: dict[str, list[tuple[str, str]]], limit: int
+) -> list[str]:
+    """The ids ``prune`` deletes: whole finished trees, in ``roots`` order,
+    while they fit in ``limit`` ids (the first always does)."""
+    out: list[str] = []
+    for root in roots:
+        tree = trees.get(root, [])
+        if not tree or any(status not in TERMINAL_STATUSES for _, status in tree):
+            continue
+        if out and len(out) + len(tree) > limit:
+            break
+        out.extend(eid for eid, _ in tree)
+    return out
+
+
+def like_contains(needle: str, escape: str = "!") -> str:
+    """A ``LIKE`` pattern matching values that contain ``needle`` literally
+    (``%``, ``_`` and the escape character itself are escaped)."""
+    for char in (escape, "%", "_"):
+        needle = needle.replace(char, escape + char)
+    return f"%{needle}%"
 
 
 def check_paging(limit: int, offset: int) -> None:

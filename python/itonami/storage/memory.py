@@ -21,6 +21,7 @@ from itonami.storage.base import (
     AppendRequest,
     Claim,
     ClusterStats,
+    ExecutionFilter,
     ExecutionRecord,
     Fence,
     Lease,
@@ -30,6 +31,7 @@ from itonami.storage.base import (
     StoredEvent,
     Wakeup,
     check_definition,
+    check_deletable,
     check_event_rows,
     check_fence,
     check_lease_seconds,
@@ -38,6 +40,7 @@ from itonami.storage.base import (
     check_node,
     check_node_id,
     check_paging,
+    check_prune,
     check_release,
     check_request,
     conflict,
@@ -45,7 +48,7 @@ from itonami.storage.base import (
     fenced,
     find_history_problems,
     node_status,
-    status_filter,
+    pick_trees,
     waiting_for,
 )
 
@@ -288,21 +291,103 @@ class MemoryStorage(Storage):
         *,
         status: str | Sequence[str] | None = None,
         workflow_id: str | None = None,
+        workflow_version: str | None = None,
+        created_after: int | None = None,
+        created_before: int | None = None,
+        id_contains: str | None = None,
+        newest_first: bool = False,
         limit: int = 1000,
         offset: int = 0,
     ) -> list[ExecutionRecord]:
-        """Filtered executions, ordered by creation time then id."""
+        """Filtered executions, ordered by creation time then id (or the reverse)."""
         self._check_open()
         check_paging(limit, offset)
-        statuses = status_filter(status)
-        found = [
-            r
-            for r in self._executions.values()
-            if (statuses is None or r.status in statuses)
-            and (workflow_id is None or r.workflow_id == workflow_id)
-        ]
-        found.sort(key=lambda r: (r.created_at, r.execution_id))
+        f = ExecutionFilter.of(
+            status, workflow_id, workflow_version, created_after, created_before, id_contains
+        )
+        found = [r for r in self._executions.values() if f.matches(r)]
+        found.sort(key=lambda r: (r.created_at, r.execution_id), reverse=newest_first)
         return found[offset : offset + limit]
+
+    async def count_executions(
+        self,
+        *,
+        status: str | Sequence[str] | None = None,
+        workflow_id: str | None = None,
+        workflow_version: str | None = None,
+        created_after: int | None = None,
+        created_before: int | None = None,
+        id_contains: str | None = None,
+    ) -> dict[str, int]:
+        """Executions per status under the filters."""
+        self._check_open()
+        f = ExecutionFilter.of(
+            status, workflow_id, workflow_version, created_after, created_before, id_contains
+        )
+        counts: dict[str, int] = {}
+        for r in self._executions.values():
+            if f.matches(r):
+                counts[r.status] = counts.get(r.status, 0) + 1
+        return dict(sorted(counts.items()))
+
+    def _tree(self, root: str) -> list[tuple[str, str]]:
+        children: dict[str, list[str]] = {}
+        for rec in self._executions.values():
+            if rec.parent_id is not None:
+                children.setdefault(rec.parent_id, []).append(rec.execution_id)
+        out: list[tuple[str, str]] = []
+        seen: set[str] = set()
+        todo = [root]
+        while todo:
+            eid = todo.pop()
+            if eid in seen or eid not in self._executions:
+                continue
+            seen.add(eid)
+            out.append((eid, self._executions[eid].status))
+            todo.extend(children.get(eid, ()))
+        return sorted(out)
+
+    def _delete(self, ids: Iterable[str]) -> None:
+        for eid in ids:
+            for table in (self._events, self._snapshots, self._timers, self._own, self._inbox):
+                table.pop(eid, None)
+            for waiting in self._waits.values():
+                waiting.discard(eid)
+            del self._executions[eid]
+
+    async def delete_execution(self, execution_id: str) -> bool:
+        """Delete a finished execution and its sub-workflows; False if unknown."""
+        self._check_open()
+        rec = self._executions.get(execution_id)
+        if rec is None:
+            return False
+        parent = self._executions.get(rec.parent_id) if rec.parent_id is not None else None
+        tree = self._tree(execution_id)
+        check_deletable(execution_id, tree, None if parent is None else parent.status)
+        self._delete(eid for eid, _ in tree)
+        return True
+
+    async def prune(
+        self, *, finished_before: int, workflow_id: str | None = None, limit: int = 500
+    ) -> list[str]:
+        """Delete one batch of old finished execution trees; the deleted ids."""
+        self._check_open()
+        check_prune(finished_before, workflow_id, limit)
+        roots = sorted(
+            (
+                r
+                for r in self._executions.values()
+                if r.status in TERMINAL_STATUSES
+                and r.updated_at < finished_before
+                and (workflow_id is None or r.workflow_id == workflow_id)
+                and (r.parent_id is None or r.parent_id not in self._executions)
+            ),
+            key=lambda r: (r.updated_at, r.execution_id),
+        )[:limit]
+        trees = {r.execution_id: self._tree(r.execution_id) for r in roots}
+        ids = pick_trees([r.execution_id for r in roots], trees, limit)
+        self._delete(ids)
+        return ids
 
     async def unfinished_executions(self) -> list[str]:
         """Ids of the executions not in a terminal status."""

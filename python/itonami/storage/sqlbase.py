@@ -43,6 +43,7 @@ from itonami.storage.base import (
     AppendRequest,
     Claim,
     ClusterStats,
+    ExecutionFilter,
     ExecutionRecord,
     Fence,
     Lease,
@@ -51,6 +52,7 @@ from itonami.storage.base import (
     Storage,
     StoredEvent,
     check_definition,
+    check_deletable,
     check_event_rows,
     check_fence,
     check_lease_seconds,
@@ -59,6 +61,7 @@ from itonami.storage.base import (
     check_node,
     check_node_id,
     check_paging,
+    check_prune,
     check_release,
     conflict,
     decode_names,
@@ -66,8 +69,9 @@ from itonami.storage.base import (
     encode_names,
     fenced,
     find_history_problems,
+    like_contains,
     node_status,
-    status_filter,
+    pick_trees,
     waiting_for,
 )
 
@@ -108,6 +112,19 @@ WAKE = _Token("WAKE")
 Op = Generator[Any, Any, T]
 
 _TERMINAL = tuple(sorted(TERMINAL_STATUSES))
+
+#: Every table holding rows of an execution; retention deletes from each.
+_EXECUTION_TABLES = (
+    "events",
+    "snapshots",
+    "timers",
+    "execution_needs",
+    "inbox",
+    "event_waits",
+    "executions",
+)
+#: Ids per ``DELETE … IN (…)`` statement (well inside every parameter limit).
+_DELETE_CHUNK = 500
 
 _EXEC_COLUMNS = (
     "execution_id, workflow_id, workflow_version, status, parent_id, created_at, updated_at, "
@@ -224,6 +241,22 @@ def migrations(
         ),
         (
             4,
+            (
+                # Listing pages newest (or oldest) first under each filter, and
+                # retention finds finished executions and their children.
+                "CREATE INDEX executions_created ON executions (created_at, execution_id)",
+                "DROP INDEX executions_status",
+                "CREATE INDEX executions_status ON executions (status, created_at, execution_id)",
+                "DROP INDEX executions_workflow",
+                "CREATE INDEX executions_workflow"
+                " ON executions (workflow_id, created_at, execution_id)",
+                "CREATE INDEX executions_finished ON executions (status, updated_at)",
+                "CREATE INDEX executions_parent ON executions (parent_id)"
+                " WHERE parent_id IS NOT NULL",
+            ),
+        ),
+        (
+            5,
             # The node a balancer chose for an unowned execution.
             ("ALTER TABLE executions ADD COLUMN preferred TEXT",),
         ),
@@ -575,32 +608,57 @@ class SqlStorage(Storage):
 
         return await self._read_op(op)
 
+    def contains(self, column: str, needle: str) -> tuple[str, list[Any]]:
+        """``column`` contains ``needle`` (case-sensitive, bound, LIKE-escaped)."""
+        return f"{column} LIKE ? ESCAPE '!'", [like_contains(needle)]
+
+    def _filter_sql(self, f: ExecutionFilter) -> tuple[str, list[Any]]:
+        """The ``WHERE`` clause (or "") and its parameters for an execution filter."""
+        where: list[str] = []
+        params: list[Any] = []
+        if f.statuses is not None:
+            clause, values = self.in_list("status", f.statuses)
+            where.append(clause)
+            params.extend(values)
+        for condition, value in (
+            ("workflow_id = ?", f.workflow_id),
+            ("workflow_version = ?", f.workflow_version),
+            ("created_at >= ?", f.created_after),
+            ("created_at < ?", f.created_before),
+        ):
+            if value is not None:
+                where.append(condition)
+                params.append(value)
+        if f.id_contains is not None:
+            clause, values = self.contains("execution_id", f.id_contains)
+            where.append(clause)
+            params.extend(values)
+        return (" WHERE " + " AND ".join(where)) if where else "", params
+
     async def list_executions(
         self,
         *,
         status: str | Sequence[str] | None = None,
         workflow_id: str | None = None,
+        workflow_version: str | None = None,
+        created_after: int | None = None,
+        created_before: int | None = None,
+        id_contains: str | None = None,
+        newest_first: bool = False,
         limit: int = 1000,
         offset: int = 0,
     ) -> list[ExecutionRecord]:
-        """Filtered executions, ordered by creation time then id."""
+        """Filtered executions, ordered by creation time then id (or the reverse)."""
         check_paging(limit, offset)
-        statuses = status_filter(status)
-        if statuses is not None and not statuses:
+        f = ExecutionFilter.of(
+            status, workflow_id, workflow_version, created_after, created_before, id_contains
+        )
+        if f.empty:
             return []
-        where: list[str] = []
-        params: list[Any] = []
-        if statuses is not None:
-            clause, values = self.in_list("status", statuses)
-            where.append(clause)
-            params.extend(values)
-        if workflow_id is not None:
-            where.append("workflow_id = ?")
-            params.append(workflow_id)
-        query = f"SELECT {_EXEC_COLUMNS} FROM executions"
-        if where:
-            query += " WHERE " + " AND ".join(where)
-        query += " ORDER BY created_at, execution_id LIMIT ? OFFSET ?"
+        where, params = self._filter_sql(f)
+        # Either direction walks one of the (…, created_at, execution_id) indexes.
+        order = "created_at DESC, execution_id DESC" if newest_first else "created_at, execution_id"
+        query = f"SELECT {_EXEC_COLUMNS} FROM executions{where} ORDER BY {order} LIMIT ? OFFSET ?"
         params.extend([limit, offset])
 
         def op() -> Op[list[ExecutionRecord]]:
@@ -608,6 +666,114 @@ class SqlStorage(Storage):
             return [ExecutionRecord(*r) for r in rows]
 
         return await self._read_op(op)
+
+    async def count_executions(
+        self,
+        *,
+        status: str | Sequence[str] | None = None,
+        workflow_id: str | None = None,
+        workflow_version: str | None = None,
+        created_after: int | None = None,
+        created_before: int | None = None,
+        id_contains: str | None = None,
+    ) -> dict[str, int]:
+        """Executions per status under the filters."""
+        f = ExecutionFilter.of(
+            status, workflow_id, workflow_version, created_after, created_before, id_contains
+        )
+        if f.empty:
+            return {}
+        where, params = self._filter_sql(f)
+        query = f"SELECT status, COUNT(*) FROM executions{where} GROUP BY status ORDER BY status"
+
+        def op() -> Op[dict[str, int]]:
+            rows = yield Q(query, params, "all")
+            return {r[0]: int(r[1]) for r in rows}
+
+        return await self._read_op(op)
+
+    # ------------------------------------------------------------------ retention
+
+    def _trees(self, roots: Sequence[str]) -> Op[dict[str, list[tuple[str, str]]]]:
+        """Each root's ``(id, status)`` with every descendant's (sub-workflows)."""
+        if not roots:
+            return {}
+        seeds, params = self.in_list("execution_id", list(roots))
+        # UNION (not UNION ALL) also ends the walk should parent links loop.
+        rows = yield Q(
+            "WITH RECURSIVE tree(root, id) AS ("
+            f" SELECT execution_id, execution_id FROM executions WHERE {seeds}"
+            " UNION SELECT t.root, c.execution_id FROM executions c"
+            "  JOIN tree t ON c.parent_id = t.id)"
+            " SELECT t.root, t.id, e.status FROM tree t"
+            " JOIN executions e ON e.execution_id = t.id ORDER BY t.root, t.id",
+            params,
+            "all",
+        )
+        trees: dict[str, list[tuple[str, str]]] = {}
+        for root, eid, status in rows:
+            trees.setdefault(root, []).append((eid, status))
+        return trees
+
+    def _delete_rows(self, ids: Sequence[str]) -> Op[None]:
+        for start in range(0, len(ids), _DELETE_CHUNK):
+            chunk = list(ids[start : start + _DELETE_CHUNK])
+            for table in _EXECUTION_TABLES:
+                clause, params = self.in_list("execution_id", chunk)
+                yield Q(f"DELETE FROM {table} WHERE {clause}", params)
+
+    async def delete_execution(self, execution_id: str) -> bool:
+        """Delete a finished execution and its sub-workflows; False if unknown."""
+
+        def op() -> Op[bool]:
+            row = yield Q(
+                "SELECT parent_id FROM executions WHERE execution_id = ?" + self.FOR_UPDATE,
+                (execution_id,),
+                "one",
+            )
+            if row is None:
+                return False
+            parent_status = None
+            if row[0] is not None:
+                parent = yield Q(
+                    "SELECT status FROM executions WHERE execution_id = ?", (row[0],), "one"
+                )
+                parent_status = None if parent is None else parent[0]
+            trees = yield from self._trees([execution_id])
+            tree = trees.get(execution_id, [])
+            check_deletable(execution_id, tree, parent_status)
+            yield from self._delete_rows([eid for eid, _ in tree])
+            return True
+
+        return await self._write_op(op)
+
+    async def prune(
+        self, *, finished_before: int, workflow_id: str | None = None, limit: int = 500
+    ) -> list[str]:
+        """Delete one batch of old finished execution trees; the deleted ids."""
+        check_prune(finished_before, workflow_id, limit)
+        terminal, params = self.in_list("e.status", _TERMINAL)
+        query = (
+            f"SELECT e.execution_id FROM executions e WHERE {terminal} AND e.updated_at < ?"
+            " AND (e.parent_id IS NULL OR NOT EXISTS"
+            "  (SELECT 1 FROM executions p WHERE p.execution_id = e.parent_id))"
+        )
+        params.append(finished_before)
+        if workflow_id is not None:
+            query += " AND e.workflow_id = ?"
+            params.append(workflow_id)
+        query += " ORDER BY e.updated_at, e.execution_id LIMIT ?"
+        params.append(limit)
+
+        def op() -> Op[list[str]]:
+            rows = yield Q(query, params, "all")
+            roots = [r[0] for r in rows]
+            trees = yield from self._trees(roots)
+            ids = pick_trees(roots, trees, limit)
+            yield from self._delete_rows(ids)
+            return ids
+
+        return await self._write_op(op)
 
     async def unfinished_executions(self) -> list[str]:
         """Ids of the executions not in a terminal status."""

@@ -15,8 +15,19 @@ an entry point) gives the ``itonami_env`` fixture. ``docs/testing.md``
 describes it all.
 """
 
-from ._env import BlockedForeverError, HistoryItem, NotSettledError, WorkflowEnvironment
-from ._replay import HistoryFile, ReplayError, export_history, read_history_file, replay
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._env import BlockedForeverError, HistoryItem, NotSettledError, WorkflowEnvironment
+    from ._replay import (
+        HistoryFile,
+        ReplayError,
+        export_execution,
+        export_history,
+        read_history_file,
+        replay,
+        verify_history,
+    )
 
 __all__ = [
     "BlockedForeverError",
@@ -25,7 +36,24 @@ __all__ = [
     "NotSettledError",
     "ReplayError",
     "WorkflowEnvironment",
+    "export_execution",
     "export_history",
     "read_history_file",
     "replay",
+    "verify_history",
 ]
+
+
+# Loaded on first use (PEP 562): the pytest plugin lives in this package and
+# is imported by every pytest run, which must not cost the engine's import.
+_ENV = frozenset({"BlockedForeverError", "HistoryItem", "NotSettledError", "WorkflowEnvironment"})
+
+
+def __getattr__(name: str) -> Any:
+    if name not in __all__:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from . import _env, _replay
+
+    value = getattr(_env if name in _ENV else _replay, name)
+    globals()[name] = value
+    return value

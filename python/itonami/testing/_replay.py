@@ -11,7 +11,15 @@ length) and their node hashes::
 
 A bare framed history (what ``tests/golden/*.history`` holds, with the
 hashes in a ``.hashes`` file beside it and the file's stem as execution id)
-is read too.
+is read too, and so is an *export* (what ``itonami export`` and
+:func:`export_execution` write): one JSON object that carries the history
+file above with the definition and the chain's head::
+
+    {"format": "itonami-export", "format_version": 1,
+     "execution_id": ..., "workflow_id": ..., "workflow_version": ...,
+     "status": ..., "definition": {the normalised definition},
+     "head": {"version": N, "hash": "<hex node hash of version N>"},
+     "history_file": "<base64 of the history file's bytes>"}
 
 :func:`replay` checks such a history in two ways. First the stored data:
 the events decode, the reducer accepts them and every node hash verifies
@@ -27,22 +35,36 @@ naming the first event that differs).
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from .. import _core
 from ..activities import ActivityContext, ActivityRegistry
 from ..dsl import WorkflowIR
 from ..engine import TestClock, WorkflowEngine
-from ..errors import ActivityError, ItonamiError
+from ..errors import ActivityError, ExecutionNotFoundError, ItonamiError
 
-__all__ = ["HistoryFile", "ReplayError", "export_history", "read_history_file", "replay"]
+__all__ = [
+    "HistoryFile",
+    "ReplayError",
+    "export_execution",
+    "export_history",
+    "read_history_file",
+    "replay",
+    "verify_history",
+]
 
 MAGIC = b"ITNHIST\0"
 FORMAT = 1
+EXPORT_FORMAT = "itonami-export"
+EXPORT_VERSION = 1
 
 # Kinds a re-execution cannot (and need not) reproduce: bookkeeping, and the
 # engine's own faults (recorded, then retried as if they had not happened).
@@ -81,6 +103,10 @@ class HistoryFile:
     execution_id: str
     history: bytes
     hashes: bytes | None
+    #: The definition's document (JSON), when the file is an export.
+    definition: bytes | None = None
+    #: ``(version, node hash)`` of the chain's head, when the file is an export.
+    head: tuple[int, bytes] | None = None
 
     def events(self) -> list[Any]:
         """The decoded events (``itonami.Event``)."""
@@ -109,10 +135,18 @@ def read_history_file(path: str | Path) -> HistoryFile:
     """Read a history file (or a bare framed history and its ``.hashes``)."""
     path = Path(path)
     data = path.read_bytes()
+    if data.lstrip()[:1] == b"{":
+        return _read_export(path, data)
     if not data.startswith(MAGIC):
         hashes_path = path.with_suffix(".hashes")
         hashes = hashes_path.read_bytes() if hashes_path.exists() else None
         return HistoryFile(path.stem, data, hashes)
+    return _parse_history_file(path, data)
+
+
+def _parse_history_file(path: Path, data: bytes) -> HistoryFile:
+    if not data.startswith(MAGIC):
+        raise ReplayError(f"{path}: not a history file")
     try:
         if data[len(MAGIC)] != FORMAT:
             raise ReplayError(f"{path}: unknown history file format {data[len(MAGIC)]}")
@@ -131,6 +165,91 @@ def read_history_file(path: str | Path) -> HistoryFile:
     if at != len(data) or len(hashes) != 32 * count:
         raise ReplayError(f"{path}: truncated or damaged history file (length)")
     return HistoryFile(eid, history, hashes or None)
+
+
+def _read_export(path: Path, data: bytes) -> HistoryFile:
+    try:
+        doc = orjson.loads(data)
+        if not isinstance(doc, dict) or doc.get("format") != EXPORT_FORMAT:
+            raise ReplayError(f"{path}: not an itonami export (no format {EXPORT_FORMAT!r})")
+        if doc.get("format_version") != EXPORT_VERSION:
+            raise ReplayError(
+                f"{path}: export format version {doc.get('format_version')!r} is not "
+                f"{EXPORT_VERSION}, the one this itonami reads"
+            )
+        inner = _parse_history_file(path, base64.b64decode(doc["history_file"], validate=True))
+        head = doc["head"]
+        head_hash = bytes.fromhex(head["hash"])
+        version = head["version"]
+        if type(version) is not int or len(head_hash) != 32:
+            raise ValueError("head must be a version and a 32-byte hash")
+        definition = orjson.dumps(doc["definition"], option=orjson.OPT_SORT_KEYS)
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, binascii.Error) as e:
+        raise ReplayError(f"{path}: damaged export ({e})") from None
+    if inner.execution_id != doc.get("execution_id"):
+        raise ReplayError(f"{path}: the export's execution id disagrees with its history")
+    return HistoryFile(
+        inner.execution_id, inner.history, inner.hashes, definition, (version, head_hash)
+    )
+
+
+async def export_execution(engine: WorkflowEngine, execution_id: str, path: str | Path) -> Path:
+    """Write ``execution_id`` as an export (see the module docstring), verified first."""
+    report = await engine.verify(execution_id)  # also commits what a live run has pending
+    events = await engine.storage.read_events(execution_id)
+    state = await engine.query(execution_id)
+    document = await engine.storage.get_definition_by_hash(state.get("definition_hash") or "")
+    if document is None:
+        document = await engine.storage.get_definition(
+            state["workflow_id"], state.get("workflow_version")
+        )
+    if document is None:
+        raise ExecutionNotFoundError(
+            f"execution {execution_id!r}: its definition is not stored", execution_id=execution_id
+        )
+    history = b"".join(struct.pack("<I", len(e.encoded)) + e.encoded for e in events)
+    inner = HistoryFile(execution_id, history, b"".join(e.hash for e in events))
+    doc = {
+        "format": EXPORT_FORMAT,
+        "format_version": EXPORT_VERSION,
+        "execution_id": execution_id,
+        "workflow_id": state.get("workflow_id"),
+        "workflow_version": state.get("workflow_version"),
+        "status": state.get("status"),
+        "definition": orjson.loads(document),
+        "head": {"version": report.versions, "hash": report.head_hash.hex()},
+        "history_file": base64.b64encode(inner.to_bytes()).decode(),
+    }
+    out = Path(path)
+    out.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n")
+    return out
+
+
+def verify_history(hf: HistoryFile, *, head: bytes | None = None) -> int:
+    """Verify a history file's chain offline; return its number of versions.
+
+    The events must decode, fold through the reducer and match every node
+    hash; an export's head (and ``head``, a hash known from elsewhere, e.g.
+    printed by ``itonami verify`` before the execution was pruned) must be
+    the hash of the last version. Raises :class:`ReplayError` otherwise.
+    """
+    events = _verify(hf)
+    if hf.hashes is None:
+        raise ReplayError(f"history of {hf.execution_id} carries no hashes to verify")
+    last = hf.hashes[-32:]
+    for what, want, version in (
+        ("the export's head", hf.head[1] if hf.head else None, hf.head[0] if hf.head else None),
+        ("the given head", head, None),
+    ):
+        if want is None:
+            continue
+        if last != want or (version is not None and version != len(events)):
+            raise ReplayError(
+                f"history of {hf.execution_id} does not end at {what}: its version "
+                f"{len(events)} has hash {last.hex()}, the head is "
+                f"{'' if version is None else f'version {version}, '}{want.hex()}"
+            )
+    return len(events)
 
 
 async def export_history(engine: WorkflowEngine, execution_id: str, path: str | Path) -> Path:
