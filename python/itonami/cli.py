@@ -672,6 +672,16 @@ def _parser() -> argparse.ArgumentParser:
     ls.add_argument("--limit", type=int, default=1000)
     json_flag(ls)
 
+    serve = sub.add_parser("serve", help="run the web UI (needs the ui extra: itonami[ui])")
+    serve.add_argument("--storage", metavar="URL|PATH", help="the store to show (default: --db)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument(
+        "--token",
+        help="enables signal and cancel for requests that present it "
+        "(default: $ITONAMI_UI_TOKEN; without one the UI is read-only)",
+    )
+
     check = sub.add_parser("validate", help="check a definition without running it")
     check.add_argument("file")
     activities(check)
@@ -680,9 +690,24 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        from itonami.ui import serve
+    except ImportError as e:
+        print(
+            f"itonami: the web UI needs the ui extra (pip install 'itonami[ui]'): {e}",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    serve(storage_url(args.storage or args.db), host=args.host, port=args.port, token=args.token)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``itonami`` command; returns the exit code."""
     args = _parser().parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
     try:
         return asyncio.run(_COMMANDS[args.command](args))
     except BrokenPipeError:
