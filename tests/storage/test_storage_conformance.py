@@ -210,6 +210,90 @@ async def test_listing(store: Storage, factory: StoreFactory) -> None:
         await store.list_executions(limit=-1)
 
 
+async def _created(
+    store: Storage, factory: StoreFactory, specs: list[tuple[str, str, str, str, int]]
+) -> None:
+    for eid, wf, version, status, ts in specs:
+        req = AppendRequest(eid, 0, [event(eid, 1, factory.next_tx(), ts=ts)], status, wf, version)
+        await store.append(req)
+
+
+async def test_listing_filters_newest_first_and_counts(
+    store: Storage, factory: StoreFactory
+) -> None:
+    await _created(
+        store,
+        factory,
+        [
+            ("a-1", "alpha", "1", "running", 100),
+            ("a-2", "alpha", "2", "completed", 200),
+            ("b-1", "beta", "1", "failed", 200),  # same created_at as a-2: id breaks the tie
+            ("a-3", "alpha", "2", "completed", 300),
+            ("B-2", "beta", "1", "running", 400),
+        ],
+    )
+
+    def ids(records: list) -> list[str]:
+        return [r.execution_id for r in records]
+
+    everything = ["a-1", "a-2", "b-1", "a-3", "B-2"]
+    assert ids(await store.list_executions()) == everything
+    assert ids(await store.list_executions(newest_first=True)) == everything[::-1]
+    assert ids(await store.list_executions(newest_first=True, limit=2, offset=1)) == ["a-3", "b-1"]
+    assert ids(await store.list_executions(workflow_version="2")) == ["a-2", "a-3"]
+    got = await store.list_executions(workflow_id="beta", workflow_version="1")
+    assert ids(got) == ["b-1", "B-2"]
+    # created_after is inclusive, created_before exclusive
+    assert ids(await store.list_executions(created_after=200)) == ["a-2", "b-1", "a-3", "B-2"]
+    assert ids(await store.list_executions(created_before=200)) == ["a-1"]
+    assert ids(await store.list_executions(created_after=200, created_before=301)) == [
+        "a-2",
+        "b-1",
+        "a-3",
+    ]
+    # a substring, case-sensitive
+    assert ids(await store.list_executions(id_contains="-2")) == ["a-2", "B-2"]
+    assert ids(await store.list_executions(id_contains="b")) == ["b-1"]
+    assert ids(await store.list_executions(id_contains="B")) == ["B-2"]
+    assert ids(await store.list_executions(id_contains="")) == everything
+
+    assert await store.count_executions() == {"completed": 2, "failed": 1, "running": 2}
+    assert await store.count_executions(workflow_id="alpha") == {"completed": 2, "running": 1}
+    assert await store.count_executions(status=["running", "failed"], created_after=150) == {
+        "failed": 1,
+        "running": 1,
+    }
+    assert await store.count_executions(status=[]) == {}
+    assert await store.count_executions(id_contains="zzz") == {}
+    assert await store.count_executions(workflow_version="2", created_before=300) == {
+        "completed": 1
+    }
+    with pytest.raises(StorageError):
+        await store.list_executions(created_after="yesterday")  # type: ignore[arg-type]
+    with pytest.raises(StorageError):
+        await store.count_executions(id_contains=5)  # type: ignore[arg-type]
+
+
+async def test_id_contains_takes_like_metacharacters_literally(
+    store: Storage, factory: StoreFactory
+) -> None:
+    names = ["50%_off", "50x_off", "500off", "a_b", "axb", "back!slash", "back\\slash", "it's"]
+    await _created(store, factory, [(n, "w", "1", "running", 10 + i) for i, n in enumerate(names)])
+
+    async def ids(needle: str) -> list[str]:
+        return [r.execution_id for r in await store.list_executions(id_contains=needle)]
+
+    assert await ids("%") == ["50%_off"]
+    assert await ids("0%_") == ["50%_off"]
+    assert await ids("_") == ["50%_off", "50x_off", "a_b"]
+    assert await ids("a_b") == ["a_b"]
+    assert await ids("!") == ["back!slash"]
+    assert await ids("\\") == ["back\\slash"]
+    assert await ids("'") == ["it's"]
+    assert await ids("%' OR '1'='1") == []
+    assert await store.count_executions(id_contains="_") == {"running": 3}
+
+
 async def test_timers(store: Storage, factory: StoreFactory) -> None:
     await store.append(request(factory, "t1", 0, 1, timers_set={"0/1": 300, "0/2": 100}))
     await store.append(request(factory, "t2", 0, 1, timers_set={"0": 200}))

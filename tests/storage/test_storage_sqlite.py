@@ -91,7 +91,26 @@ async def test_v1_store_is_migrated(sq: StoreFactory) -> None:
     assert conn.execute("SELECT version FROM schema_version").fetchone()[0] == SCHEMA_VERSION
     indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
     assert {"executions_status", "executions_workflow", "timers_fire_at"} <= indexes
+    assert {"executions_created", "executions_finished", "executions_parent"} <= indexes
     conn.close()
+
+
+@pytest.mark.parametrize(
+    "where",
+    ["", " WHERE status IN ('completed')", " WHERE workflow_id = 'wf'"],
+)
+async def test_newest_first_pages_walk_an_index(sq: StoreFactory, where: str) -> None:
+    """The listing's shape never sorts the whole table (100,000+ executions)."""
+    await _filled(sq, executions=1)
+    conn = _raw(sq.path)
+    plan = conn.execute(
+        "EXPLAIN QUERY PLAN SELECT execution_id FROM executions"
+        + where
+        + " ORDER BY created_at DESC, execution_id DESC LIMIT 50 OFFSET 100"
+    ).fetchall()
+    conn.close()
+    text = " | ".join(str(row[-1]) for row in plan)
+    assert "TEMP B-TREE" not in text and "INDEX" in text, text
 
 
 async def test_newer_schema_is_refused(sq: StoreFactory) -> None:

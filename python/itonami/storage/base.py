@@ -124,6 +124,7 @@ __all__ = [
     "AppendRequest",
     "Claim",
     "ClusterStats",
+    "ExecutionFilter",
     "ExecutionRecord",
     "Fence",
     "Lease",
@@ -649,10 +650,35 @@ class Storage(ABC):
         *,
         status: str | Sequence[str] | None = None,
         workflow_id: str | None = None,
+        workflow_version: str | None = None,
+        created_after: int | None = None,
+        created_before: int | None = None,
+        id_contains: str | None = None,
+        newest_first: bool = False,
         limit: int = 1000,
         offset: int = 0,
     ) -> list[ExecutionRecord]:
-        """Executions filtered by status and workflow, oldest first (then by id)."""
+        """Executions under the filters, oldest first (then by id), or newest first.
+
+        ``status`` is one status or several; ``created_after`` (inclusive) and
+        ``created_before`` (exclusive) bound ``created_at`` in µs;
+        ``id_contains`` keeps ids containing that substring (case-sensitive,
+        ``%`` and ``_`` match themselves). ``limit``/``offset`` page the result.
+        """
+
+    @abstractmethod
+    async def count_executions(
+        self,
+        *,
+        status: str | Sequence[str] | None = None,
+        workflow_id: str | None = None,
+        workflow_version: str | None = None,
+        created_after: int | None = None,
+        created_before: int | None = None,
+        id_contains: str | None = None,
+    ) -> dict[str, int]:
+        """How many executions each status has under the filters of
+        :meth:`list_executions` (statuses with none are left out)."""
 
     @abstractmethod
     async def unfinished_executions(self) -> list[str]:
@@ -895,6 +921,71 @@ def status_filter(status: str | Sequence[str] | None) -> list[str] | None:
     if isinstance(status, str):
         return [status]
     return list(status)
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionFilter:
+    """The filters of :meth:`Storage.list_executions` and
+    :meth:`Storage.count_executions`, checked once for every backend."""
+
+    statuses: list[str] | None = None
+    workflow_id: str | None = None
+    workflow_version: str | None = None
+    created_after: int | None = None
+    created_before: int | None = None
+    id_contains: str | None = None
+
+    @classmethod
+    def of(
+        cls,
+        status: str | Sequence[str] | None = None,
+        workflow_id: str | None = None,
+        workflow_version: str | None = None,
+        created_after: int | None = None,
+        created_before: int | None = None,
+        id_contains: str | None = None,
+    ) -> ExecutionFilter:
+        """The checked filter; wrong-typed arguments raise :class:`StorageError`."""
+        statuses = status_filter(status)
+        for name, value in (
+            ("workflow_id", workflow_id),
+            ("workflow_version", workflow_version),
+            ("id_contains", id_contains),
+        ):
+            if value is not None and not isinstance(value, str):
+                raise StorageError(f"list_executions: {name} must be a str, got {value!r}")
+        for name, moment in (("created_after", created_after), ("created_before", created_before)):
+            if moment is not None and type(moment) is not int:
+                raise StorageError(f"list_executions: {name} must be an int (µs), got {moment!r}")
+        if statuses is not None and not all(isinstance(s, str) for s in statuses):
+            raise StorageError(f"list_executions: status must be str values, got {statuses!r}")
+        return cls(
+            statuses, workflow_id, workflow_version, created_after, created_before, id_contains
+        )
+
+    @property
+    def empty(self) -> bool:
+        """Whether nothing can match (an empty status list)."""
+        return self.statuses is not None and not self.statuses
+
+    def matches(self, rec: ExecutionRecord) -> bool:
+        """Whether ``rec`` passes every filter (what the SQL ``WHERE`` says)."""
+        return (
+            (self.statuses is None or rec.status in self.statuses)
+            and (self.workflow_id is None or rec.workflow_id == self.workflow_id)
+            and (self.workflow_version is None or rec.workflow_version == self.workflow_version)
+            and (self.created_after is None or rec.created_at >= self.created_after)
+            and (self.created_before is None or rec.created_at < self.created_before)
+            and (self.id_contains is None or self.id_contains in rec.execution_id)
+        )
+
+
+def like_contains(needle: str, escape: str = "!") -> str:
+    """A ``LIKE`` pattern matching values that contain ``needle`` literally
+    (``%``, ``_`` and the escape character itself are escaped)."""
+    for char in (escape, "%", "_"):
+        needle = needle.replace(char, escape + char)
+    return f"%{needle}%"
 
 
 def check_paging(limit: int, offset: int) -> None:

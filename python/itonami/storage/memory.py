@@ -21,6 +21,7 @@ from itonami.storage.base import (
     AppendRequest,
     Claim,
     ClusterStats,
+    ExecutionFilter,
     ExecutionRecord,
     Fence,
     Lease,
@@ -45,7 +46,6 @@ from itonami.storage.base import (
     fenced,
     find_history_problems,
     node_status,
-    status_filter,
     waiting_for,
 )
 
@@ -285,21 +285,44 @@ class MemoryStorage(Storage):
         *,
         status: str | Sequence[str] | None = None,
         workflow_id: str | None = None,
+        workflow_version: str | None = None,
+        created_after: int | None = None,
+        created_before: int | None = None,
+        id_contains: str | None = None,
+        newest_first: bool = False,
         limit: int = 1000,
         offset: int = 0,
     ) -> list[ExecutionRecord]:
-        """Filtered executions, ordered by creation time then id."""
+        """Filtered executions, ordered by creation time then id (or the reverse)."""
         self._check_open()
         check_paging(limit, offset)
-        statuses = status_filter(status)
-        found = [
-            r
-            for r in self._executions.values()
-            if (statuses is None or r.status in statuses)
-            and (workflow_id is None or r.workflow_id == workflow_id)
-        ]
-        found.sort(key=lambda r: (r.created_at, r.execution_id))
+        f = ExecutionFilter.of(
+            status, workflow_id, workflow_version, created_after, created_before, id_contains
+        )
+        found = [r for r in self._executions.values() if f.matches(r)]
+        found.sort(key=lambda r: (r.created_at, r.execution_id), reverse=newest_first)
         return found[offset : offset + limit]
+
+    async def count_executions(
+        self,
+        *,
+        status: str | Sequence[str] | None = None,
+        workflow_id: str | None = None,
+        workflow_version: str | None = None,
+        created_after: int | None = None,
+        created_before: int | None = None,
+        id_contains: str | None = None,
+    ) -> dict[str, int]:
+        """Executions per status under the filters."""
+        self._check_open()
+        f = ExecutionFilter.of(
+            status, workflow_id, workflow_version, created_after, created_before, id_contains
+        )
+        counts: dict[str, int] = {}
+        for r in self._executions.values():
+            if f.matches(r):
+                counts[r.status] = counts.get(r.status, 0) + 1
+        return dict(sorted(counts.items()))
 
     async def unfinished_executions(self) -> list[str]:
         """Ids of the executions not in a terminal status."""

@@ -43,6 +43,7 @@ from itonami.storage.base import (
     AppendRequest,
     Claim,
     ClusterStats,
+    ExecutionFilter,
     ExecutionRecord,
     Fence,
     Lease,
@@ -66,8 +67,8 @@ from itonami.storage.base import (
     encode_names,
     fenced,
     find_history_problems,
+    like_contains,
     node_status,
-    status_filter,
     waiting_for,
 )
 
@@ -220,6 +221,22 @@ def migrations(
                 " versions TEXT NOT NULL,"
                 f" registered_at {t['int']} NOT NULL,"
                 f" heartbeat_at {t['int']} NOT NULL)",
+            ),
+        ),
+        (
+            4,
+            (
+                # Listing pages newest (or oldest) first under each filter, and
+                # retention finds finished executions and their children.
+                "CREATE INDEX executions_created ON executions (created_at, execution_id)",
+                "DROP INDEX executions_status",
+                "CREATE INDEX executions_status ON executions (status, created_at, execution_id)",
+                "DROP INDEX executions_workflow",
+                "CREATE INDEX executions_workflow"
+                " ON executions (workflow_id, created_at, execution_id)",
+                "CREATE INDEX executions_finished ON executions (status, updated_at)",
+                "CREATE INDEX executions_parent ON executions (parent_id)"
+                " WHERE parent_id IS NOT NULL",
             ),
         ),
     ]
@@ -566,37 +583,87 @@ class SqlStorage(Storage):
 
         return await self._read_op(op)
 
+    def contains(self, column: str, needle: str) -> tuple[str, list[Any]]:
+        """``column`` contains ``needle`` (case-sensitive, bound, LIKE-escaped)."""
+        return f"{column} LIKE ? ESCAPE '!'", [like_contains(needle)]
+
+    def _filter_sql(self, f: ExecutionFilter) -> tuple[str, list[Any]]:
+        """The ``WHERE`` clause (or "") and its parameters for an execution filter."""
+        where: list[str] = []
+        params: list[Any] = []
+        if f.statuses is not None:
+            clause, values = self.in_list("status", f.statuses)
+            where.append(clause)
+            params.extend(values)
+        for condition, value in (
+            ("workflow_id = ?", f.workflow_id),
+            ("workflow_version = ?", f.workflow_version),
+            ("created_at >= ?", f.created_after),
+            ("created_at < ?", f.created_before),
+        ):
+            if value is not None:
+                where.append(condition)
+                params.append(value)
+        if f.id_contains is not None:
+            clause, values = self.contains("execution_id", f.id_contains)
+            where.append(clause)
+            params.extend(values)
+        return (" WHERE " + " AND ".join(where)) if where else "", params
+
     async def list_executions(
         self,
         *,
         status: str | Sequence[str] | None = None,
         workflow_id: str | None = None,
+        workflow_version: str | None = None,
+        created_after: int | None = None,
+        created_before: int | None = None,
+        id_contains: str | None = None,
+        newest_first: bool = False,
         limit: int = 1000,
         offset: int = 0,
     ) -> list[ExecutionRecord]:
-        """Filtered executions, ordered by creation time then id."""
+        """Filtered executions, ordered by creation time then id (or the reverse)."""
         check_paging(limit, offset)
-        statuses = status_filter(status)
-        if statuses is not None and not statuses:
+        f = ExecutionFilter.of(
+            status, workflow_id, workflow_version, created_after, created_before, id_contains
+        )
+        if f.empty:
             return []
-        where: list[str] = []
-        params: list[Any] = []
-        if statuses is not None:
-            clause, values = self.in_list("status", statuses)
-            where.append(clause)
-            params.extend(values)
-        if workflow_id is not None:
-            where.append("workflow_id = ?")
-            params.append(workflow_id)
-        query = f"SELECT {_EXEC_COLUMNS} FROM executions"
-        if where:
-            query += " WHERE " + " AND ".join(where)
-        query += " ORDER BY created_at, execution_id LIMIT ? OFFSET ?"
+        where, params = self._filter_sql(f)
+        # Either direction walks one of the (…, created_at, execution_id) indexes.
+        order = "created_at DESC, execution_id DESC" if newest_first else "created_at, execution_id"
+        query = f"SELECT {_EXEC_COLUMNS} FROM executions{where} ORDER BY {order} LIMIT ? OFFSET ?"
         params.extend([limit, offset])
 
         def op() -> Op[list[ExecutionRecord]]:
             rows = yield Q(query, params, "all")
             return [ExecutionRecord(*r) for r in rows]
+
+        return await self._read_op(op)
+
+    async def count_executions(
+        self,
+        *,
+        status: str | Sequence[str] | None = None,
+        workflow_id: str | None = None,
+        workflow_version: str | None = None,
+        created_after: int | None = None,
+        created_before: int | None = None,
+        id_contains: str | None = None,
+    ) -> dict[str, int]:
+        """Executions per status under the filters."""
+        f = ExecutionFilter.of(
+            status, workflow_id, workflow_version, created_after, created_before, id_contains
+        )
+        if f.empty:
+            return {}
+        where, params = self._filter_sql(f)
+        query = f"SELECT status, COUNT(*) FROM executions{where} GROUP BY status ORDER BY status"
+
+        def op() -> Op[dict[str, int]]:
+            rows = yield Q(query, params, "all")
+            return {r[0]: int(r[1]) for r in rows}
 
         return await self._read_op(op)
 

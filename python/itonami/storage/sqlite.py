@@ -710,6 +710,12 @@ class SqliteStorage(SqlStorage):
     def _is_unique_violation(self, exc: BaseException) -> bool:
         return isinstance(exc, sqlite3.IntegrityError)
 
+    def contains(self, column: str, needle: str) -> tuple[str, list[Any]]:
+        # SQLite's LIKE ignores ASCII case; the escaped LIKE keeps the
+        # metacharacters literal and instr() makes the match case-sensitive.
+        like, params = super().contains(column, needle)
+        return f"{like} AND instr({column}, ?) > 0", [*params, needle]
+
     def _event_rows(self, execution_id: str, from_version: int) -> Op[list[tuple[Any, ...]]]:
         # kind is fetched as bytes so that invalid UTF-8 names its version
         # instead of failing the whole query.
