@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from typing import Any
 
 from itonami import (
@@ -21,6 +22,7 @@ from itonami import (
     WorkflowFailedError,
     WorkflowIR,
 )
+from itonami.storage import Storage
 
 ORDER: dict[str, Any] = {
     "workflow": {
@@ -169,14 +171,16 @@ def definitions() -> dict[str, WorkflowIR]:
     }
 
 
-def engine(url: str, **builder: Any) -> WorkflowEngine:
-    b = WorkflowEngine.builder().with_storage(url).with_activities(registry())
+def engine(url: str | Callable[[], Storage], **builder: Any) -> WorkflowEngine:
+    """An engine with the demo activities on ``url`` (or a fresh store from a factory)."""
+    b = WorkflowEngine.builder().with_storage(url if isinstance(url, str) else url())
+    b.with_activities(registry())
     for name, value in builder.items():
         getattr(b, f"with_{name}")(value)
     return b.build()
 
 
-async def populate(url: str) -> dict[str, str]:
+async def populate(url: str | Callable[[], Storage]) -> dict[str, str]:
     """Run the demo executions on ``url``; the approval is left waiting for
     its ``approve`` signal. Returns their ids by name."""
     irs = definitions()

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import parse_qsl, quote, urlencode
 
 import jinja2
 import orjson
@@ -43,7 +43,7 @@ from itonami.engine import WorkflowEngine
 from itonami.errors import ExecutionNotFoundError, ItonamiError
 from itonami.storage import Storage, open_storage
 from itonami.ui.graph import graph_nodes, render_svg
-from itonami.ui.reader import STATUSES, ExecutionFilter, NotFound, StoreReader, dumps
+from itonami.ui.reader import STATUSES, ExecutionQuery, NotFound, StoreReader, dumps
 
 __all__ = ["TOKEN_ENV", "create_app"]
 
@@ -208,11 +208,11 @@ def _time(request: Request, name: str) -> int | None:
     return int(parsed.timestamp() * 1_000_000)
 
 
-def _filter(request: Request) -> ExecutionFilter:
+def _filter(request: Request) -> ExecutionQuery:
     status = _text(request, "status")
     if status is not None and status not in STATUSES:
         raise HTTPException(400, f"status must be one of {', '.join(STATUSES)}, got {status!r}")
-    return ExecutionFilter(
+    return ExecutionQuery(
         status=status,
         workflow_id=_text(request, "workflow_id"),
         workflow_version=_text(request, "workflow_version"),
@@ -475,8 +475,14 @@ async def _body(request: Request) -> tuple[dict[str, Any], bool]:
         if not isinstance(data, dict):
             raise HTTPException(400, "the body must be a JSON object")
         return data, False
-    form = await request.form()
-    return {k: v for k, v in form.items() if isinstance(v, str)}, True
+    if ctype.startswith("application/x-www-form-urlencoded") or not ctype:
+        # Forms come URL-encoded (the pages' script sends them so too).
+        try:
+            pairs = parse_qsl(raw.decode(), keep_blank_values=True, strict_parsing=False)
+        except UnicodeDecodeError:
+            raise HTTPException(400, "the form is not UTF-8") from None
+        return dict(pairs), True
+    raise HTTPException(415, "send JSON (application/json) or a URL-encoded form")
 
 
 def _signal_fields(fields: dict[str, Any], is_form: bool) -> tuple[str, Any]:
@@ -647,7 +653,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     if isinstance(exc, HTTPException):
         code, detail = exc.status_code, str(exc.detail)
     elif isinstance(exc, (NotFound, ExecutionNotFoundError)):
-        code, detail = 404, str(exc).strip("'\"")
+        code, detail = 404, str(exc)
     else:  # pragma: no cover - registered only for the classes above
         code, detail = 500, "internal error"
     if _wants_json(request):

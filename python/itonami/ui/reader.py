@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ from itonami.storage.base import TERMINAL_STATUSES, ExecutionRecord, Storage
 
 __all__ = [
     "STATUSES",
-    "ExecutionFilter",
+    "ExecutionQuery",
     "NotFound",
     "StoreReader",
     "diff_states",
@@ -51,7 +50,7 @@ class NotFound(LookupError):
 
 
 @dataclass(frozen=True, slots=True)
-class ExecutionFilter:
+class ExecutionQuery:
     """The filters of the executions list (times in µs since the epoch)."""
 
     status: str | None = None
@@ -144,23 +143,18 @@ class StoreReader:
         self._cache_size = cache_size
         self._locks: dict[str, asyncio.Lock] = {}
         self._definitions: dict[str, WorkflowIR] = {}
-        self._filters_native = _supports_filters(storage)
 
     # ------------------------------------------------------------ executions list
 
     async def list_executions(
-        self, flt: ExecutionFilter, *, limit: int = 50, offset: int = 0
+        self, flt: ExecutionQuery, *, limit: int = 50, offset: int = 0
     ) -> dict[str, Any]:
         """A page of executions, newest first, with counts by status."""
-        if self._filters_native:
-            kwargs = flt.as_kwargs()
-            lister: Any = self.storage.list_executions
-            counter: Any = getattr(self.storage, "count_executions")  # noqa: B009
-            records = await lister(**kwargs, newest_first=True, limit=limit + 1, offset=offset)
-            counts_for = dict(kwargs, status=None)
-            counts = await counter(**counts_for)
-        else:
-            records, counts = await self._filter_here(flt, limit=limit + 1, offset=offset)
+        kwargs = flt.as_kwargs()
+        records = await self.storage.list_executions(
+            **kwargs, newest_first=True, limit=limit + 1, offset=offset
+        )
+        counts = await self.storage.count_executions(**dict(kwargs, status=None))
         more = len(records) > limit
         items = [record_dict(r) for r in records[:limit]]
         by_status = {s: int(counts.get(s, 0)) for s in STATUSES}
@@ -176,34 +170,6 @@ class StoreReader:
             "counts": by_status,
             "filter": {k: v for k, v in flt.as_kwargs().items() if v is not None},
         }
-
-    async def _filter_here(
-        self, flt: ExecutionFilter, *, limit: int, offset: int
-    ) -> tuple[list[ExecutionRecord], dict[str, int]]:
-        """Filtering in the UI for a store without ``count_executions``.
-
-        Reads the store's records for the workflow in pages and filters here;
-        correct, but linear in the number of executions: a store with the
-        filtering ``list_executions`` does all of this in SQL.
-        """
-        found: list[ExecutionRecord] = []
-        page = 5000
-        at = 0
-        while True:
-            batch = await self.storage.list_executions(
-                workflow_id=flt.workflow_id, limit=page, offset=at
-            )
-            found.extend(r for r in batch if _matches(r, flt, with_status=False))
-            if len(batch) < page:
-                break
-            at += page
-        counts: dict[str, int] = {}
-        for r in found:
-            counts[r.status] = counts.get(r.status, 0) + 1
-        if flt.status is not None:
-            found = [r for r in found if r.status == flt.status]
-        found.sort(key=lambda r: (r.created_at, r.execution_id), reverse=True)
-        return found[offset : offset + limit], counts
 
     # ------------------------------------------------------------ one execution
 
@@ -449,11 +415,11 @@ class StoreReader:
         ir = WorkflowIR.from_json(doc)
         self._definitions.setdefault(ir.content_hash, ir)
         running = await self.list_executions(
-            ExecutionFilter(workflow_id=workflow_id, workflow_version=version, status="running"),
+            ExecutionQuery(workflow_id=workflow_id, workflow_version=version, status="running"),
             limit=100,
         )
         counts = await self.list_executions(
-            ExecutionFilter(workflow_id=workflow_id, workflow_version=version), limit=0
+            ExecutionQuery(workflow_id=workflow_id, workflow_version=version), limit=0
         )
         return ir, {
             "workflow_id": workflow_id,
@@ -498,25 +464,6 @@ class StoreReader:
         with contextlib.suppress(ItonamiError):
             return await self.storage.max_tx()
         return -1
-
-
-def _supports_filters(storage: Storage) -> bool:
-    """Whether the store filters and counts executions itself (newer stores)."""
-    if not hasattr(storage, "count_executions"):
-        return False
-    params = inspect.signature(storage.list_executions).parameters
-    return {"newest_first", "id_contains", "created_after"} <= set(params)
-
-
-def _matches(r: ExecutionRecord, flt: ExecutionFilter, *, with_status: bool) -> bool:
-    return (
-        (not with_status or flt.status is None or r.status == flt.status)
-        and (flt.workflow_id is None or r.workflow_id == flt.workflow_id)
-        and (flt.workflow_version is None or r.workflow_version == flt.workflow_version)
-        and (flt.created_after is None or r.created_at >= flt.created_after)
-        and (flt.created_before is None or r.created_at < flt.created_before)
-        and (flt.id_contains is None or flt.id_contains.lower() in r.execution_id.lower())
-    )
 
 
 def dumps(value: Any) -> str:

@@ -66,7 +66,7 @@
         ev.preventDefault();
         var button = form.querySelector("button[type=submit]");
         if (button) button.disabled = true;
-        fetch(form.action, { method: "POST", body: new FormData(form) })
+        fetch(form.action, { method: "POST", body: new URLSearchParams(new FormData(form)) })
           .then(function (r) { return r.text(); })
           .then(function (t) { swap(form.dataset.target, t); })
           .catch(function (e) { swap(form.dataset.target, '<p class="result result-err">' + String(e).replace(/[<>&]/g, "") + "</p>"); })
