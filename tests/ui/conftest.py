@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import sys
 import uuid
 from collections.abc import Callable, Iterator
@@ -50,7 +51,9 @@ def make_store(kind: str, tmp: Path) -> Store:
         store = Store(kind, PG_URL, schema, {})
     else:
         store = Store(kind, f"sqlite:///{tmp}/ui.db", None, {})
-    store.ids = asyncio.run(demo.populate(store.target))
+    # In a thread of its own: Playwright's sync API may hold this thread's loop.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        store.ids = pool.submit(asyncio.run, demo.populate(store.target)).result()
     return store
 
 
