@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Store
 from server import chromium_path, serving
+
+from conftest import Store
 
 playwright_sync = pytest.importorskip("playwright.sync_api", reason="needs playwright")
 CHROMIUM = chromium_path()
