@@ -456,3 +456,32 @@ async def test_everything_escaped_and_headers(populated: Store) -> None:
         assert page.headers["x-frame-options"] == "DENY"
         api = (await c.get("/api/executions/" + quote(nasty, safe=""))).json()
         assert api["execution_id"] == nasty
+
+
+async def test_mounted_under_a_prefix(populated: Store) -> None:
+    """Mounted in another ASGI app (whose lifespan does not run the UI's), the
+    UI opens its store on the first request and every link keeps the prefix."""
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    storage = populated.open()
+    host = Starlette(routes=[Mount("/ops", app=create_app(storage))])
+    try:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=host), base_url="http://host"
+        ) as c:
+            home = await c.get("/ops/", follow_redirects=True)
+            assert home.status_code == 200
+            assert str(home.url).endswith("/ops/executions")
+            assert 'href="/ops/static/style.css"' in home.text
+            assert 'href="/ops/executions/order-ok"' in home.text
+            assert 'data-live-stream="/ops/api/stream"' in home.text
+            page = (await c.get("/ops/executions/order-declined")).text
+            assert 'data-travel="/ops/fragments/state/order-declined"' in page
+            assert 'href="/ops/executions/order-declined?step=0%2Fm%2F0#timeline"' in page
+            hrefs = re.findall(r'(?:href|src|action|data-[a-z-]+)="(/[^"]*)"', page)
+            assert hrefs and all(h.startswith("/ops/") for h in hrefs), hrefs
+            assert (await c.get("/ops/static/itonami.js")).status_code == 200
+            assert (await c.get("/ops/api/executions/order-ok")).json()["status"] == "completed"
+    finally:
+        await storage.close()

@@ -78,6 +78,7 @@ class _Config:
         self.engine: WorkflowEngine | None = None
         self.engine_lock = asyncio.Lock()
         self.closing = asyncio.Event()
+        self.opened = False
 
     @property
     def actions_enabled(self) -> bool:
@@ -92,6 +93,13 @@ class _Config:
                 await engine.start()
                 self.engine = engine
             return self.engine
+
+    async def ensure_open(self) -> None:
+        if not self.opened:
+            async with self.engine_lock:
+                if not self.opened:
+                    await self.storage.open()
+                    self.opened = True
 
     async def close(self) -> None:
         self.closing.set()
@@ -129,6 +137,11 @@ def _duration(seconds: Any) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+def _root(request: Request) -> str:
+    """Where the app is mounted (``root_path``): every link starts with it."""
+    return str(request.scope.get("root_path", "")).rstrip("/")
+
+
 def _eid_url(prefix: str, execution_id: str, **query: Any) -> str:
     url = f"{prefix}/{quote(execution_id, safe='')}"
     params = {k: v for k, v in query.items() if v is not None and v != ""}
@@ -144,7 +157,14 @@ templates = Jinja2Templates(
 templates.env.filters["when"] = _when
 templates.env.filters["duration"] = _duration
 templates.env.filters["pretty"] = dumps
-templates.env.globals["eid_url"] = _eid_url
+
+
+@jinja2.pass_context
+def _eid_url_in(ctx: Any, prefix: str, execution_id: str, **query: Any) -> str:
+    return str(ctx.get("root", "")) + _eid_url(prefix, execution_id, **query)
+
+
+templates.env.globals["eid_url"] = _eid_url_in
 templates.env.globals["STATUSES"] = STATUSES
 templates.env.globals["quote"] = lambda s: quote(str(s), safe="")
 
@@ -153,6 +173,7 @@ def _page(request: Request, name: str, *, status_code: int = 200, **context: Any
     cfg = _cfg(request)
     context.setdefault("actions_enabled", cfg.actions_enabled)
     context.setdefault("read_only", cfg.read_only)
+    context.setdefault("root", _root(request))
     response: HTMLResponse = templates.TemplateResponse(
         request, name, context, status_code=status_code
     )
@@ -242,7 +263,7 @@ def _list_links(request: Request, data: dict[str, Any]) -> dict[str, str | None]
 
     def at(offset: int) -> str:
         q = dict(params, offset=str(offset)) if offset else params
-        return "/executions" + ("?" + urlencode(q) if q else "")
+        return _root(request) + "/executions" + ("?" + urlencode(q) if q else "")
 
     return {
         "newer": at(max(off - lim, 0)) if off > 0 else None,
@@ -274,12 +295,13 @@ async def _graph(
     if ir is None:
         return None, []
     steps = state.get("steps") or {}
+    root = _root(request)
 
     def link(path: str, step: Any) -> str | None:
         child = step.get("child_execution_id") if step else None
         if child:
-            return _eid_url("/executions", str(child))
-        return _eid_url("/executions", execution_id, step=path) + "#timeline"
+            return root + _eid_url("/executions", str(child))
+        return root + _eid_url("/executions", execution_id, step=path) + "#timeline"
 
     comps = state.get("compensations") or {}
     svg = render_svg(ir.strategy, steps, link=link, compensations=comps)
@@ -301,7 +323,8 @@ def _timeline_links(request: Request, execution_id: str, data: dict[str, Any]) -
     off, lim, total = data["offset"], data["limit"], data["total"]
 
     def at(offset: int) -> str:
-        return _eid_url("/executions", execution_id, **base, offset=offset or None) + "#timeline"
+        url = _eid_url("/executions", execution_id, **base, offset=offset or None)
+        return _root(request) + url + "#timeline"
 
     return {
         "prev": at(max(off - lim, 0)) if off > 0 else None,
@@ -675,14 +698,19 @@ _SECURITY_HEADERS = [
 ]
 
 
-class _SecurityHeaders:
-    def __init__(self, app: ASGIApp) -> None:
+class _Front:
+    """Opens the store on the first request (a mounted app's lifespan may
+    never run) and adds the security headers to every response."""
+
+    def __init__(self, app: ASGIApp, cfg: _Config) -> None:
         self.app = app
+        self.cfg = cfg
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        await self.cfg.ensure_open()
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -693,7 +721,7 @@ class _SecurityHeaders:
 
 
 async def _home(request: Request) -> Response:
-    return RedirectResponse("/executions", status_code=307)
+    return RedirectResponse(_root(request) + "/executions", status_code=307)
 
 
 def create_app(
@@ -727,7 +755,7 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await store.open()
+        await cfg.ensure_open()
         try:
             yield
         finally:
@@ -767,7 +795,7 @@ def create_app(
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
-        middleware=[Middleware(_SecurityHeaders)],
+        middleware=[Middleware(_Front, cfg=cfg)],
         exception_handlers={
             HTTPException: _http_error,
             NotFound: _http_error,
