@@ -15,8 +15,8 @@ from playwright.sync_api import sync_playwright
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import demo
-from server import chromium_path, serving
+import ui_demo as demo
+from ui_server import chromium_path, serving
 
 OUT = Path(__file__).resolve().parents[2] / "docs" / "ui"
 

@@ -9,12 +9,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
 
-import demo
 import httpx
 import orjson
 import pytest
+import ui_demo as demo
+from ui_support import Store
 
-from conftest import Store
 from itonami import InclusionProof, verify_proof
 from itonami.ui import create_app
 

@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from server import chromium_path, serving
-
-from conftest import Store
+from ui_server import chromium_path, serving
+from ui_support import Store
 
 # CI sets ITONAMI_REQUIRE_BROWSER: there a missing browser is a failure, not a skip.
 REQUIRED = bool(os.environ.get("ITONAMI_REQUIRE_BROWSER"))
@@ -144,7 +143,7 @@ def test_signal_with_the_token_completes_live(
     reaches it through the store, and the open page shows it complete."""
     eid = "approval-live"
     worker = subprocess.Popen(
-        [sys.executable, str(Path(__file__).parent / "worker.py"), sqlite_store.url, eid],
+        [sys.executable, str(Path(__file__).parent / "ui_worker.py"), sqlite_store.url, eid],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

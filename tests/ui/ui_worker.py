@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import demo
+import ui_demo as demo
 
 
 async def main(url: str, execution_id: str) -> None:
