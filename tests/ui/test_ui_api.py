@@ -281,6 +281,7 @@ async def test_workflows(populated: Store) -> None:
             ("order_processing", "1.0.0"),
             ("approval", "2"),
             ("batch", "1"),
+            ("shipment", "1"),
         }
         irs = demo.definitions()
         by_id = {w["workflow_id"]: w for w in items}

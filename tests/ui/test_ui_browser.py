@@ -64,7 +64,7 @@ def page(browser: Any) -> Iterator[Any]:
 def test_list_filter_and_open(page: Any, base_url: str) -> None:
     page.goto(f"{base_url}/executions")
     rows = page.locator("tbody tr[data-id]")
-    expect(rows).to_have_count(4)
+    expect(rows).to_have_count(6)
     expect(page.locator('[data-count="compensated"] b')).to_have_text("1")
     page.select_option('select[name="status"]', "compensated")
     page.click("#filters button[type=submit]")
@@ -205,7 +205,7 @@ def test_actions_refused_without_token(page: Any, base_url: str, sqlite_store: S
 
 def test_workflows_and_cluster_pages(page: Any, base_url: str) -> None:
     page.goto(f"{base_url}/workflows")
-    expect(page.locator("tr[data-workflow]")).to_have_count(3)
+    expect(page.locator("tr[data-workflow]")).to_have_count(4)
     page.click("a:text('approval')")
     expect(page.locator("svg.graph")).to_be_visible()
     expect(page.locator("pre.source")).to_contain_text('"signal_name": "approve"')

@@ -3,8 +3,8 @@ screenshots use.
 
 ``populate(url)`` runs, on the store at ``url``: an order (a saga) that
 completes, one whose payment fails for good and is compensated, an approval
-that takes the "large" decision branch and then waits for a signal, and a
-map over three items. ``approval_engine(url)`` is the worker that owns the
+that takes the "large" decision branch and then waits for a signal, a map
+over three items, and a shipment that runs such a map as its sub-workflow. ``approval_engine(url)`` is the worker that owns the
 waiting approval: activities registered, so a signal lets it finish.
 """
 
@@ -137,6 +137,29 @@ BATCH: dict[str, Any] = {
 }
 
 
+SHIPMENT: dict[str, Any] = {
+    "workflow": {
+        "id": "shipment",
+        "name": "Shipment",
+        "version": "1",
+        "inputs": [{"name": "items", "type": "array", "required": True}],
+        "strategy": {
+            "op": "seq",
+            "strategies": [
+                {
+                    "op": "subworkflow",
+                    "id": "pack",
+                    "workflow_ref": "batch",
+                    "version": "1",
+                    "input_mapping": {"items": "$.inputs.items"},
+                },
+                {"op": "activity", "id": "ship", "activity_ref": "send_confirmation"},
+            ],
+        },
+    }
+}
+
+
 def registry() -> ActivityRegistry:
     reg = ActivityRegistry()
 
@@ -168,13 +191,14 @@ def definitions() -> dict[str, WorkflowIR]:
         "order": WorkflowIR.from_dict(ORDER),
         "approval": WorkflowIR.from_dict(APPROVAL),
         "batch": WorkflowIR.from_dict(BATCH),
+        "shipment": WorkflowIR.from_dict(SHIPMENT),
     }
 
 
 def engine(url: str | Callable[[], Storage], **builder: Any) -> WorkflowEngine:
     """An engine with the demo activities on ``url`` (or a fresh store from a factory)."""
     b = WorkflowEngine.builder().with_storage(url if isinstance(url, str) else url())
-    b.with_activities(registry())
+    b.with_activities(registry()).with_workflows([definitions()["batch"]])
     for name, value in builder.items():
         getattr(b, f"with_{name}")(value)
     return b.build()
@@ -195,7 +219,10 @@ async def populate(url: str | Callable[[], Storage]) -> dict[str, str]:
         ids["batch"] = await eng.start_workflow(
             irs["batch"], {"items": ["a", "b", "c"]}, execution_id="batch-1"
         )
-        for name in ("completed", "compensated", "batch"):
+        ids["parent"] = await eng.start_workflow(
+            irs["shipment"], {"items": ["x", "y"]}, execution_id="shipment-1"
+        )
+        for name in ("completed", "compensated", "batch", "parent"):
             with contextlib.suppress(WorkflowFailedError):
                 await eng.wait_for_completion(ids[name])
         ids["waiting"] = await eng.start_workflow(
