@@ -16,6 +16,7 @@ import ui_demo as demo
 from ui_support import Store
 
 from itonami import InclusionProof, verify_proof
+from itonami.storage.base import AppendRequest, StoredEvent
 from itonami.ui import create_app
 
 pytestmark = pytest.mark.timeout(300)
@@ -486,3 +487,66 @@ async def test_mounted_under_a_prefix(populated: Store) -> None:
             assert (await c.get("/ops/api/executions/order-ok")).json()["status"] == "completed"
     finally:
         await storage.close()
+
+
+async def test_a_history_of_20000_events(populated: Store) -> None:
+    """A long history (20,001 signals on a waiting approval, recorded through
+    the core and stored in one append) pages, filters and travels by version."""
+    from itonami import VersionStore
+
+    eid = f"long-{uuid.uuid4().hex[:8]}"
+    core = VersionStore()
+    ir = demo.definitions()["approval"]
+    started = {
+        "workflow_id": ir.id,
+        "workflow_version": ir.version,
+        "definition_hash": ir.content_hash,
+        "inputs": {"amount": 1},
+    }
+    appended = [core.append(eid, 0, "workflow_started", "", 0, orjson.dumps(started), 1)]
+    batch = [
+        ("signal_received", "", 0, orjson.dumps({"name": f"s{i % 7}", "payload": i}), 2 + i)
+        for i in range(20_000)
+    ]
+    appended += core.append_batch(eid, 1, batch)
+    storage = populated.open()
+    await storage.open()
+    try:
+        max_tx = await storage.max_tx()
+        await storage.append(
+            AppendRequest(
+                execution_id=eid,
+                expected_version=0,
+                events=[
+                    StoredEvent(
+                        a.version, max_tx + a.version, a.timestamp, a.kind, a.hash, a.encoded
+                    )
+                    for a in appended
+                ],
+                status="running",
+                workflow_id=ir.id,
+                workflow_version=ir.version,
+            )
+        )
+    finally:
+        await storage.close()
+    async with ui(populated) as c:
+        last = (await c.get(f"/api/events/{eid}", params={"offset": 19_990})).json()
+        assert last["total"] == 20_001
+        assert [e["version"] for e in last["items"]] == list(range(19_991, 20_002))
+        assert last["items"][-1]["data"] == {"name": "s0", "payload": 19_999}
+        s3 = (
+            await c.get(f"/api/events/{eid}", params={"kind": "signal_received", "limit": 2})
+        ).json()
+        assert s3["total"] == 20_000
+        page = (await c.get(f"/executions/{eid}", params={"offset": 10_000})).text
+        assert page.count('class="event k-signal_received"') == 100
+        assert 'data-version="10001"' in page
+        mid = (await c.get(f"/api/state/{eid}", params={"version": 10_001})).json()
+        assert len(mid["state"]["signals"]["s0"]) == len(range(0, 10_000, 7))
+        assert (await c.get(f"/api/verify/{eid}")).json() == {
+            "execution_id": eid,
+            "ok": True,
+            "versions": 20_001,
+            "head_hash": appended[-1].hash.hex(),
+        }

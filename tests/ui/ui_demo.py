@@ -4,8 +4,8 @@ screenshots use.
 ``populate(url)`` runs, on the store at ``url``: an order (a saga) that
 completes, one whose payment fails for good and is compensated, an approval
 that takes the "large" decision branch and then waits for a signal, a map
-over three items, and a shipment that runs such a map as its sub-workflow. ``approval_engine(url)`` is the worker that owns the
-waiting approval: activities registered, so a signal lets it finish.
+over three items, and a shipment that runs such a map as its sub-workflow.
+``engine(url)`` is an engine with the demo activities (what a worker runs).
 """
 
 from __future__ import annotations
