@@ -305,8 +305,18 @@ async def test_workflows(populated: Store) -> None:
 
 
 async def test_cluster(populated: Store) -> None:
-    async with demo.engine(populated.target, node_id="ui-test-node") as eng:
-        await eng.list_executions(limit=1)  # started: registered as a node
+    """A registered node with its load and capabilities, and a ready execution
+    that needs what no live node has."""
+    eid = await start_approval(populated)
+    node = f"ui-node-{uuid.uuid4().hex[:6]}"
+    storage = populated.open()
+    await storage.open()
+    try:
+        await storage.register_node(node, capacity=8, capabilities=["activity:validate_order"])
+        assert await storage.heartbeat(node, inflight=3)
+        claim = await storage.acquire(eid, node)
+        assert claim is not None
+        await storage.release(eid, node, claim.epoch, ready_at=0, needs=["activity:sign"])
         async with ui(populated) as c:
             data = (await c.get("/api/cluster")).json()
             assert set(data) == {
@@ -317,12 +327,23 @@ async def test_cluster(populated: Store) -> None:
                 "fenced_writes",
                 "nodes",
             }
-            assert isinstance(data["ready"], int)
+            mine = [n for n in data["nodes"] if n["node_id"] == node]
+            assert len(mine) == 1
+            assert mine[0]["status"] == "healthy"
+            assert (mine[0]["capacity"], mine[0]["inflight"], mine[0]["load"]) == (8, 3, 0.375)
+            assert mine[0]["capabilities"] == ["activity:validate_order"]
+            assert data["ready"] >= 1
+            assert data["waiting_for"][eid] == ["activity:sign"]
             page = (await c.get("/cluster")).text
-            assert "Waiting for a capability" in page
-            for node in data["nodes"]:
-                assert f'data-node="{node["node_id"]}"' in page
-            assert "<html" not in (await c.get("/cluster", params={"fragment": "1"})).text
+            assert f'data-node="{node}"' in page
+            assert "activity:sign" in page
+            assert f'href="/executions/{eid}"' in page
+            fragment = (await c.get("/cluster", params={"fragment": "1"})).text
+            assert "<html" not in fragment
+            assert f'data-node="{node}"' in fragment
+    finally:
+        await storage.deregister_node(node)
+        await storage.close()
 
 
 async def test_actions_refused_when_read_only(populated: Store) -> None:
