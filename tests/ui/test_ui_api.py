@@ -571,3 +571,20 @@ async def test_a_history_of_20000_events(populated: Store) -> None:
             "versions": 20_001,
             "head_hash": appended[-1].hash.hex(),
         }
+
+
+async def test_oversized_action_refused(populated: Store) -> None:
+    async with ui(populated, token="s3cret") as c:
+        big = {"name": "approve", "payload": "x" * (2 * 1024 * 1024)}
+        r = await c.post(
+            f"/api/signal/{populated.ids['waiting']}",
+            content=orjson.dumps(big),
+            headers={"Content-Type": "application/json", "Authorization": "Bearer s3cret"},
+        )
+        assert r.status_code == 413
+        odd = await c.post(
+            f"/api/signal/{populated.ids['waiting']}",
+            content=b"name=x",
+            headers={"Content-Type": "text/plain", "Authorization": "Bearer s3cret"},
+        )
+        assert odd.status_code == 415

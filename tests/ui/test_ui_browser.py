@@ -173,6 +173,9 @@ def test_signal_with_the_token_completes_live(
         expect(page.locator('#graph g.node[data-path="0/2"]')).to_have_attribute(
             "data-status", "completed", timeout=30_000
         )
+        # the timeline follows too, without a reload
+        expect(page.locator("li.event.k-workflow_completed")).to_have_count(1, timeout=30_000)
+        expect(page.locator("li.event.k-signal_received")).to_have_count(1)
         out, err = worker.communicate(timeout=60)
         assert out.strip() == "completed", err
         assert worker.returncode == 0, err

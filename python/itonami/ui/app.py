@@ -486,6 +486,9 @@ def _authorize(request: Request, form: dict[str, Any] | None) -> None:
 
 async def _body(request: Request) -> tuple[dict[str, Any], bool]:
     """The request's fields and whether it came as a form."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_PAYLOAD + 4096:
+        raise HTTPException(413, f"the request is larger than {MAX_PAYLOAD} bytes")
     raw = await request.body()
     if len(raw) > MAX_PAYLOAD + 4096:
         raise HTTPException(413, f"the request is larger than {MAX_PAYLOAD} bytes")
