@@ -13,12 +13,33 @@ from pathlib import Path
 
 from playwright.sync_api import sync_playwright
 
+from itonami.storage import open_storage
+
 sys.path.insert(0, str(Path(__file__).parent))
 
 import ui_demo as demo
 from ui_server import chromium_path, serving
 
 OUT = Path(__file__).resolve().parents[2] / "docs" / "ui"
+
+
+async def cluster(url: str) -> None:
+    """Two workers in the nodes table, and one execution none of them can run."""
+    storage = open_storage(url)
+    await storage.open()
+    try:
+        acts = sorted(f"activity:{name}" for name in demo.registry().names())
+        await storage.register_node("worker-a", capacity=16, capabilities=acts)
+        await storage.heartbeat("worker-a", inflight=5)
+        await storage.register_node("worker-b", capacity=8, capabilities=acts[:3])
+        await storage.heartbeat("worker-b", inflight=8)
+        claim = await storage.acquire("approval-big", "worker-b")
+        assert claim is not None
+        await storage.release(
+            "approval-big", "worker-b", claim.epoch, ready_at=0, needs=["activity:sign_off"]
+        )
+    finally:
+        await storage.close()
 
 
 def main() -> int:
@@ -30,6 +51,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         url = f"sqlite:///{tmp}/demo.db"
         asyncio.run(demo.populate(url))
+        asyncio.run(cluster(url))
         with serving(url, token="demo-token") as base, sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=chromium)
             page = browser.new_page(viewport={"width": 1440, "height": 900})
