@@ -157,6 +157,8 @@ def test_signal_with_the_token_completes_live(
         expect(page.locator('#graph g.node[data-path="0/1/0"]')).to_have_attribute(
             "data-status", "waiting"
         )
+        slider = page.locator("#travel-slider")
+        before = int(slider.get_attribute("max") or 0)
         form = page.locator("#signal-form")
         # refused without the right token, and nothing is delivered
         form.locator('input[name="name"]').fill("approve")
@@ -176,6 +178,9 @@ def test_signal_with_the_token_completes_live(
         # the timeline follows too, without a reload
         expect(page.locator("li.event.k-workflow_completed")).to_have_count(1, timeout=30_000)
         expect(page.locator("li.event.k-signal_received")).to_have_count(1)
+        versions = page.locator("li.event").count()
+        expect(slider).to_have_attribute("max", str(versions))  # the slider grew with it
+        assert versions > before
         out, err = worker.communicate(timeout=60)
         assert out.strip() == "completed", err
         assert worker.returncode == 0, err

@@ -40,6 +40,19 @@
     });
   }
 
+  // A running execution gains versions: the time-travel slider follows.
+  function growSlider(data) {
+    var slider = document.querySelector("input[data-travel]");
+    var version;
+    try { version = JSON.parse(data).version; } catch (e) { return; }
+    if (!slider || typeof version !== "number" || version <= Number(slider.max)) return;
+    var atEnd = slider.value === slider.max;
+    slider.max = String(version);
+    if (atEnd) slider.value = slider.max;
+    var label = document.querySelector('output[for="' + slider.id + '"]');
+    if (label) label.textContent = "version " + slider.value + " / " + slider.max;
+  }
+
   function liveRegions() {
     var streams = {};
     document.querySelectorAll("[data-live-src][data-live-stream]").forEach(function (el) {
@@ -52,6 +65,7 @@
       var seen = null;
       function onEvent(ev) {
         if (seen !== null && ev.data !== seen) streams[url].forEach(refresh);
+        if (ev.type === "execution") growSlider(ev.data);
         seen = ev.data;
         document.documentElement.dataset.live = "on";
       }
