@@ -187,6 +187,7 @@ class StoreReader:
             try:
                 await load_history(store, self.storage, execution_id)
             except ExecutionNotFoundError as exc:
+                self._locks.pop(execution_id, None)
                 raise NotFound(str(exc)) from exc
             loaded = await asyncio.to_thread(_Loaded, store, execution_id)
             self._cache[execution_id] = loaded
