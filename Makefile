@@ -46,6 +46,10 @@ test-py: install pytest ## pytest against the freshly installed wheel
 pytest: ## pytest against what the virtualenv has installed (no rebuild)
 	cd tests && ../$(PY) -m pytest -q -p no:cacheprovider --rootdir=.. -c ../pyproject.toml . $(PYTEST_ARGS)
 
+.PHONY: ui-screenshots
+ui-screenshots: ## refresh docs/ui/*.png: the web UI on a demo store, in the local chromium
+	cd tests && ../$(PY) ui/screenshots.py
+
 .PHONY: lint
 lint: $(VENV)/.deps ## ruff, mypy stubtest, cargo fmt and clippy
 	$(VENV)/bin/ruff check python tests benches examples

@@ -12,7 +12,19 @@ import pytest
 
 # Loaded where they are used (HTTP calls, conditions, JSONPath queries,
 # PostgreSQL), never by `import itonami` itself.
-LAZY = ("httpx", "cel", "psycopg", "jsonpath_rfc9535", "prompt_toolkit", "typer", "rich")
+LAZY = (
+    "httpx",
+    "cel",
+    "psycopg",
+    "jsonpath_rfc9535",
+    "prompt_toolkit",
+    "typer",
+    "rich",
+    "starlette",
+    "uvicorn",
+    "jinja2",
+    "playwright",
+)
 # What the pytest plugin may load when every pytest run imports it.
 PLUGIN_LIGHT = ("itonami.engine", "itonami.dsl", "itonami.activities", "itonami.storage", "orjson")
 
@@ -107,10 +119,26 @@ WorkflowEngine.builder()
         ("from itonami.dsl import Condition; Condition('1 < 2')", {"cel", "prompt_toolkit"}),
         ("from itonami.dsl import JsonPath; JsonPath('$.a')", {"jsonpath_rfc9535"}),
         ("import itonami.storage.postgres", {"psycopg"}),
+        ("import itonami.ui", {"starlette", "jinja2"}),
     ],
 )
 def test_each_dependency_loads_when_first_used(code: str, needed: set[str]) -> None:
     assert needed <= loaded_after(code)
+
+
+def test_the_cli_loads_the_web_ui_only_to_serve() -> None:
+    assert loaded_after("import itonami.cli; itonami.cli._parser()") == set()
+
+
+def test_the_wheel_ships_the_web_ui_templates_and_static_files() -> None:
+    names = {str(f) for f in metadata.files("itonami") or []}
+    for name in (
+        "itonami/ui/templates/base.html",
+        "itonami/ui/templates/execution.html",
+        "itonami/ui/static/style.css",
+        "itonami/ui/static/itonami.js",
+    ):
+        assert name in names
 
 
 def test_license_files_and_expression() -> None:

@@ -1478,6 +1478,25 @@ def build_app() -> typer.Typer:
         _go(_prune(_db(ctx), finished_before, workflow, dry_run, json))
 
     @app.command()
+    def serve(
+        ctx: typer.Context,
+        host: Annotated[str, typer.Option("--host", help="address to bind")] = "127.0.0.1",
+        port: Annotated[int, typer.Option("--port", min=0, max=65535)] = 8080,
+        token: Annotated[
+            str | None,
+            typer.Option(
+                "--token",
+                envvar="ITONAMI_UI_TOKEN",
+                show_envvar=True,
+                help="enables signal and cancel for requests that present it "
+                "(without one the UI is read-only)",
+            ),
+        ] = None,
+    ) -> None:
+        """Run the web UI on the store (needs the ui extra: itonami[ui])."""
+        _serve(_db(ctx), host, port, token)
+
+    @app.command()
     def export(
         ctx: typer.Context,
         execution_id: _Id,
@@ -1510,6 +1529,18 @@ def _hoist(argv: list[str]) -> list[str]:
             rest.append(arg)
         i += 1
     return front + rest
+
+
+def _serve(db: str | None, host: str, port: int, token: str | None) -> None:
+    try:
+        from itonami.ui import serve
+    except ImportError as e:
+        print(
+            f"itonami: the web UI needs the ui extra (pip install 'itonami[ui]'): {e}",
+            file=sys.stderr,
+        )
+        raise typer.Exit(EXIT_USAGE) from None
+    serve(storage_url(db), host=host, port=port, token=token)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

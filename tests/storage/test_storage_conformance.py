@@ -329,6 +329,12 @@ async def test_definitions(store: Storage) -> None:
     assert await store.get_definition("wf", "9") is None
     assert await store.get_definition_by_hash("h3") == b"doc-3"
     assert await store.get_definition_by_hash("nope") is None
+    assert await store.list_definitions() == [
+        ("wf", "1", "h1"),
+        ("wf", "3", "h3"),
+        ("wf", "2", "h2"),
+        ("other", "1", "ho"),
+    ]
     with pytest.raises(StorageError, match=r"wf version 1 .*h1"):
         await store.put_definition("wf", "1", "other-hash", b"changed")
     assert await store.get_definition("wf", "1") == b"doc-1"

@@ -741,6 +741,11 @@ class Storage(ABC):
         """The registered document with this content hash, or None."""
 
     @abstractmethod
+    async def list_definitions(self) -> list[tuple[str, str, str]]:
+        """Every registered definition as ``(workflow_id, version, content_hash)``,
+        in registration order."""
+
+    @abstractmethod
     async def max_tx(self) -> int:
         """The largest stored tx (0 for an empty store)."""
 

@@ -434,6 +434,11 @@ class MemoryStorage(Storage):
                 newest = doc
         return newest
 
+    async def list_definitions(self) -> list[tuple[str, str, str]]:
+        """Every registered definition, in registration order."""
+        self._check_open()
+        return [(wid, ver, h) for (wid, ver), (h, _) in self._definitions.items()]
+
     async def get_definition_by_hash(self, content_hash: str) -> bytes | None:
         """A document by content hash."""
         self._check_open()

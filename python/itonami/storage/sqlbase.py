@@ -863,6 +863,17 @@ class SqlStorage(Storage):
 
         return await self._read_op(op)
 
+    async def list_definitions(self) -> list[tuple[str, str, str]]:
+        """Every registered definition, in registration order."""
+
+        def op() -> Op[list[tuple[str, str, str]]]:
+            rows = yield Q(
+                "SELECT workflow_id, version, content_hash FROM definitions ORDER BY seq", (), "all"
+            )
+            return [(str(r[0]), str(r[1]), str(r[2])) for r in rows]
+
+        return await self._read_op(op)
+
     async def get_definition_by_hash(self, content_hash: str) -> bytes | None:
         """A document by content hash."""
 
