@@ -81,6 +81,10 @@ torture: install ## long crash and lifecycle runs (many SIGKILLs, many random sc
 	cd tests && ITONAMI_LIFECYCLE_EXAMPLES=2000 ../$(PY) -m pytest -q -p no:cacheprovider \
 		--rootdir=.. -c ../pyproject.toml --timeout 7200 engine/test_lifecycle_properties.py
 
+.PHONY: bench-cluster
+bench-cluster: install ## distributed execution on a private PostgreSQL: 1-3 workers, latencies, failover
+	bash .ci/postgres.sh run $(PY) benches/bench_cluster.py
+
 .PHONY: clean
 clean: ## remove build outputs and the virtualenv
 	rm -rf target dist $(VENV) .itonami
