@@ -651,7 +651,8 @@ class WorkflowEngine:
                 if got:
                     poll = _POLL_MIN
                     if len(got) == min(room, 64):
-                        hint.cancel()  # more may be waiting: claim again at once
+                        if hint is not None:
+                            hint.cancel()  # more may be waiting: claim again at once
                         hint = None
                         await asyncio.sleep(0)
                 else:
