@@ -57,6 +57,13 @@ Sharing a store between processes (ownership, inbox, nodes):
 * **Wake hints.** :meth:`Storage.wait_for_work` returns early when work may
   have arrived (PostgreSQL ``LISTEN``/``NOTIFY``, SQLite ``PRAGMA
   data_version``, an event in memory); it is a hint, callers poll as well.
+  Hints go out when an execution becomes claimable by other processes (an
+  unowned ready execution, a release, a message), not for an owner's own
+  commits.
+* **Preferred node.** ``AppendRequest.preferred`` (first append of an
+  unowned execution) and ``release(preferred=…)`` name the node a balancer
+  chose; :meth:`Storage.claim` gives the execution to other nodes only once
+  it has been ready for ``steal_after`` seconds.
 * **Nodes.** Processes register in a nodes table and heartbeat by the store's
   clock; :meth:`Storage.list_nodes` and :meth:`Storage.cluster_stats` report.
 
