@@ -24,6 +24,7 @@ import asyncio
 import json
 import os
 import sys
+import time
 from typing import Any
 
 from itonami import ActivityRegistry, WorkflowEngine, WorkflowIR, current_context
@@ -82,7 +83,14 @@ def registry(without: set[str], hang: bool, pay_seconds: float) -> ActivityRegis
         ctx = current_context()
         with open(ledger, "a") as f:
             f.write(
-                json.dumps({"pid": os.getpid(), "eid": ctx.execution_id, "step": ctx.step_path})
+                json.dumps(
+                    {
+                        "pid": os.getpid(),
+                        "eid": ctx.execution_id,
+                        "step": ctx.step_path,
+                        "at": time.time(),
+                    }
+                )
                 + "\n"
             )
 
@@ -129,7 +137,7 @@ async def main() -> int:
         async with bare:
             if args.mode == "signal":
                 await bare.signal(args.n, "go", {"by": "another process"})
-                print(json.dumps({"sent": True}))
+                print(json.dumps({"sent": True, "at": time.time()}))
             elif args.mode == "event":
                 # Events reach waits open when they are sent: send again until
                 # the waiting execution's wait is open (bounded).
@@ -140,7 +148,8 @@ async def main() -> int:
                     await asyncio.sleep(0.05)
                 print(json.dumps({"to": to}))
             else:
-                print(json.dumps({"cancelled": await bare.cancel(args.n, "from afar")}))
+                cancelled = await bare.cancel(args.n, "from afar")
+                print(json.dumps({"cancelled": cancelled, "at": time.time()}))
         return 0
     engine = (
         WorkflowEngine.builder()
@@ -170,9 +179,10 @@ async def main() -> int:
             print(eid, flush=True)
             try:
                 await engine.wait_for_completion(eid, timeout=60)
-                print(json.dumps({"outcome": "completed"}))
+                print(json.dumps({"outcome": "completed", "at": time.time()}))
             except Exception as e:
-                print(json.dumps({"outcome": getattr(e, "status", type(e).__name__)}))
+                outcome = getattr(e, "status", type(e).__name__)
+                print(json.dumps({"outcome": outcome, "at": time.time()}))
         elif args.mode == "slow":
             eid = await engine.start_workflow("shared", {})
             # Its lease is lost while it is stopped: the run is dropped, and
