@@ -298,10 +298,17 @@ class PostgresStorage(SqlStorage):
                 await self._run_batch(ops)
 
     async def _run_batch(self, ops: list[_Op]) -> None:
-        if self.bulk and all(op.req is not None and _bulk_ok(op.req) for op in ops):
-            done = await self._run_bulk(ops)
-            if done:
-                return
+        if self.bulk:
+            appends = [op for op in ops if op.req is not None and _bulk_ok(op.req)]
+            rest = [op for op in ops if not (op.req is not None and _bulk_ok(op.req))]
+            # Other appends need the one-by-one path; other writes (claims,
+            # renewals, messages) ride in the same transaction after the
+            # bulk appends. Concurrent ops carry no order among themselves,
+            # and an op that must follow an append awaits it first.
+            if appends and all(op.req is None for op in rest):
+                done = await self._run_bulk(appends, rest)
+                if done:
+                    return
         outcomes: list[tuple[_Op, Any, BaseException | None]] = []
         self._woke = False
         try:
@@ -344,8 +351,9 @@ class PostgresStorage(SqlStorage):
             else:
                 outcomes.append((op, result, None))
 
-    async def _run_bulk(self, ops: list[_Op]) -> bool:
-        """Commit a batch of appends with a handful of statements in all.
+    async def _run_bulk(self, ops: list[_Op], rest: Sequence[_Op] = ()) -> bool:
+        """Commit a batch of appends with a handful of statements in all
+        (then ``rest``, other writes, one by one in the same transaction).
 
         One statement per table instead of several per request (each a round
         trip to the server). Fences and conflicts are decided in Python from
@@ -358,16 +366,19 @@ class PostgresStorage(SqlStorage):
         if len(set(ids)) != len(ids):
             return False
         outcomes: list[BaseException | list[int]] = []
+        others: list[tuple[_Op, Any, BaseException | None]] = []
         self._woke = False
         try:
             conn = await self._writer_connection()
             async with conn.transaction():
                 outcomes = await self._bulk_append_tx(conn, reqs)
+                if rest:
+                    await self._run_ops(conn, list(rest), others)
                 if self._woke:
                     await conn.execute(sql.SQL("NOTIFY {}").format(sql.Identifier(self.channel)))
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
             err = self._map_error(exc, "committing")
-            for op in ops:
+            for op in [*ops, *rest]:
                 if not op.future.done():
                     op.future.set_exception(err)
             return True
@@ -384,6 +395,13 @@ class PostgresStorage(SqlStorage):
                 op.future.set_exception(outcome)
             else:
                 op.future.set_result(outcome)
+        for op, result, failure in others:
+            if op.future.done():
+                continue
+            if failure is not None:
+                op.future.set_exception(failure)
+            else:
+                op.future.set_result(result)
         return True
 
     async def _bulk_append_tx(
