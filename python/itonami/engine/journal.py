@@ -105,8 +105,21 @@ class Journal:
         """The core's state of the execution, including pending events."""
         return self.core.state(self.execution_id)
 
-    def append(self, kind: str, step: str = "", attempt: int = 0, data: Any = None) -> Any:
-        """Apply one event through the core's reducer; durable after :meth:`flush`."""
+    def append(
+        self,
+        kind: str,
+        step: str = "",
+        attempt: int = 0,
+        data: Any = None,
+        *,
+        flushed_by_caller: bool = False,
+    ) -> Any:
+        """Apply one event through the core's reducer; durable after :meth:`flush`.
+
+        ``flushed_by_caller``: the caller flushes itself within this turn of
+        the event loop, so no end-of-turn commit is scheduled for the event
+        (it rides with the next barrier's commit instead of one of its own).
+        """
         if self.broken is not None:
             raise self.broken
         payload = _EMPTY if data is None else orjson.dumps(data)
@@ -122,7 +135,7 @@ class Journal:
         self.version = a.version
         self.status = a.status
         self._pending.append(StoredEvent(a.version, a.tx, a.timestamp, a.kind, a.hash, a.encoded))
-        if not self._deferred:
+        if not self._deferred and not flushed_by_caller:
             # Whatever is appended reaches the store by the end of this turn of
             # the event loop even if no barrier follows (a branch that blocks
             # while its sibling's result is pending): the state a reader sees

@@ -296,8 +296,13 @@ class Run:
     # ------------------------------------------------------------ from outside
 
     def record_started(self) -> None:
-        """Append ``workflow_started`` (durable with the run's first commit)."""
-        self.append(
+        """Append ``workflow_started`` (durable with the run's first commit).
+
+        The engine flushes it after letting the run reach its first barrier,
+        so no end-of-turn commit is scheduled for it: that commit would run
+        before the run's first step and cost a commit of its own.
+        """
+        self.journal.append(
             "workflow_started",
             "",
             0,
@@ -308,6 +313,7 @@ class Run:
                 "inputs": self.inputs,
                 "parent": self.parent,
             },
+            flushed_by_caller=True,
         )
         self.log(logging.INFO, "started")
 
