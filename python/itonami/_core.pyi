@@ -92,6 +92,12 @@ class ExecutionState:
         """Status of the step at ``path`` or None (cheaper than ``step``)."""
     def step(self, path: str) -> dict[str, Any] | None:
         """The step at ``path`` as a dict, or None."""
+    def pending_timers(self) -> list[tuple[str, int]]:
+        """The pending timers as ``(step path, fire_at µs)`` pairs (``to_dict()["timers"]``)."""
+    def open_event_types(self) -> list[str]:
+        """The event types the open event waits expect, sorted, without repeats."""
+    def latest_signals(self) -> dict[str, Any]:
+        """The newest payload of every signal name received."""
     def to_dict(self) -> dict[str, Any]:
         """The whole state as a dict."""
     def to_json(self) -> bytes:

@@ -345,3 +345,50 @@ def test_evict_and_listing(sample_store) -> None:
     assert [e.kind for e in events] == ["step_completed", "workflow_completed"]
     assert store.encoded_history("e1", 8) == history_of(SAMPLE[8:])
     assert struct.unpack_from("<I", store.encoded_history("e1", 9))[0] == len(events[1].encoded)
+
+
+_VIEW_DATA = {
+    "wait_started": lambda v: (
+        {"kind": "event", "event_type": f"t{v % 3}"}
+        if v % 2
+        else {"kind": "signal", "name": f"s{v % 2}"}
+    ),
+    "external_event_received": lambda v: {"event_type": f"t{v % 3}", "payload": v},
+    "timer_scheduled": lambda v: {"fire_at": v},
+    "timer_fired": lambda v: {},
+    "timer_cancelled": lambda v: {},
+    "signal_received": lambda v: {"name": f"s{v % 3}", "payload": [v]},
+    "step_completed": lambda v: {"output": v},
+    "step_started": lambda v: {},
+}
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(sorted(_VIEW_DATA)), st.integers(0, 4), st.integers(0, 50)),
+        max_size=40,
+    )
+)
+def test_direct_views_equal_the_whole_state(cands) -> None:
+    """pending_timers, open_event_types and latest_signals say what to_dict says."""
+    store = _core.VersionStore()
+    store.append("v", 0, *START)
+    version = 1
+    for i, (kind, path, value) in enumerate(cands):
+        step = "" if kind == "signal_received" else f"0/{path}"
+        data = orjson.dumps(_VIEW_DATA[kind](value))
+        try:
+            store.append("v", version, kind, step, 0, data, 2_000 + i)
+        except DecodeError:
+            continue
+        version += 1
+        state = store.state("v")
+        whole = state.to_dict()
+        assert dict(state.pending_timers()) == whole["timers"]
+        assert [p for p, _ in state.pending_timers()] == list(whole["timers"])
+        waits = whole["waits"].values()
+        assert state.open_event_types() == sorted(
+            {w["event_type"] for w in waits if w.get("kind") == "event"}
+        )
+        assert state.latest_signals() == {n: p[-1] for n, p in whole["signals"].items() if p}

@@ -180,8 +180,7 @@ class Journal:
 
     def event_types(self) -> set[str]:
         """Event types of the execution's open event waits (pending events included)."""
-        waits = self.core.state(self.execution_id).to_dict().get("waits") or {}
-        return {w["event_type"] for w in waits.values() if w.get("kind") == "event"}
+        return set(self.core.state(self.execution_id).open_event_types())
 
     async def settle(self) -> None:
         """Commit what was appended and wait out any commit in flight,

@@ -289,8 +289,7 @@ class Run:
     def latest_signals(self) -> dict[str, Any]:
         """The newest payload of every signal name received (the ``signals`` variable)."""
         if self._signals_seen is None:
-            signals = self.state().get("signals") or {}
-            self._signals_seen = {name: p[-1] for name, p in signals.items() if p}
+            self._signals_seen = self.journal.state().latest_signals()
         return self._signals_seen
 
     # ------------------------------------------------------------ from outside
@@ -475,7 +474,7 @@ class Run:
         if self.status in TERMINAL:
             await self.flush()
             return
-        for path in sorted(self.state().get("timers") or {}):
+        for path in sorted(path for path, _ in self.journal.state().pending_timers()):
             self.append("timer_cancelled", path, 0, {})
         await self.emit(kind, "", 0, data)
         status = kind.removeprefix("workflow_")

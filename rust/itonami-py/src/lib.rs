@@ -378,6 +378,22 @@ impl ExecutionState {
             None => Ok(py.None()),
         }
     }
+    /// The pending timers as `(step path, fire_at µs)` pairs (`to_dict()["timers"]`).
+    fn pending_timers(&self) -> Vec<(&str, i64)> {
+        self.inner.pending_timers()
+    }
+    /// The event types the open event waits expect, sorted, without repeats.
+    fn open_event_types(&self) -> Vec<String> {
+        self.inner.open_event_types()
+    }
+    /// The newest payload of every signal name received, as a dict.
+    fn latest_signals(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        let out = PyDict::new(py);
+        for (name, payload) in self.inner.latest_signals() {
+            out.set_item(name, loads(py, payload.get().as_bytes())?)?;
+        }
+        Ok(out.into_any().unbind())
+    }
     /// The whole state as a dict.
     fn to_dict(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         loads(py, &self.inner.to_json())
