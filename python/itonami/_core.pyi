@@ -193,6 +193,16 @@ class VersionStore:
         data: bytes,
         timestamp: int,
     ) -> Appended: ...
+    def append_step(
+        self,
+        execution_id: str,
+        expected_version: int,
+        events: list[tuple[str, str, int, bytes]],
+        timestamp: int,
+    ) -> tuple[list[tuple[int, int, int, str, bytes, bytes]], str]:
+        """The coarse step call: atomic like ``append_batch``, one timestamp for
+        all; returns each version's ``(version, tx, timestamp, kind, hash,
+        encoded)`` and the status after the last."""
     def append_batch(
         self,
         execution_id: str,

@@ -7,7 +7,15 @@ import threading
 
 import orjson
 import pytest
-from core_helpers import CANDIDATE_DATA, SAMPLE, START, append_all, history_of, valid_events
+from core_helpers import (
+    CANDIDATE_DATA,
+    SAMPLE,
+    START,
+    EventTuple,
+    append_all,
+    history_of,
+    valid_events,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -392,3 +400,44 @@ def test_direct_views_equal_the_whole_state(cands) -> None:
             {w["event_type"] for w in waits if w.get("kind") == "event"}
         )
         assert state.latest_signals() == {n: p[-1] for n, p in whole["signals"].items() if p}
+
+
+@settings(max_examples=40, deadline=None)
+@given(candidates, st.lists(st.integers(1, 4), min_size=1, max_size=30))
+def test_append_step_equals_per_event_appends(cands, sizes) -> None:
+    """The coarse step call stores exactly what one append per event stores."""
+    events = valid_events(cands)
+    groups: list[list[EventTuple]] = []
+    i = 0
+    for n in sizes * (len(events) + 1):
+        if i >= len(events):
+            break
+        # The events of one call share its timestamp (the group's first).
+        ts = events[i][4]
+        groups.append([(*e[:4], ts) for e in events[i : i + n]])
+        i += n
+    one = _core.VersionStore()
+    per_event = [one.append("s", v, *e) for v, e in enumerate(e for g in groups for e in g)]
+    many = _core.VersionStore()
+    rows: list[tuple] = []
+    status = ""
+    for g in groups:
+        got, status = many.append_step("s", len(rows), [e[:4] for e in g], g[0][4])
+        rows.extend(got)
+    assert rows == [(a.version, a.tx, a.timestamp, a.kind, a.hash, a.encoded) for a in per_event]
+    assert status == per_event[-1].status
+    assert many.state("s").to_json() == one.state("s").to_json()
+    assert many.head("s") == one.head("s")
+
+
+def test_append_step_is_all_or_nothing() -> None:
+    store = _core.VersionStore()
+    store.append("s", 0, *START)
+    bad = [("step_started", "0", 0, b"{}"), ("activity_completed", "9/9", 1, b"{}")]
+    with pytest.raises(DecodeError) as info:
+        store.append_step("s", 1, bad, 5)
+    assert info.value.index == 1
+    assert store.version("s") == 1
+    rows, status = store.append_step("s", 1, bad[:1], 5)
+    assert [r[0] for r in rows] == [2]
+    assert status == "running"

@@ -600,15 +600,21 @@ class Run:
             overall = (first_at / 1e6 if first_at else clock.now()) + node.schedule_to_close_timeout
         while True:
             attempt += 1
-            self.append(
-                "activity_scheduled",
-                node.path,
-                attempt,
-                {"activity": node.activity_ref, "input": input_},
+            self.journal.append_step(
+                [
+                    (
+                        "activity_scheduled",
+                        node.path,
+                        attempt,
+                        {"activity": node.activity_ref, "input": input_},
+                    ),
+                    ("activity_started", node.path, attempt, None),
+                ],
+                flushed_by_caller=True,
             )
             # The durability barrier before a side effect: everything recorded so
             # far (the previous step's result included) is committed first.
-            await self.emit("activity_started", node.path, attempt, {})
+            await self.flush()
             self.log(
                 logging.DEBUG, "activity %r started", node.activity_ref, node=node, attempt=attempt
             )

@@ -590,6 +590,15 @@ struct VersionStore {
 }
 
 type BatchItem = (String, String, U32, Vec<u8>, I64);
+type StepItem = (String, String, U32, Vec<u8>);
+type StepOut<'py> = (
+    u64,
+    u64,
+    i64,
+    &'static str,
+    Bound<'py, PyBytes>,
+    Bound<'py, PyBytes>,
+);
 
 #[pymethods]
 impl VersionStore {
@@ -627,6 +636,53 @@ impl VersionStore {
         let result = build_event(limit, 0, kind, step, attempt.0, data, timestamp.0)
             .and_then(|event| self.inner.append(execution_id, expected_version.0, event));
         result.map(Appended::from).map_err(|e| store_err(py, e))
+    }
+
+    /// The coarse step call: appends `(kind, step, attempt, data)` events at
+    /// `timestamp` atomically and returns, in one crossing, what the engine
+    /// keeps of each — `(version, tx, timestamp, kind, hash, encoded)`, the
+    /// fields of a stored event — and the status after the last one.
+    ///
+    /// The same core call as `append` and `append_batch` (the one reducer),
+    /// without an `Appended` object and a getter per field for each event.
+    fn append_step<'py>(
+        &self,
+        py: Python<'py>,
+        execution_id: &str,
+        expected_version: U64,
+        events: Vec<StepItem>,
+        timestamp: I64,
+    ) -> PyResult<(Vec<StepOut<'py>>, &'static str)> {
+        // A step is a few small events (a few µs in all): holding the GIL is
+        // cheaper than releasing and taking it back.
+        let limit = self.inner.config().max_payload_bytes;
+        let built = events
+            .iter()
+            .enumerate()
+            .map(|(i, (kind, step, attempt, data))| {
+                build_event(limit, i, kind, step, attempt.0, data, timestamp.0)
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| store_err(py, e))?;
+        let out = self
+            .inner
+            .append_batch(execution_id, expected_version.0, &built)
+            .map_err(|e| store_err(py, e))?;
+        let status = out.last().map_or("pending", |a| a.status);
+        let rows = out
+            .into_iter()
+            .map(|a| {
+                (
+                    a.version,
+                    a.tx,
+                    a.timestamp,
+                    a.kind.name(),
+                    PyBytes::new(py, &a.hash),
+                    PyBytes::new(py, &a.encoded),
+                )
+            })
+            .collect();
+        Ok((rows, status))
     }
 
     /// Appends `(kind, step, attempt, data, timestamp)` events atomically.
