@@ -74,6 +74,10 @@ bench: install ## run the benchmarks and print a table
 		--benchmark-enable --benchmark-only --benchmark-columns=min,median,mean,ops,rounds \
 		--benchmark-sort=name
 
+.PHONY: bench-compare
+bench-compare: install ## itonami beside the bare sqlite3 floor (+ SpiffWorkflow, DBOS if installed), ratios over rounds
+	cd benches && ../$(PY) bench_compare.py --rounds $${ROUNDS:-3}
+
 .PHONY: torture
 torture: install ## long crash and lifecycle runs (many SIGKILLs, many random schedules)
 	cd tests && ITONAMI_TORTURE_KILLS=500 bash ../.ci/postgres.sh run ../$(PY) -m pytest -q \

@@ -92,6 +92,12 @@ class ExecutionState:
         """Status of the step at ``path`` or None (cheaper than ``step``)."""
     def step(self, path: str) -> dict[str, Any] | None:
         """The step at ``path`` as a dict, or None."""
+    def pending_timers(self) -> list[tuple[str, int]]:
+        """The pending timers as ``(step path, fire_at µs)`` pairs (``to_dict()["timers"]``)."""
+    def open_event_types(self) -> list[str]:
+        """The event types the open event waits expect, sorted, without repeats."""
+    def latest_signals(self) -> dict[str, Any]:
+        """The newest payload of every signal name received."""
     def to_dict(self) -> dict[str, Any]:
         """The whole state as a dict."""
     def to_json(self) -> bytes:
@@ -187,6 +193,16 @@ class VersionStore:
         data: bytes,
         timestamp: int,
     ) -> Appended: ...
+    def append_step(
+        self,
+        execution_id: str,
+        expected_version: int,
+        events: list[tuple[str, str, int, bytes]],
+        timestamp: int,
+    ) -> tuple[list[tuple[int, int, int, str, bytes, bytes]], str]:
+        """The coarse step call: atomic like ``append_batch``, one timestamp for
+        all; returns each version's ``(version, tx, timestamp, kind, hash,
+        encoded)`` and the status after the last."""
     def append_batch(
         self,
         execution_id: str,

@@ -7,7 +7,15 @@ import threading
 
 import orjson
 import pytest
-from core_helpers import CANDIDATE_DATA, SAMPLE, START, append_all, history_of, valid_events
+from core_helpers import (
+    CANDIDATE_DATA,
+    SAMPLE,
+    START,
+    EventTuple,
+    append_all,
+    history_of,
+    valid_events,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -345,3 +353,91 @@ def test_evict_and_listing(sample_store) -> None:
     assert [e.kind for e in events] == ["step_completed", "workflow_completed"]
     assert store.encoded_history("e1", 8) == history_of(SAMPLE[8:])
     assert struct.unpack_from("<I", store.encoded_history("e1", 9))[0] == len(events[1].encoded)
+
+
+_VIEW_DATA = {
+    "wait_started": lambda v: (
+        {"kind": "event", "event_type": f"t{v % 3}"}
+        if v % 2
+        else {"kind": "signal", "name": f"s{v % 2}"}
+    ),
+    "external_event_received": lambda v: {"event_type": f"t{v % 3}", "payload": v},
+    "timer_scheduled": lambda v: {"fire_at": v},
+    "timer_fired": lambda v: {},
+    "timer_cancelled": lambda v: {},
+    "signal_received": lambda v: {"name": f"s{v % 3}", "payload": [v]},
+    "step_completed": lambda v: {"output": v},
+    "step_started": lambda v: {},
+}
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(sorted(_VIEW_DATA)), st.integers(0, 4), st.integers(0, 50)),
+        max_size=40,
+    )
+)
+def test_direct_views_equal_the_whole_state(cands) -> None:
+    """pending_timers, open_event_types and latest_signals say what to_dict says."""
+    store = _core.VersionStore()
+    store.append("v", 0, *START)
+    version = 1
+    for i, (kind, path, value) in enumerate(cands):
+        step = "" if kind == "signal_received" else f"0/{path}"
+        data = orjson.dumps(_VIEW_DATA[kind](value))
+        try:
+            store.append("v", version, kind, step, 0, data, 2_000 + i)
+        except DecodeError:
+            continue
+        version += 1
+        state = store.state("v")
+        whole = state.to_dict()
+        assert dict(state.pending_timers()) == whole["timers"]
+        assert [p for p, _ in state.pending_timers()] == list(whole["timers"])
+        waits = whole["waits"].values()
+        assert state.open_event_types() == sorted(
+            {w["event_type"] for w in waits if w.get("kind") == "event"}
+        )
+        assert state.latest_signals() == {n: p[-1] for n, p in whole["signals"].items() if p}
+
+
+@settings(max_examples=40, deadline=None)
+@given(candidates, st.lists(st.integers(1, 4), min_size=1, max_size=30))
+def test_append_step_equals_per_event_appends(cands, sizes) -> None:
+    """The coarse step call stores exactly what one append per event stores."""
+    events = valid_events(cands)
+    groups: list[list[EventTuple]] = []
+    i = 0
+    for n in sizes * (len(events) + 1):
+        if i >= len(events):
+            break
+        # The events of one call share its timestamp (the group's first).
+        ts = events[i][4]
+        groups.append([(*e[:4], ts) for e in events[i : i + n]])
+        i += n
+    one = _core.VersionStore()
+    per_event = [one.append("s", v, *e) for v, e in enumerate(e for g in groups for e in g)]
+    many = _core.VersionStore()
+    rows: list[tuple] = []
+    status = ""
+    for g in groups:
+        got, status = many.append_step("s", len(rows), [e[:4] for e in g], g[0][4])
+        rows.extend(got)
+    assert rows == [(a.version, a.tx, a.timestamp, a.kind, a.hash, a.encoded) for a in per_event]
+    assert status == per_event[-1].status
+    assert many.state("s").to_json() == one.state("s").to_json()
+    assert many.head("s") == one.head("s")
+
+
+def test_append_step_is_all_or_nothing() -> None:
+    store = _core.VersionStore()
+    store.append("s", 0, *START)
+    bad = [("step_started", "0", 0, b"{}"), ("activity_completed", "9/9", 1, b"{}")]
+    with pytest.raises(DecodeError) as info:
+        store.append_step("s", 1, bad, 5)
+    assert info.value.index == 1
+    assert store.version("s") == 1
+    rows, status = store.append_step("s", 1, bad[:1], 5)
+    assert [r[0] for r in rows] == [2]
+    assert status == "running"

@@ -96,6 +96,24 @@ async def test_inputs_are_validated_with_defaults(h: Harness) -> None:
         await h.engine.start_workflow(ir, {})
 
 
+async def test_three_steps_take_four_commits_the_first_with_the_start(h: Harness) -> None:
+    """workflow_started rides with the first step's barrier, not in a commit of
+    its own: a step's result is durable before the next step runs, and nothing more."""
+
+    @h.registry.activity()
+    async def noop() -> dict:
+        return {"ok": True}
+
+    ir = wf({"op": "seq", "strategies": [act("noop"), act("noop"), act("noop")]})
+    await h.run(ir)  # registers the definition and warms up
+    before = h.engine.storage.commits
+    eid = await h.engine.start_workflow(ir, {})
+    await h.engine.wait_for_completion(eid, timeout=10)
+    assert h.engine.storage.commits - before == 4
+    kinds = await h.kinds(eid)
+    assert kinds[:3] == ["workflow_started", "activity_scheduled", "activity_started"]
+
+
 async def test_retries_until_success_with_backoff(h: Harness) -> None:
     attempts: list[int] = []
 

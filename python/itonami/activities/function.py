@@ -131,6 +131,9 @@ class FunctionActivity:
         )
         self._input_param = others[0].name if self._whole_input else None
         self._params = {p.name: p for p in others}
+        # Binding rules prepared once: a call checks them with two set tests.
+        self._names = frozenset(self._params)
+        self._required = frozenset(n for n, p in self._params.items() if p.default is p.empty)
         self._positional_only = positional_only
         if not self._whole_input:
             fields = [n for n in positional_only if n != self._ctx_param]
@@ -153,8 +156,8 @@ class FunctionActivity:
         if self._input_param is not None:
             named[self._input_param] = input
         else:
-            unknown = sorted(k for k in input if k not in self._params)
-            if unknown and not self._var_kw:
+            if not self._var_kw and not self._names.issuperset(input):
+                unknown = sorted(k for k in input if k not in self._params)
                 raise NonRetryableError(
                     f"activity {self.name!r} got input field(s) {unknown} that no parameter "
                     f"of {getattr(self.fn, '__qualname__', self.fn)!r} accepts "
@@ -162,10 +165,8 @@ class FunctionActivity:
                     activity=self.name,
                     error_type="ActivityInputError",
                 )
-            missing = sorted(
-                n for n, p in self._params.items() if p.default is p.empty and n not in input
-            )
-            if missing:
+            if not input.keys() >= self._required:
+                missing = sorted(n for n in self._required if n not in input)
                 raise NonRetryableError(
                     f"activity {self.name!r} is missing required input field(s) {missing}",
                     activity=self.name,
@@ -180,7 +181,7 @@ class FunctionActivity:
                     error_type="ActivityInputError",
                 )
             named[self._ctx_param] = ctx
-        args = [named.pop(n) for n in self._positional_only if n in named]
+        args = [named.pop(n) for n in self._positional_only if n in named] if named else []
         if self._input_param is None:
             named.update(input)
         return args, named

@@ -60,6 +60,7 @@ from ..storage import (
 from ..storage.base import waiting_for as missing_capabilities
 from .clock import Clock, SystemClock
 from .cluster import Balancer, ClusterHealth, LeastLoadedBalancer, describe_missing
+from .ids import new_execution_id
 from .journal import Journal
 from .lifecycle import Blocked, Entry, ExecutionTable, Phase
 from .runtime import TERMINAL, Run
@@ -1267,8 +1268,9 @@ class WorkflowEngine:
         clean = ir.validate_inputs(to_recorded(dict(inputs or {}), "inputs"))
         start = self._submit if self.balancer is not None else self._start
         if execution_id is None:
-            # A fresh random id cannot exist yet: no lookup needed.
-            eid = str(uuid.uuid4())
+            # A fresh id cannot exist yet: no lookup needed. Time-ordered, so
+            # the rows of executions started together share index pages.
+            eid = new_execution_id()
             await start(ir, clean, eid, parent=None, fresh=True)
             return eid
         await start(ir, clean, execution_id, parent=None)

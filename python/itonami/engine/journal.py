@@ -105,24 +105,46 @@ class Journal:
         """The core's state of the execution, including pending events."""
         return self.core.state(self.execution_id)
 
-    def append(self, kind: str, step: str = "", attempt: int = 0, data: Any = None) -> Any:
-        """Apply one event through the core's reducer; durable after :meth:`flush`."""
+    def append(
+        self,
+        kind: str,
+        step: str = "",
+        attempt: int = 0,
+        data: Any = None,
+        *,
+        flushed_by_caller: bool = False,
+    ) -> StoredEvent:
+        """Apply one event through the core's reducer; durable after :meth:`flush`.
+
+        ``flushed_by_caller``: the caller flushes itself within this turn of
+        the event loop, so no end-of-turn commit is scheduled for the event
+        (it rides with the next barrier's commit instead of one of its own).
+        """
+        return self.append_step([(kind, step, attempt, data)], flushed_by_caller)[-1]
+
+    def append_step(
+        self,
+        events: list[tuple[str, str, int, Any]],
+        flushed_by_caller: bool = False,
+    ) -> list[StoredEvent]:
+        """Apply the ``(kind, step, attempt, data)`` events of one step at once.
+
+        One call into the core (the coarse step call): all of them or, on an
+        error, none; they share one timestamp.
+        """
         if self.broken is not None:
             raise self.broken
-        payload = _EMPTY if data is None else orjson.dumps(data)
-        a = self.core.append(
+        rows, status = self.core.append_step(
             self.execution_id,
             self.version,
-            kind,
-            step,
-            attempt,
-            payload,
+            [(k, s, a, _EMPTY if d is None else orjson.dumps(d)) for k, s, a, d in events],
             to_micros(self.clock.now()),
         )
-        self.version = a.version
-        self.status = a.status
-        self._pending.append(StoredEvent(a.version, a.tx, a.timestamp, a.kind, a.hash, a.encoded))
-        if not self._deferred:
+        stored = [StoredEvent(*row) for row in rows]
+        self.version = stored[-1].version
+        self.status = status
+        self._pending.extend(stored)
+        if not self._deferred and not flushed_by_caller:
             # Whatever is appended reaches the store by the end of this turn of
             # the event loop even if no barrier follows (a branch that blocks
             # while its sibling's result is pending): the state a reader sees
@@ -130,14 +152,16 @@ class Journal:
             # in one commit, and barriers keep their place.
             self._deferred = True
             asyncio.get_running_loop().call_soon(self._flush_soon)
-        return a
+        return stored
 
     def _flush_soon(self) -> None:
         self._deferred = False
         if self.broken is None and self._flushing is None and self._pending:
             self._submit()
 
-    async def emit(self, kind: str, step: str = "", attempt: int = 0, data: Any = None) -> Any:
+    async def emit(
+        self, kind: str, step: str = "", attempt: int = 0, data: Any = None
+    ) -> StoredEvent:
         """Append one event and return once it is durable."""
         a = self.append(kind, step, attempt, data)
         await self.flush()
@@ -167,8 +191,7 @@ class Journal:
 
     def event_types(self) -> set[str]:
         """Event types of the execution's open event waits (pending events included)."""
-        waits = self.core.state(self.execution_id).to_dict().get("waits") or {}
-        return {w["event_type"] for w in waits.values() if w.get("kind") == "event"}
+        return set(self.core.state(self.execution_id).open_event_types())
 
     async def settle(self) -> None:
         """Commit what was appended and wait out any commit in flight,

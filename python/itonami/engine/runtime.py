@@ -289,15 +289,19 @@ class Run:
     def latest_signals(self) -> dict[str, Any]:
         """The newest payload of every signal name received (the ``signals`` variable)."""
         if self._signals_seen is None:
-            signals = self.state().get("signals") or {}
-            self._signals_seen = {name: p[-1] for name, p in signals.items() if p}
+            self._signals_seen = self.journal.state().latest_signals()
         return self._signals_seen
 
     # ------------------------------------------------------------ from outside
 
     def record_started(self) -> None:
-        """Append ``workflow_started`` (durable with the run's first commit)."""
-        self.append(
+        """Append ``workflow_started`` (durable with the run's first commit).
+
+        The engine flushes it after letting the run reach its first barrier,
+        so no end-of-turn commit is scheduled for it: that commit would run
+        before the run's first step and cost a commit of its own.
+        """
+        self.journal.append(
             "workflow_started",
             "",
             0,
@@ -308,6 +312,7 @@ class Run:
                 "inputs": self.inputs,
                 "parent": self.parent,
             },
+            flushed_by_caller=True,
         )
         self.log(logging.INFO, "started")
 
@@ -469,7 +474,7 @@ class Run:
         if self.status in TERMINAL:
             await self.flush()
             return
-        for path in sorted(self.state().get("timers") or {}):
+        for path in sorted(path for path, _ in self.journal.state().pending_timers()):
             self.append("timer_cancelled", path, 0, {})
         await self.emit(kind, "", 0, data)
         status = kind.removeprefix("workflow_")
@@ -595,15 +600,21 @@ class Run:
             overall = (first_at / 1e6 if first_at else clock.now()) + node.schedule_to_close_timeout
         while True:
             attempt += 1
-            self.append(
-                "activity_scheduled",
-                node.path,
-                attempt,
-                {"activity": node.activity_ref, "input": input_},
+            self.journal.append_step(
+                [
+                    (
+                        "activity_scheduled",
+                        node.path,
+                        attempt,
+                        {"activity": node.activity_ref, "input": input_},
+                    ),
+                    ("activity_started", node.path, attempt, None),
+                ],
+                flushed_by_caller=True,
             )
             # The durability barrier before a side effect: everything recorded so
             # far (the previous step's result included) is committed first.
-            await self.emit("activity_started", node.path, attempt, {})
+            await self.flush()
             self.log(
                 logging.DEBUG, "activity %r started", node.activity_ref, node=node, attempt=attempt
             )

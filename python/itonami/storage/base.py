@@ -119,7 +119,7 @@ import json
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit, urlunsplit
 
 from itonami.errors import ConflictError, CorruptStorageError, FencedError, StorageError
@@ -243,9 +243,13 @@ class ClusterStats:
     fenced_writes: int
 
 
-@dataclass(frozen=True, slots=True)
-class StoredEvent:
-    """One applied event as persisted: what the core's ``Appended`` carries."""
+class StoredEvent(NamedTuple):
+    """One applied event as persisted: what the core's ``Appended`` carries.
+
+    A named tuple rather than a frozen dataclass: every event of every
+    commit is built as one (twice with the memory store), and a tuple is
+    built in about half the time, immutable all the same.
+    """
 
     version: int
     tx: int

@@ -1221,6 +1221,46 @@ impl ExecutionState {
             .get(path)
             .and_then(|s| serde_json::to_vec(s).ok())
     }
+
+    /// The pending timers as `(step path, fire_at µs)`, in first-insertion
+    /// order: what `to_json()["timers"]` holds, without building the rest.
+    pub fn pending_timers(&self) -> Vec<(&str, i64)> {
+        self.timers
+            .iter()
+            .filter_map(|(k, t)| t.value.map(|at| (&**k, at)))
+            .collect()
+    }
+
+    /// The event types of the open waits of kind `event`, sorted and
+    /// without repeats (the store's event-wait index of this execution).
+    pub fn open_event_types(&self) -> Vec<String> {
+        #[derive(Deserialize)]
+        struct EventWait {
+            kind: String,
+            #[serde(default)]
+            event_type: Option<String>,
+        }
+        let mut out: Vec<String> = self
+            .waits
+            .values()
+            .filter_map(|w| w.value.as_deref())
+            .filter_map(|raw| serde_json::from_str::<EventWait>(raw.get()).ok())
+            .filter(|w| w.kind == "event")
+            .filter_map(|w| w.event_type)
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// The newest payload of each signal name that has one, in
+    /// first-insertion order (the `signals` variable of expressions).
+    pub fn latest_signals(&self) -> Vec<(&str, &RawValue)> {
+        self.signals
+            .iter()
+            .filter_map(|(k, q)| q.payloads.last().map(|p| (&**k, &**p)))
+            .collect()
+    }
 }
 
 /// Applies `event` to `state`: the one reducer. On error the state is unchanged.

@@ -378,6 +378,22 @@ impl ExecutionState {
             None => Ok(py.None()),
         }
     }
+    /// The pending timers as `(step path, fire_at µs)` pairs (`to_dict()["timers"]`).
+    fn pending_timers(&self) -> Vec<(&str, i64)> {
+        self.inner.pending_timers()
+    }
+    /// The event types the open event waits expect, sorted, without repeats.
+    fn open_event_types(&self) -> Vec<String> {
+        self.inner.open_event_types()
+    }
+    /// The newest payload of every signal name received, as a dict.
+    fn latest_signals(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        let out = PyDict::new(py);
+        for (name, payload) in self.inner.latest_signals() {
+            out.set_item(name, loads(py, payload.get().as_bytes())?)?;
+        }
+        Ok(out.into_any().unbind())
+    }
     /// The whole state as a dict.
     fn to_dict(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         loads(py, &self.inner.to_json())
@@ -574,6 +590,15 @@ struct VersionStore {
 }
 
 type BatchItem = (String, String, U32, Vec<u8>, I64);
+type StepItem = (String, String, U32, Vec<u8>);
+type StepOut<'py> = (
+    u64,
+    u64,
+    i64,
+    &'static str,
+    Bound<'py, PyBytes>,
+    Bound<'py, PyBytes>,
+);
 
 #[pymethods]
 impl VersionStore {
@@ -611,6 +636,53 @@ impl VersionStore {
         let result = build_event(limit, 0, kind, step, attempt.0, data, timestamp.0)
             .and_then(|event| self.inner.append(execution_id, expected_version.0, event));
         result.map(Appended::from).map_err(|e| store_err(py, e))
+    }
+
+    /// The coarse step call: appends `(kind, step, attempt, data)` events at
+    /// `timestamp` atomically and returns, in one crossing, what the engine
+    /// keeps of each — `(version, tx, timestamp, kind, hash, encoded)`, the
+    /// fields of a stored event — and the status after the last one.
+    ///
+    /// The same core call as `append` and `append_batch` (the one reducer),
+    /// without an `Appended` object and a getter per field for each event.
+    fn append_step<'py>(
+        &self,
+        py: Python<'py>,
+        execution_id: &str,
+        expected_version: U64,
+        events: Vec<StepItem>,
+        timestamp: I64,
+    ) -> PyResult<(Vec<StepOut<'py>>, &'static str)> {
+        // A step is a few small events (a few µs in all): holding the GIL is
+        // cheaper than releasing and taking it back.
+        let limit = self.inner.config().max_payload_bytes;
+        let built = events
+            .iter()
+            .enumerate()
+            .map(|(i, (kind, step, attempt, data))| {
+                build_event(limit, i, kind, step, attempt.0, data, timestamp.0)
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| store_err(py, e))?;
+        let out = self
+            .inner
+            .append_batch(execution_id, expected_version.0, &built)
+            .map_err(|e| store_err(py, e))?;
+        let status = out.last().map_or("pending", |a| a.status);
+        let rows = out
+            .into_iter()
+            .map(|a| {
+                (
+                    a.version,
+                    a.tx,
+                    a.timestamp,
+                    a.kind.name(),
+                    PyBytes::new(py, &a.hash),
+                    PyBytes::new(py, &a.encoded),
+                )
+            })
+            .collect();
+        Ok((rows, status))
     }
 
     /// Appends `(kind, step, attempt, data, timestamp)` events atomically.
