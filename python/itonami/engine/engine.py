@@ -34,6 +34,7 @@ from ..activities import Activity, ActivityRegistry, redact
 from ..dsl import WorkflowIR
 from ..errors import (
     ConflictError,
+    ExecutionNotFoundError,
     ExecutionNotFinishedError,
     ExecutionNotRunningError,
     FencedError,
@@ -800,7 +801,7 @@ class WorkflowEngine:
         return out
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
-        task = asyncio.ensure_future(coro)
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
         return task
@@ -1176,7 +1177,12 @@ class WorkflowEngine:
         """Bring the definitions ``ir``'s sub-workflows name from the store
         (any node runs any stored version, not only those it registered)."""
         refs: list[tuple[str, str | None]] = []
-        ir.check(workflows=lambda ref, version: refs.append((ref, version)) is None)
+
+        def note(ref: str, version: str | None) -> bool:
+            refs.append((ref, version))
+            return True  # every reference "known": only collecting them
+
+        ir.check(workflows=note)
         for ref, version in refs:
             if self._workflow_known(ref, version):
                 continue
@@ -1389,7 +1395,9 @@ class WorkflowEngine:
             return execution_id
         record = await self.storage.get_execution(execution_id)
         if record is None:
-            raise WorkflowNotFoundError(f"no execution {execution_id!r}")
+            raise ExecutionNotFoundError(
+                f"no execution {execution_id!r}", execution_id=execution_id
+            )
         if record.status in TERMINAL:
             raise ExecutionNotRunningError(
                 f"execution {execution_id!r} has finished ({record.status})",
@@ -2068,7 +2076,7 @@ def _needs(ir: WorkflowIR) -> list[str]:
 
 def _backoff(failures: int) -> float:
     """Real seconds before reviving after the ``failures``-th fault in a row."""
-    return min(0.05 * 2 ** min(failures, 10), 5.0)
+    return float(min(0.05 * 2 ** min(failures, 10), 5.0))
 
 
 def _engine_error(exc: BaseException) -> dict[str, Any]:
