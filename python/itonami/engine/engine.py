@@ -34,8 +34,8 @@ from ..activities import Activity, ActivityRegistry, redact
 from ..dsl import WorkflowIR
 from ..errors import (
     ConflictError,
-    ExecutionNotFoundError,
     ExecutionNotFinishedError,
+    ExecutionNotFoundError,
     ExecutionNotRunningError,
     FencedError,
     ItonamiError,
