@@ -158,7 +158,12 @@ def snapshot_problem(
 
 
 async def load_execution(
-    store: _core.VersionStore, storage: Storage, execution_id: str, *, in_thread: bool = True
+    store: _core.VersionStore,
+    storage: Storage,
+    execution_id: str,
+    *,
+    in_thread: bool = True,
+    short: bool = False,
 ) -> bool:
     """Load ``execution_id`` from ``storage`` into the core ``store``.
 
@@ -167,8 +172,11 @@ async def load_execution(
     its events. Returns whether the snapshot was used (the store then holds
     only the versions after it). Damaged events raise ``IntegrityError``;
     an execution with neither events nor snapshot ``ExecutionNotFoundError``.
+    ``short``: the caller knows the history is short, so reading all of its
+    events is cheaper than looking for a snapshot first (the result is the
+    same).
     """
-    snap = await storage.load_snapshot(execution_id)
+    snap = None if short else await storage.load_snapshot(execution_id)
     if snap is not None:
         version, data = snap
         rows = await storage.read_events(execution_id, from_version=max(version - 2, 0))

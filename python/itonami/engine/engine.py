@@ -81,6 +81,8 @@ _NODE_VIEW_SECONDS = 1.0
 # Bounds (s) of the poll for outcomes of executions run elsewhere.
 _WATCH_MIN = 0.01
 _WATCH_MAX = 0.25
+# Histories up to this many events load without a look for a snapshot.
+_SHORT_HISTORY = 64
 
 log = logging.getLogger("itonami.engine")
 
@@ -387,6 +389,8 @@ class WorkflowEngine:
         self._latest: dict[str, WorkflowIR] = {}
         # Definitions whose sub-workflow references are all loaded.
         self._expanded: set[str] = set()
+        # Versions of executions just claimed, until they are loaded.
+        self._claimed_versions: dict[str, int] = {}
         self._initial = list(workflows)
         self._table = ExecutionTable()
         self._started = False
@@ -580,6 +584,8 @@ class WorkflowEngine:
                 steal_after=self.steal_after,
             )
             out += [(c.execution_id, c.epoch) for c in batch]
+            for c in batch:
+                self._claimed_versions[c.execution_id] = c.version
             room -= len(batch)
             if len(batch) < want:
                 break
@@ -646,6 +652,7 @@ class WorkflowEngine:
                 got = await self._claim_ready(min(room, 64))
                 for eid, epoch in got:
                     if eid in self._table:
+                        self._claimed_versions.pop(eid, None)
                         continue
                     entry = self._table.admit(eid)
                     entry.epoch = epoch
@@ -1600,7 +1607,13 @@ class WorkflowEngine:
             return
         # A snapshot that is damaged or disagrees with the events is passed
         # over (logged): the events are the truth.
-        if await load_execution(self.core, self.storage, execution_id, in_thread=in_thread):
+        # A claim told how long its history is: a short one loads from its
+        # events without looking for a snapshot (one read less per claim).
+        claimed = self._claimed_versions.pop(execution_id, None)
+        short = claimed is not None and claimed <= _SHORT_HISTORY
+        if await load_execution(
+            self.core, self.storage, execution_id, in_thread=in_thread, short=short
+        ):
             self._partial.add(execution_id)
         else:
             self._partial.discard(execution_id)

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -59,6 +60,8 @@ from itonami.storage.base import (
 )
 from itonami.storage.base import redact_url as redact
 from itonami.storage.sqlbase import NOW, WAKE, Op, Q, SqlStorage, lease_us, migrations
+
+log = logging.getLogger("itonami.storage.postgres")
 
 try:
     import psycopg
@@ -163,6 +166,7 @@ class PostgresStorage(SqlStorage):
         self._woke = False
         self._wakeup = Wakeup()
         self._listener: Conn | None = None
+        self._listen_start: asyncio.Future[None] | None = None
         self._listen_task: asyncio.Task[None] | None = None
         self.channel = "itonami_ready" if schema is None else f"itonami_ready_{schema}"
         self._sql_cache: dict[str, str] = {}
@@ -227,6 +231,10 @@ class PostgresStorage(SqlStorage):
         self._queue.put_nowait(_STOP)
         await self._task
         self._task = None
+        if self._listen_start is not None:
+            with contextlib.suppress(BaseException):
+                await self._listen_start
+            self._listen_start = None
         if self._listen_task is not None:
             self._listen_task.cancel()
             with contextlib.suppress(BaseException):
@@ -295,7 +303,15 @@ class PostgresStorage(SqlStorage):
             ops = [item for item in batch if item is not _STOP]
             stopping = len(ops) != len(batch)
             if ops:
-                await self._run_batch(ops)
+                try:
+                    await self._run_batch(ops)
+                except Exception as exc:
+                    # Whatever went wrong, no caller may wait forever and the
+                    # writer must outlive it.
+                    log.exception("the PostgreSQL writer failed a batch")
+                    for op in ops:
+                        if not op.future.done():
+                            op.future.set_exception(exc)
 
     async def _run_batch(self, ops: list[_Op]) -> None:
         if self.bulk:
@@ -376,7 +392,9 @@ class PostgresStorage(SqlStorage):
                     await self._run_ops(conn, list(rest), others)
                 if self._woke:
                     await conn.execute(sql.SQL("NOTIFY {}").format(sql.Identifier(self.channel)))
-        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+        except (psycopg.OperationalError, psycopg.InterfaceError, StorageError) as exc:
+            # The connection is gone or cannot be made (a restarting
+            # server): every op of the batch fails, the writer goes on.
             err = self._map_error(exc, "committing")
             for op in [*ops, *rest]:
                 if not op.future.done():
@@ -784,9 +802,15 @@ class PostgresStorage(SqlStorage):
         """Return on a ``NOTIFY`` from any process (or this one's commit), else at timeout."""
         self._check_open()
         if self._listen_task is None or self._listen_task.done():
-            # On failure, polling still finds the work; the next call tries again.
+            # One start at a time, and never abandoned half-way by a waiter
+            # that is cancelled (a connection must not leak). On failure,
+            # polling still finds the work; the next call tries again.
+            starting = self._listen_start
+            if starting is None or starting.done():
+                starting = self._listen_start = asyncio.ensure_future(self._listen())
+                starting.add_done_callback(_retrieve)
             with contextlib.suppress(StorageError):
-                await self._listen()
+                await asyncio.shield(starting)
         return await self._wakeup.wait(timeout)
 
     async def _listen(self) -> None:
@@ -806,3 +830,9 @@ class PostgresStorage(SqlStorage):
         with contextlib.suppress(psycopg.Error):
             async for _ in conn.notifies():
                 self._wakeup.notify()
+
+
+def _retrieve(fut: asyncio.Future[None]) -> None:
+    """Mark a background start's failure as seen (its waiters may be gone)."""
+    if not fut.cancelled():
+        fut.exception()
