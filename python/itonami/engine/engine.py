@@ -620,6 +620,10 @@ class WorkflowEngine:
         poll = _POLL_MIN
         last_empty = 0.0
         hint: asyncio.Task[bool] | None = None
+        inbox: asyncio.Task[Any] | None = None
+        # Hints that mean "claimable work" (PostgreSQL, memory) need no gap;
+        # SQLite's come with every commit of another process.
+        gap = 0.0 if self.storage.precise_hints else _CLAIM_GAP
         while not self._closed:
             try:
                 if hint is None or hint.done():
@@ -636,8 +640,9 @@ class WorkflowEngine:
                 hinted = False
                 if hint.done():
                     hinted, hint = hint.result(), None  # a failed wait raises here
-                if hinted:
-                    await self._check_inbox()
+                if hinted and (inbox is None or inbox.done()):
+                    # Beside the claim, not before it: a dispatch waits for no read.
+                    inbox = self._spawn(self._check_inbox_logged())
                 if not claiming:
                     poll = _POLL_MAX
                     continue
@@ -645,10 +650,10 @@ class WorkflowEngine:
                 if room <= 0:
                     continue
                 since = loop.time() - last_empty
-                if since < _CLAIM_GAP:
-                    # Hints come per commit on SQLite: after a claim found
-                    # nothing, claim again only after a short gap.
-                    await asyncio.sleep(_CLAIM_GAP - since)
+                if since < gap:
+                    # After a claim found nothing, claim again only after a
+                    # short gap.
+                    await asyncio.sleep(gap - since)
                 got = await self._claim_ready(min(room, 64))
                 for eid, epoch in got:
                     if eid in self._table:
@@ -711,6 +716,12 @@ class WorkflowEngine:
             except Exception:
                 # Leases and heartbeats must outlive any one fault.
                 log.exception("lease upkeep failed; trying again")
+
+    async def _check_inbox_logged(self) -> None:
+        try:
+            await self._check_inbox()
+        except StorageError as e:
+            log.warning("reading the inbox failed (%s); trying again on the next hint", e)
 
     async def _check_inbox(self) -> None:
         """Act on messages other processes left for executions this one owns."""

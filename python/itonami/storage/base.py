@@ -596,6 +596,11 @@ class Storage(ABC):
     #: Whether what it holds survives the process (False for ``memory``).
     durable: bool = True
 
+    #: Whether :meth:`wait_for_work` hints only at work another process may
+    #: claim (PostgreSQL's NOTIFY, memory); False where any commit may hint
+    #: (SQLite's ``data_version``), so claimers pace themselves.
+    precise_hints: bool = False
+
     def __init__(self, url: str) -> None:
         self.url = url
         self.commits = 0

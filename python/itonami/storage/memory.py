@@ -91,6 +91,8 @@ class MemoryStorage(Storage):
     pass a fake one to step through lease expiry.
     """
 
+    precise_hints = True
+
     durable = False
 
     def __init__(self, url: str = "memory", *, clock: Callable[[], int] | None = None) -> None:

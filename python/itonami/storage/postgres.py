@@ -136,6 +136,7 @@ class PostgresStorage(SqlStorage):
     every request through the shared SQL, which the tests use to check both).
     """
 
+    precise_hints = True
     FOR_UPDATE = " FOR UPDATE"
     SKIP_LOCKED = " FOR UPDATE SKIP LOCKED"
     GREATEST = "GREATEST"
