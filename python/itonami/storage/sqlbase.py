@@ -984,6 +984,22 @@ class SqlStorage(Storage):
             return []
         have, have_params = self.in_list("n.capability", caps)
 
+        def probe() -> Op[bool]:
+            now = yield NOW
+            row = yield Q(
+                "SELECT 1 FROM executions WHERE ready_at IS NOT NULL AND ready_at <= ?"
+                " AND (owner IS NULL OR lease_expires_at <= ?) LIMIT 1",
+                (now, now),
+                "one",
+            )
+            return row is not None
+
+        # A read first: a claim that finds nothing (most polls) never takes
+        # the write lock or a write transaction. What the read misses, the
+        # next poll or hint finds.
+        if not await self._read_op(probe):
+            return []
+
         def op() -> Op[list[Claim]]:
             now = yield NOW
             rows = yield Q(
