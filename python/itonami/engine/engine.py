@@ -681,6 +681,9 @@ class WorkflowEngine:
                 log.exception("the dispatch loop failed; trying again")
                 hint = None
                 await asyncio.sleep(_POLL_MAX)
+            finally:
+                if self._closed and hint is not None:
+                    hint.cancel()  # no wait on a closing store outlives the loop
 
     def _held(self) -> list[tuple[str, int]]:
         held = []

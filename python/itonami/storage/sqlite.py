@@ -791,21 +791,26 @@ class SqliteStorage(SqlStorage):
             return await self._wakeup.wait(timeout)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(0.0, timeout)
-        assert self._read_pool is not None
-        while True:
-            if await loop.run_in_executor(self._read_pool, self._changed):
+        pool = self._read_pool
+        assert pool is not None
+        while self._open:
+            if await loop.run_in_executor(pool, self._changed):
                 return True
             left = deadline - loop.time()
             if left <= 0:
                 return False
             if await self._wakeup.wait(min(self.poll_interval, left)):
                 # Our own commit shows in data_version too: take it as seen.
-                await loop.run_in_executor(self._read_pool, self._changed)
+                if self._open:
+                    await loop.run_in_executor(pool, self._changed)
                 return True
+        return False  # closed meanwhile
 
     def _changed(self) -> bool:
         """Whether another connection committed since the last check."""
         with self._watch_lock:
+            if not self._open:
+                return False  # closing: open no connection that nobody closes
             if self._watch is None:
                 self._watch = self._connect(reader=True)
             (version,) = self._watch.execute("PRAGMA data_version").fetchone()
