@@ -1492,9 +1492,16 @@ def build_app() -> typer.Typer:
                 "(without one the UI is read-only)",
             ),
         ] = None,
+        metrics: Annotated[
+            bool | None,
+            typer.Option(
+                "--metrics/--no-metrics",
+                help="serve /metrics for Prometheus (default: when the metrics extra is installed)",
+            ),
+        ] = None,
     ) -> None:
         """Run the web UI on the store (needs the ui extra: itonami[ui])."""
-        _serve(_db(ctx), host, port, token)
+        _serve(_db(ctx), host, port, token, metrics)
 
     @app.command()
     def export(
@@ -1531,7 +1538,7 @@ def _hoist(argv: list[str]) -> list[str]:
     return front + rest
 
 
-def _serve(db: str | None, host: str, port: int, token: str | None) -> None:
+def _serve(db: str | None, host: str, port: int, token: str | None, metrics: bool | None) -> None:
     try:
         from itonami.ui import serve
     except ImportError as e:
@@ -1540,7 +1547,11 @@ def _serve(db: str | None, host: str, port: int, token: str | None) -> None:
             file=sys.stderr,
         )
         raise typer.Exit(EXIT_USAGE) from None
-    serve(storage_url(db), host=host, port=port, token=token)
+    try:
+        serve(storage_url(db), host=host, port=port, token=token, metrics=metrics)
+    except ImportError as e:  # --metrics without the metrics extra
+        print(f"itonami: {e}", file=sys.stderr)
+        raise typer.Exit(EXIT_USAGE) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

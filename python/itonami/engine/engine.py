@@ -47,6 +47,7 @@ from ..errors import (
     WorkflowNotFoundError,
 )
 from ..integrity import load_execution, load_history, verify_execution
+from ..metrics import NOOP
 from ..payload import to_recorded
 from ..retry import RetryPolicy
 from ..storage import (
@@ -67,6 +68,7 @@ from .lifecycle import Blocked, Entry, ExecutionTable, Phase
 from .runtime import TERMINAL, Run
 
 if TYPE_CHECKING:
+    from ..metrics import Recorder
     from .sync import SyncWorkflowEngine
 
 __all__ = ["Execution", "WorkflowEngine", "WorkflowEngineBuilder"]
@@ -151,6 +153,7 @@ class WorkflowEngineBuilder:
         self._recover: bool | frozenset[str] = True
         self._storage_options: dict[str, Any] = {}
         self._retention: tuple[float, float] | None = None
+        self._metrics: tuple[bool, Any] = (False, None)
 
     def with_storage(self, storage: str | Storage, **options: Any) -> WorkflowEngineBuilder:
         """``"memory"``, ``"sqlite:///file.db"``, ``"postgresql://…"`` or a Storage."""
@@ -278,6 +281,13 @@ class WorkflowEngineBuilder:
         self._retention = (kept, period)
         return self
 
+    def with_metrics(self, registry: Any = None) -> WorkflowEngineBuilder:
+        """Record Prometheus metrics (needs the metrics extra: ``itonami[metrics]``)
+        into ``registry``, a ``prometheus_client.CollectorRegistry`` (default:
+        the global one); docs/operations.md lists them."""
+        self._metrics = (True, registry)
+        return self
+
     def build(self) -> WorkflowEngine:
         """The engine; it opens storage and resumes executions on first use."""
         storage = self._storage
@@ -313,6 +323,8 @@ class WorkflowEngineBuilder:
             )
         if self._retention is not None:
             engine.enable_retention(*self._retention)
+        if self._metrics[0]:
+            engine.enable_metrics(self._metrics[1])
         return engine
 
     def build_sync(self) -> SyncWorkflowEngine:
@@ -336,6 +348,8 @@ class WorkflowEngine:
 
     #: ``(finished_for, every)`` seconds when retention is on (:meth:`enable_retention`).
     _retention: tuple[float, float] | None = None
+    #: What the engine reports to (:meth:`enable_metrics`); by default nothing.
+    metrics: Recorder = NOOP
 
     def __init__(
         self,
@@ -410,6 +424,14 @@ class WorkflowEngine:
         self._background: set[asyncio.Task[Any]] = set()
         self._backoff_timers: dict[str, asyncio.TimerHandle] = {}
         self._recover_scope = recover
+
+    def enable_metrics(self, registry: Any = None) -> None:
+        """Record Prometheus metrics into ``registry`` (default: the global
+        one); see :meth:`WorkflowEngineBuilder.with_metrics`. Before the first
+        execution, so the gauges count every one."""
+        from ..metrics import recorder_for
+
+        self.metrics = self._table.metrics = recorder_for(registry)
 
     @staticmethod
     def builder() -> WorkflowEngineBuilder:
@@ -586,6 +608,7 @@ class WorkflowEngine:
             out += [(c.execution_id, c.epoch) for c in batch]
             for c in batch:
                 self._claimed_versions[c.execution_id] = c.version
+            self.metrics.lease_takeovers(sum(1 for c in batch if c.reassigned))
             room -= len(batch)
             if len(batch) < want:
                 break
@@ -744,6 +767,7 @@ class WorkflowEngine:
                     if msg.kind == "signal":
                         payload = orjson.loads(msg.payload) if msg.payload else None
                         await self._signal(eid, msg.name, payload, msg.seq)
+                        self.metrics.signal_delivered()
                         continue
                     if msg.kind == "cancel":
                         await self.cancel(eid, reason=msg.name or "cancelled")
@@ -856,6 +880,7 @@ class WorkflowEngine:
             epoch=entry.epoch if entry is not None else 0,
             lease_seconds=self.lease_seconds,
             needs=needs,
+            metrics=self.metrics,
         )
 
     def _journal_broken(self, journal: Journal) -> None:
@@ -1003,6 +1028,10 @@ class WorkflowEngine:
                         },
                     )
                 await journal.flush()
+                if failed:
+                    self.metrics.workflow_ended(
+                        self.core.state(eid).workflow_id or "", "failed", None
+                    )
                 children = _running_children(self.core.state(eid).to_dict())
             except FencedError:
                 log.warning("execution %s: lease lost to another process", eid)
@@ -1694,6 +1723,7 @@ class WorkflowEngine:
         payload = to_recorded(payload, f"signal {name!r} payload")
         await self._ensure_started()
         await self._signal(execution_id, name, payload, None)
+        self.metrics.signal_delivered()
 
     async def _signal(self, execution_id: str, name: str, payload: Any, ack: int | None) -> None:
         data = {"name": name, "payload": payload}

@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable
 from typing import Any
 
 import orjson
 
 from .._failpoints import hit
-from ..errors import StorageError
+from ..errors import FencedError, StorageError
+from ..metrics import NOOP, Recorder
 from ..storage import READY_NOW, AppendRequest, Fence, Storage, StoredEvent
 from .clock import Clock, to_micros
 
@@ -63,8 +65,12 @@ class Journal:
         epoch: int = 0,
         lease_seconds: float = 30.0,
         needs: list[str] | None = None,
+        metrics: Recorder = NOOP,
     ) -> None:
         self.core = core
+        self.metrics = metrics
+        # When the commit in flight was handed to storage (perf_counter), and its size.
+        self._submitted = (0.0, 0)
         self.storage = storage
         self.clock = clock
         self.execution_id = execution_id
@@ -240,6 +246,8 @@ class Journal:
         self._flush_target = events[-1].version
         self._flush_first = events[0].version
         self.commits += 1
+        if self.metrics.enabled:
+            self._submitted = (time.perf_counter(), len(events))
         try:
             fut = self.storage.submit(req)
         except BaseException as exc:
@@ -263,10 +271,15 @@ class Journal:
             # The core holds events the store does not: forget them, so the
             # next reader reloads what is durable, and accept nothing more.
             self.broken = exc
+            if isinstance(exc, FencedError):
+                self.metrics.fenced_write()
             if self._on_broken is not None:
                 self._on_broken(self)
             return
         txs = fut.result()
+        if self.metrics.enabled:
+            began, size = self._submitted
+            self.metrics.commit(time.perf_counter() - began, size)
         if txs and self.core.contains(self.execution_id):
             # The versions now carry the txs the store gave them (MVCC reads
             # as of a tx agree with every other process).

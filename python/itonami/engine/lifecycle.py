@@ -17,8 +17,8 @@ Whatever happens to an execution from outside — a signal, an external
 event, a cancel, a timer coming due — is handled for every phase by
 ``WorkflowEngine``; an entry's ``changed`` future lets waiters sleep until
 its phase moves instead of polling. A later lease (one owner per execution
-across processes) adds a phase for "owned elsewhere" here, and metrics
-count the transitions in these methods.
+across processes) adds a phase for "owned elsewhere" here; the metrics
+recorder hears every transition in these methods.
 """
 
 from __future__ import annotations
@@ -28,7 +28,10 @@ import enum
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from ..metrics import NOOP
+
 if TYPE_CHECKING:
+    from ..metrics import Recorder
     from .runtime import Run
 
 __all__ = ["Blocked", "Entry", "ExecutionTable", "Phase"]
@@ -113,6 +116,8 @@ class ExecutionTable:
         self.active = 0
         #: Set whenever an entry leaves an active phase (capacity came free).
         self.freed: asyncio.Event | None = None
+        #: Told every transition (the executions-by-phase gauge).
+        self.metrics: Recorder = NOOP
 
     def __contains__(self, execution_id: object) -> bool:
         return execution_id in self._entries
@@ -145,6 +150,7 @@ class ExecutionTable:
 
     def _move(self, entry: Entry, phase: Phase) -> None:
         self._account(entry.phase, phase)
+        self.metrics.phase(entry.phase.value, phase.value)
         entry.phase = phase
         self.transitions[phase.value] = self.transitions.get(phase.value, 0) + 1
         old, entry.changed = entry.changed, asyncio.get_running_loop().create_future()
@@ -158,6 +164,7 @@ class ExecutionTable:
         entry = Entry(execution_id, Phase.RESUMING)
         self._entries[execution_id] = entry
         self.active += 1
+        self.metrics.phase(None, Phase.RESUMING.value)
         self.transitions["admit"] = self.transitions.get("admit", 0) + 1
         return entry
 
@@ -202,6 +209,7 @@ class ExecutionTable:
         """Terminal (or closed): the entry leaves the table; waiters wake."""
         if self._entries.pop(entry.execution_id, None) is entry:
             self._account(entry.phase, None)
+            self.metrics.phase(entry.phase.value, None)
         entry.run = None
         self.transitions["finish"] = self.transitions.get("finish", 0) + 1
         if not entry.changed.done():

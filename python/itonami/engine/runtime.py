@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import traceback
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -314,6 +315,7 @@ class Run:
             },
             flushed_by_caller=True,
         )
+        self.journal.metrics.workflow_started(self.ir.id)
         self.log(logging.INFO, "started")
 
     async def deliver_signal(self, name: str, payload: Any, ack: int | None = None) -> None:
@@ -478,6 +480,9 @@ class Run:
             self.append("timer_cancelled", path, 0, {})
         await self.emit(kind, "", 0, data)
         status = kind.removeprefix("workflow_")
+        self.journal.metrics.workflow_ended(
+            self.ir.id, status, self.host.clock.now() - self.started_at
+        )
         if status == "completed":
             self.log(logging.INFO, "completed")
         else:
@@ -600,6 +605,7 @@ class Run:
             overall = (first_at / 1e6 if first_at else clock.now()) + node.schedule_to_close_timeout
         while True:
             attempt += 1
+            scheduled = time.perf_counter()
             self.journal.append_step(
                 [
                     (
@@ -618,7 +624,7 @@ class Run:
             self.log(
                 logging.DEBUG, "activity %r started", node.activity_ref, node=node, attempt=attempt
             )
-            ok, outcome = await self._attempt(node, input_, attempt, timeout, overall)
+            ok, outcome = await self._attempt(node, input_, attempt, timeout, overall, scheduled)
             if ok:
                 self.log(
                     logging.DEBUG,
@@ -641,6 +647,7 @@ class Run:
                     attempt,
                     {"error": error, "retry_at": to_micros(retry_at)},
                 )
+                self.journal.metrics.activity_retry(node.activity_ref)
                 self.log(
                     logging.INFO,
                     "activity %r failed (%s: %s); retry in %.3gs",
@@ -675,8 +682,12 @@ class Run:
         attempt: int,
         timeout: float | None,
         overall: float | None,
+        scheduled: float = 0.0,
     ) -> tuple[bool, Any]:
-        """Run one attempt: ``(True, result)`` once recorded, or ``(False, error)``."""
+        """Run one attempt: ``(True, result)`` once recorded, or ``(False, error)``.
+
+        ``scheduled``: when (``time.perf_counter``) the attempt was scheduled.
+        """
         clock = self.host.clock
         self._last_exc = None
         try:
@@ -698,12 +709,16 @@ class Run:
             deadline=context_deadline(clock.now(), deadline),
             info={"workflow_version": self.ir.version},
         )
+        began = time.perf_counter()
+        ok: bool | None = None  # stays None when the attempt is interrupted
         try:
             attempt_ = run_activity(activity, input_, ctx, None)
             result = await (
                 attempt_ if deadline is None else race_deadline(clock, attempt_, deadline)
             )
+            ok = True
         except DeadlineExceeded:
+            ok = False
             which = "start-to-close" if deadline != overall else "schedule-to-close"
             return False, describe_error(
                 ActivityTimeoutError(
@@ -713,9 +728,15 @@ class Run:
                 )
             )
         except ItonamiError as e:
+            ok = False
             # Kept for the log record (the traceback of what the activity raised).
             self._last_exc = e.__cause__ or e
             return False, describe_error(e)
+        finally:
+            if ok is not None:
+                self.journal.metrics.activity_attempt(
+                    node.activity_ref, began - scheduled, time.perf_counter() - began, ok
+                )
         hit("activity.after_effect")
         try:
             # The next step receives exactly what is recorded.

@@ -26,18 +26,24 @@ def serve(
     token: str | None = None,
     read_only: bool | None = None,
     log_level: str = "info",
+    metrics: bool | None = None,
     **uvicorn_options: Any,
 ) -> None:
     """Run the UI with uvicorn until interrupted (binds 127.0.0.1 by default).
 
     ``token`` (default ``$ITONAMI_UI_TOKEN``) enables signal and cancel for
     requests that present it; without one the server is read-only.
+    ``metrics`` serves ``/metrics`` (default: when the metrics extra is installed).
     """
     import uvicorn
 
     if token is None:
         token = token_from_env()
-    app = create_app(storage, token=token, read_only=read_only)
+    if metrics is None:
+        import importlib.util
+
+        metrics = importlib.util.find_spec("prometheus_client") is not None
+    app = create_app(storage, token=token, read_only=read_only, metrics=metrics)
     uvicorn.run(
         app,
         host=host,

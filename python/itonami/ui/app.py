@@ -723,6 +723,17 @@ class _Front:
         await self.app(scope, receive, send_with_headers)
 
 
+async def metrics_endpoint(request: Request) -> Response:
+    """Prometheus text: the store's gauges, read now, and this process's
+    registry (the metrics of engines built ``with_metrics()`` here)."""
+    from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+    from itonami.metrics import store_metrics
+
+    body = await store_metrics(_cfg(request).storage) + generate_latest(REGISTRY)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+
 async def _home(request: Request) -> Response:
     return RedirectResponse(_root(request) + "/executions", status_code=307)
 
@@ -734,6 +745,7 @@ def create_app(
     read_only: bool | None = None,
     poll_interval: float = 0.5,
     action_timeout: float = 10.0,
+    metrics: bool = False,
 ) -> Starlette:
     """The web UI as an ASGI application (mount it in your own app if you like).
 
@@ -742,9 +754,17 @@ def create_app(
     ``token`` enables the actions (signal, cancel) for requests that present
     it; ``read_only`` (default: True when no token is given) disables them
     even then. ``poll_interval`` is how often live streams look for changes.
+    ``metrics`` serves ``/metrics`` for Prometheus (needs the metrics extra).
     """
     if token is not None and not token:
         raise ValueError("token must be a non-empty string or None")
+    if metrics:
+        try:
+            import prometheus_client  # noqa: F401
+        except ImportError as e:
+            raise ImportError(
+                f"/metrics needs the metrics extra (pip install 'itonami[metrics]'): {e}"
+            ) from e
     owned = isinstance(storage, str)
     store = open_storage(storage) if isinstance(storage, str) else storage
     cfg = _Config(
@@ -795,6 +815,8 @@ def create_app(
         Route("/api/stream", api_stream),
         Mount("/static", StaticFiles(directory=str(_HERE / "static")), name="static"),
     ]
+    if metrics:
+        routes.append(Route("/metrics", metrics_endpoint))
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
