@@ -127,7 +127,7 @@ def test_the_builder_turns_metrics_on() -> None:
     assert WorkflowEngine.builder().with_storage("memory").build().metrics.enabled is False
 
 
-def test_running_a_workflow_without_metrics_imports_no_prometheus_client() -> None:
+def test_running_a_workflow_without_metrics_or_traces_imports_neither_library() -> None:
     code = textwrap.dedent(
         """
         import asyncio, sys
@@ -150,7 +150,8 @@ def test_running_a_workflow_without_metrics_imports_no_prometheus_client() -> No
                 await engine.wait_for_completion(eid, timeout=10)
 
         asyncio.run(main())
-        print(sorted(m for m in sys.modules if m.startswith("prometheus_client")))
+        optional = ("prometheus_client", "opentelemetry")
+        print(sorted(m for m in sys.modules if m.startswith(optional)))
         """
     )
     out = subprocess.run(

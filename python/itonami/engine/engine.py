@@ -69,6 +69,7 @@ from .runtime import TERMINAL, Run
 
 if TYPE_CHECKING:
     from ..metrics import Recorder
+    from ..tracing import Tracing
     from .sync import SyncWorkflowEngine
 
 __all__ = ["Execution", "WorkflowEngine", "WorkflowEngineBuilder"]
@@ -154,6 +155,7 @@ class WorkflowEngineBuilder:
         self._storage_options: dict[str, Any] = {}
         self._retention: tuple[float, float] | None = None
         self._metrics: tuple[bool, Any] = (False, None)
+        self._tracing: tuple[bool, Any] = (False, None)
 
     def with_storage(self, storage: str | Storage, **options: Any) -> WorkflowEngineBuilder:
         """``"memory"``, ``"sqlite:///file.db"``, ``"postgresql://…"`` or a Storage."""
@@ -288,6 +290,13 @@ class WorkflowEngineBuilder:
         self._metrics = (True, registry)
         return self
 
+    def with_tracing(self, tracer_provider: Any = None) -> WorkflowEngineBuilder:
+        """Make OpenTelemetry spans of runs and steps (needs the otel extra:
+        ``itonami[otel]``) on ``tracer_provider`` (default: the global one);
+        docs/operations.md describes them."""
+        self._tracing = (True, tracer_provider)
+        return self
+
     def build(self) -> WorkflowEngine:
         """The engine; it opens storage and resumes executions on first use."""
         storage = self._storage
@@ -325,6 +334,8 @@ class WorkflowEngineBuilder:
             engine.enable_retention(*self._retention)
         if self._metrics[0]:
             engine.enable_metrics(self._metrics[1])
+        if self._tracing[0]:
+            engine.enable_tracing(self._tracing[1])
         return engine
 
     def build_sync(self) -> SyncWorkflowEngine:
@@ -350,6 +361,8 @@ class WorkflowEngine:
     _retention: tuple[float, float] | None = None
     #: What the engine reports to (:meth:`enable_metrics`); by default nothing.
     metrics: Recorder = NOOP
+    #: Spans of runs and steps (:meth:`enable_tracing`); by default none.
+    tracing: Tracing | None = None
 
     def __init__(
         self,
@@ -432,6 +445,22 @@ class WorkflowEngine:
         from ..metrics import recorder_for
 
         self.metrics = self._table.metrics = recorder_for(registry)
+
+    def enable_tracing(self, tracer_provider: Any = None) -> None:
+        """Make OpenTelemetry spans (see :meth:`WorkflowEngineBuilder.with_tracing`)."""
+        from ..tracing import Tracing
+
+        self.tracing = Tracing(tracer_provider)
+
+    async def _traceparent(self, entry: Entry) -> str | None:
+        """The ``traceparent`` recorded in the execution's ``workflow_started``
+        (read from the history once while the entry is held)."""
+        if entry.traceparent is None:
+            eid = entry.execution_id
+            first = (await self._full(eid)).events(eid)[0]
+            data = first.data if first.kind == "workflow_started" else None
+            entry.traceparent = str((data or {}).get("traceparent") or "")
+        return entry.traceparent or None
 
     @staticmethod
     def builder() -> WorkflowEngineBuilder:
@@ -1150,6 +1179,8 @@ class WorkflowEngine:
             recorded=d,
             parent=d.get("parent"),
         )
+        if self.tracing is not None:
+            run.traceparent = await self._traceparent(entry)
         run.log(logging.DEBUG, "resumed at version %d", d["version"])
         return run
 
@@ -1364,6 +1395,7 @@ class WorkflowEngine:
                 raise
             # started concurrently by another engine: idempotent
         finally:
+            run.end_span()
             self._forget(execution_id)  # the claiming node writes from now on
 
     async def _choose_node(self, needs: Sequence[str]) -> str | None:

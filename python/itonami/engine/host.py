@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from ..activities import Activity
     from ..dsl import WorkflowIR
     from ..retry import RetryPolicy
+    from ..tracing import Tracing
     from .clock import Clock
 
 __all__ = ["Host"]
@@ -25,6 +26,8 @@ class Host(Protocol):
 
     clock: Clock
     rng: random.Random
+    #: Spans of runs and steps (None: traces are off).
+    tracing: Tracing | None
 
     @property
     def may_park(self) -> bool:

@@ -101,6 +101,8 @@ class Entry:
     epoch: int = 0
     #: The lease was lost to another process: nothing more may be written.
     lost: bool = False
+    #: The trace context its history records ("" none; None not read yet).
+    traceparent: str | None = None
 
 
 class ExecutionTable:

@@ -63,6 +63,10 @@ from .clock import DeadlineExceeded, race_deadline, to_micros
 from .lifecycle import Blocked
 
 if TYPE_CHECKING:
+    from collections.abc import Coroutine
+
+    from opentelemetry.trace import Span
+
     from ..dsl import WorkflowIR
     from .host import Host
     from .journal import Journal
@@ -266,6 +270,11 @@ class Run:
         self.task: asyncio.Task[None] | None = None
         self.log = RunLog(self)
         self._last_exc: BaseException | None = None
+        self.tracing = host.tracing
+        #: The recorded trace context (``workflow_started``) a resumed run continues.
+        self.traceparent: str | None = None
+        # The first RunWorkflow span of a new execution, until it drives.
+        self._span: Span | None = None
 
     # ------------------------------------------------------------ journal
 
@@ -302,19 +311,21 @@ class Run:
         so no end-of-turn commit is scheduled for it: that commit would run
         before the run's first step and cost a commit of its own.
         """
-        self.journal.append(
-            "workflow_started",
-            "",
-            0,
-            {
-                "workflow_id": self.ir.id,
-                "workflow_version": self.ir.version,
-                "definition_hash": self.ir.content_hash,
-                "inputs": self.inputs,
-                "parent": self.parent,
-            },
-            flushed_by_caller=True,
-        )
+        data = {
+            "workflow_id": self.ir.id,
+            "workflow_version": self.ir.version,
+            "definition_hash": self.ir.content_hash,
+            "inputs": self.inputs,
+            "parent": self.parent,
+        }
+        if self.tracing is not None:
+            # The reducer ignores the field; resumed runs read it back.
+            self._span, self.traceparent = self.tracing.start_workflow(
+                self.ir.id, self.execution_id
+            )
+            if self.traceparent:
+                data["traceparent"] = self.traceparent
+        self.journal.append("workflow_started", "", 0, data, flushed_by_caller=True)
         self.journal.metrics.workflow_started(self.ir.id)
         self.log(logging.INFO, "started")
 
@@ -422,6 +433,29 @@ class Run:
         Raises for what is not the workflow's outcome (an engine fault, the
         engine stopping): the engine's error policy handles those.
         """
+        if self.tracing is None:
+            return await self._drive()
+        span, self._span = self._span, None
+        if span is None:
+            span = self.tracing.resume_workflow(self.ir.id, self.execution_id, self.traceparent)
+        with self.tracing.running(span, lambda: self.status):
+            return await self._drive()
+
+    def end_span(self) -> None:
+        """End the first span of an execution this process only submitted."""
+        if self._span is not None:
+            self._span.end()
+            self._span = None
+
+    async def _traced(
+        self, aw: Coroutine[Any, Any, Any], name: str, node: Node, attempt: int | None = None
+    ) -> Any:
+        """Await ``aw`` inside a step span (``tracing`` is on)."""
+        assert self.tracing is not None
+        with self.tracing.step(name, self.execution_id, self.ir.id, node.id or node.path, attempt):
+            return await aw
+
+    async def _drive(self) -> Blocked | None:
         self.started = True
         try:
             if self.cancel_requested is not None:
@@ -713,9 +747,11 @@ class Run:
         ok: bool | None = None  # stays None when the attempt is interrupted
         try:
             attempt_ = run_activity(activity, input_, ctx, None)
-            result = await (
-                attempt_ if deadline is None else race_deadline(clock, attempt_, deadline)
-            )
+            if deadline is not None:
+                attempt_ = race_deadline(clock, attempt_, deadline)
+            if self.tracing is not None:
+                attempt_ = self._traced(attempt_, f"RunActivity:{node.activity_ref}", node, attempt)
+            result = await attempt_
             ok = True
         except DeadlineExceeded:
             ok = False
@@ -1095,7 +1131,10 @@ class Run:
                 raise StepFailure(
                     _error("CompensationFailed", "compensation failed", original=error)
                 )
-        await self._compensate(node, scope, error)
+        compensating = self._compensate(node, scope, error)
+        if self.tracing is not None:
+            compensating = self._traced(compensating, f"Compensate:{node.id or node.path}", node)
+        await compensating
         scope.record(node, "compensated", error=error)
         raise Compensated(error)
 
@@ -1195,12 +1234,16 @@ class Run:
             )
         self.children.add(child_id)
         try:
-            await host.start_child(
+            starting = host.start_child(
                 child_ir,
                 inputs,
                 child_id,
                 {"execution_id": self.execution_id, "step": node.path},
             )
+            if self.tracing is not None:
+                # The child's RunWorkflow span is a child of this one.
+                starting = self._traced(starting, f"StartChildWorkflow:{child_ir.id}", node)
+            await starting
             status, outputs, error = await host.child_outcome(child_id)
         except asyncio.CancelledError:
             if not host.closing:  # an engine shutting down leaves children to resume
