@@ -3,15 +3,17 @@ fresh registry; an engine without them imports no ``prometheus_client``."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 from engine_helpers import Harness, act, eventually, wf
 
-from itonami import RetryPolicy, WorkflowEngine, WorkflowFailedError
+from itonami import ActivityRegistry, RetryPolicy, WorkflowEngine, WorkflowFailedError
 
 prometheus_client = pytest.importorskip("prometheus_client")
 CollectorRegistry = prometheus_client.CollectorRegistry
@@ -158,3 +160,62 @@ def test_running_a_workflow_without_metrics_or_traces_imports_neither_library() 
         [sys.executable, "-c", code], capture_output=True, text=True, env=os.environ, check=True
     )
     assert out.stdout.strip() == "[]"
+
+
+async def test_a_takeover_and_the_fenced_write_of_the_old_owner_are_counted(
+    tmp_path: Path,
+) -> None:
+    """Owner ``a`` stops renewing its lease while its activity runs (as a paused
+    process would); ``b`` takes the execution over once the lease expired and
+    finishes it; ``a``'s late result is then refused by the fence."""
+    url = f"sqlite:///{tmp_path}/shared.db"
+    release = asyncio.Event()
+    running = asyncio.Event()
+
+    slow = ActivityRegistry()
+
+    @slow.activity()
+    async def pay() -> int:
+        running.set()
+        await release.wait()
+        return 1
+
+    fast = ActivityRegistry()
+
+    @fast.activity()
+    async def pay() -> int:  # noqa: F811 - the same activity, in the other process
+        return 2
+
+    regs = {"a": CollectorRegistry(), "b": CollectorRegistry()}
+
+    def engine(node: str, activities: ActivityRegistry) -> WorkflowEngine:
+        return (
+            WorkflowEngine.builder()
+            .with_storage(url)
+            .with_activities(activities)
+            .with_node_id(node)
+            .with_lease(0.3)
+            .with_metrics(regs[node])
+            .build()
+        )
+
+    a = engine("a", slow)
+    await a.start()
+    try:
+        eid = await a.start_workflow(wf(act("pay", "p"), id="pay"), {})
+        await asyncio.wait_for(running.wait(), 10)
+        assert a._lease_task is not None
+        a._lease_task.cancel()  # "a" pauses: its lease is no longer renewed
+        async with engine("b", fast) as b:
+            got = await b.wait_for_completion(eid, timeout=10)
+            assert got == {"result": 2}
+            assert value(regs["b"], "itonami_lease_takeovers_total") == 1
+            release.set()  # "a" wakes and records its result: the fence refuses it
+            await eventually(lambda: a.phase(eid) is None, "a to drop its run")
+    finally:
+        await a.close()
+    assert value(regs["a"], "itonami_fenced_writes_total") == 1
+    assert value(regs["a"], "itonami_lease_takeovers_total") == 0
+    assert value(regs["b"], "itonami_fenced_writes_total") == 0
+    assert value(regs["b"], "itonami_workflow_completed_total", workflow_id="pay") == 1
+    assert value(regs["a"], "itonami_workflow_started_total", workflow_id="pay") == 1

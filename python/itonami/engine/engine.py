@@ -637,7 +637,11 @@ class WorkflowEngine:
             out += [(c.execution_id, c.epoch) for c in batch]
             for c in batch:
                 self._claimed_versions[c.execution_id] = c.version
-            self.metrics.lease_takeovers(sum(1 for c in batch if c.reassigned))
+            # An expired lease of an execution this engine still holds (its
+            # renewals stalled) is not a takeover.
+            self.metrics.lease_takeovers(
+                sum(1 for c in batch if c.reassigned and c.execution_id not in self._table)
+            )
             room -= len(batch)
             if len(batch) < want:
                 break
