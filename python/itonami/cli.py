@@ -1035,11 +1035,15 @@ async def _worker(
     node_id: str | None,
     lease: float | None,
     balancer: str,
+    metrics_port: int | None = None,
+    metrics_host: str = "127.0.0.1",
 ) -> int:
     from .worker import BALANCERS, run_worker
 
     if balancer not in BALANCERS:
         raise UsageError(f"--balancer must be one of {', '.join(BALANCERS)}, not {balancer!r}")
+    if metrics_port is not None and importlib.util.find_spec("prometheus_client") is None:
+        raise UsageError("--metrics-port needs the metrics extra (pip install 'itonami[metrics]')")
     await run_worker(
         storage_url(db),
         _registry(activities),
@@ -1048,6 +1052,8 @@ async def _worker(
         capacity=capacity,
         lease_seconds=lease,
         balancer=balancer,
+        metrics_port=metrics_port,
+        metrics_host=metrics_host,
     )
     return EXIT_OK
 
@@ -1427,6 +1433,19 @@ def build_app() -> typer.Typer:
                 help="where executions this node submits go: least-loaded or round-robin",
             ),
         ] = "least-loaded",
+        metrics_port: Annotated[
+            int | None,
+            typer.Option(
+                "--metrics-port",
+                min=0,
+                max=65535,
+                metavar="PORT",
+                help="serve this node's Prometheus metrics on /metrics (needs itonami[metrics])",
+            ),
+        ] = None,
+        metrics_host: Annotated[
+            str, typer.Option("--metrics-host", help="address the metrics server binds")
+        ] = "127.0.0.1",
     ) -> None:
         """Run a worker node: claim and run the store's work until SIGTERM / Ctrl-C.
 
@@ -1435,7 +1454,8 @@ def build_app() -> typer.Typer:
         those of dead nodes once their leases expire, and on stop releases
         what it holds for the other nodes.
         """
-        _go(_worker(_db(ctx), activities, workflow, capacity, node_id, lease, balancer),
+        _go(_worker(_db(ctx), activities, workflow, capacity, node_id, lease, balancer,
+                    metrics_port, metrics_host),
             on_interrupt=None)  # fmt: skip
 
     @app.command()

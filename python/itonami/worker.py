@@ -42,11 +42,16 @@ async def run_worker(
     balancer: str = "least-loaded",
     stop: asyncio.Event | None = None,
     announce: Callable[[str], None] | None = None,
+    metrics_port: int | None = None,
+    metrics_host: str = "127.0.0.1",
 ) -> None:
     """Run a worker node until ``stop`` is set (or SIGTERM / SIGINT arrives).
 
     ``balancer`` (``least-loaded`` or ``round-robin``) places the executions
     this node's own code submits; work reaches every node by claims.
+    ``metrics_port`` serves the engine's Prometheus metrics on
+    ``http://metrics_host:metrics_port/metrics`` (needs the metrics extra;
+    0: a free port, announced).
     """
     if balancer not in BALANCERS:
         raise ValueError(f"unknown balancer {balancer!r}; use one of {', '.join(BALANCERS)}")
@@ -56,7 +61,10 @@ async def run_worker(
         builder = builder.with_node_id(node_id)
     if lease_seconds is not None:
         builder = builder.with_lease(lease_seconds)
+    if metrics_port is not None:
+        builder = builder.with_metrics()
     engine = builder.with_distributed_execution(BALANCERS[balancer]()).build()
+    server = None
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     installed = []
@@ -65,6 +73,10 @@ async def run_worker(
             loop.add_signal_handler(sig, stop.set)
             installed.append(sig)
     try:
+        if metrics_port is not None:
+            from prometheus_client import start_http_server
+
+            server, _ = start_http_server(metrics_port, addr=metrics_host)
         async with engine:
             say = announce or (lambda line: print(line, file=sys.stderr, flush=True))
             names = ", ".join(activities.names()) or "none"
@@ -72,8 +84,16 @@ async def run_worker(
                 f"itonami worker {engine.node_id} on {redact_url(storage)}: "
                 f"capacity {engine.capacity}, activities: {names}"
             )
+            if server is not None:
+                say(
+                    f"itonami worker {engine.node_id}: metrics on "
+                    f"http://{metrics_host}:{server.server_port}/metrics"
+                )
             await stop.wait()
             say(f"itonami worker {engine.node_id}: stopping (releasing what it holds)")
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
+        if server is not None:
+            server.shutdown()
+            server.server_close()
