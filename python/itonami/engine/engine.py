@@ -442,6 +442,8 @@ class WorkflowEngine:
         """Record Prometheus metrics into ``registry`` (default: the global
         one); see :meth:`WorkflowEngineBuilder.with_metrics`. Before the first
         execution, so the gauges count every one."""
+        if self._started:
+            raise RuntimeError("enable metrics before the engine starts")
         from ..metrics import recorder_for
 
         self.metrics = self._table.metrics = recorder_for(registry)
