@@ -202,6 +202,11 @@ class PostgresStorage(SqlStorage):
             raise StorageError(
                 f"PostgreSQL at {self._where}: cannot use schema {self.schema!r}: {exc}"
             ) from exc
+        except BaseException:
+            # Cancelled while setting the connection up (a closing engine): it
+            # is nobody's yet, so close it here or it leaks.
+            await conn.close()
+            raise
         return conn
 
     async def open(self) -> None:
