@@ -715,7 +715,13 @@ class WorkflowEngine:
                 got = await self._claim_ready(min(room, 64))
                 for eid, epoch in got:
                     if eid in self._table:
+                        # Its lease expired while this engine still holds it
+                        # (renewals stalled): the run here is fenced now. Drop
+                        # it and give the new lease back, so the next claim
+                        # runs it cleanly instead of the lease sitting idle.
                         self._claimed_versions.pop(eid, None)
+                        self._lose(eid)
+                        self._spawn(self._give_back(eid, epoch))
                         continue
                     entry = self._table.admit(eid)
                     entry.epoch = epoch
@@ -777,6 +783,10 @@ class WorkflowEngine:
             except Exception:
                 # Leases and heartbeats must outlive any one fault.
                 log.exception("lease upkeep failed; trying again")
+
+    async def _give_back(self, execution_id: str, epoch: int) -> None:
+        with contextlib.suppress(ItonamiError):
+            await self.storage.release(execution_id, self.node_id, epoch, ready_at=READY_NOW)
 
     async def _check_inbox_logged(self) -> None:
         try:
