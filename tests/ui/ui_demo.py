@@ -21,6 +21,7 @@ from itonami import (
     WorkflowEngine,
     WorkflowFailedError,
     WorkflowIR,
+    current_context,
 )
 from itonami.storage import Storage
 
@@ -167,14 +168,23 @@ def registry() -> ActivityRegistry:
     def validate_order(order_id: str) -> dict[str, Any]:
         return {"valid": True, "order": order_id}
 
+    # A declined payment fails only once its sibling reserved the stock, so
+    # the demo's history is the same on every run (reserved, then undone).
+    reserved: dict[str, asyncio.Event] = {}
+
+    def reservation(execution_id: str) -> asyncio.Event:
+        return reserved.setdefault(execution_id, asyncio.Event())
+
     @reg.activity()
-    def process_payment(amount: float) -> dict[str, Any]:
+    async def process_payment(amount: float) -> dict[str, Any]:
         if amount > 500:
+            await asyncio.wait_for(reservation(current_context().execution_id).wait(), 30)
             raise NonRetryableError("card declined")
         return {"charged": amount}
 
     @reg.activity()
-    def reserve_inventory(order_id: str) -> dict[str, Any]:
+    async def reserve_inventory(order_id: str) -> dict[str, Any]:
+        reservation(current_context().execution_id).set()
         return {"reserved": order_id}
 
     @reg.activity()
