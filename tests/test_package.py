@@ -163,6 +163,12 @@ def test_classifiers_name_every_supported_python() -> None:
     assert meta["Requires-Python"] == ">=3.11"
 
 
+def test_project_urls() -> None:
+    urls = dict(u.split(", ", 1) for u in metadata.metadata("itonami").get_all("Project-URL") or [])
+    assert {"Homepage", "Documentation", "Changelog"} <= set(urls)
+    assert all(u.startswith("https://") for u in urls.values())
+
+
 def test_every_dependency_has_an_upper_bound() -> None:
     requirements = metadata.requires("itonami") or []
     assert requirements

@@ -123,6 +123,12 @@ class Recorder:
     def signal_delivered(self) -> None:
         """A signal was recorded for an execution."""
 
+    def event_delivered(self) -> None:
+        """An external event was taken by an open wait."""
+
+    def timer_fired(self) -> None:
+        """A durable timer fired."""
+
     def lease_takeovers(self, count: int) -> None:
         """This engine took over ``count`` executions whose owner's lease had expired."""
 
@@ -149,11 +155,13 @@ class PrometheusRecorder(Recorder):
         "commit_events",
         "commit_latency",
         "ended",
+        "events",
         "executions",
         "fenced",
         "signals",
         "started",
         "takeovers",
+        "timers",
         "workflow_latency",
     )
 
@@ -223,6 +231,12 @@ class PrometheusRecorder(Recorder):
             registry=reg,
         )
         self.signals = Counter("itonami_signals_delivered", "Signals recorded", registry=reg)
+        self.events = Counter(
+            "itonami_events_delivered",
+            "External events taken by an open wait",
+            registry=reg,
+        )
+        self.timers = Counter("itonami_timers_fired", "Durable timers fired", registry=reg)
         self.takeovers = Counter(
             "itonami_lease_takeovers",
             "Executions taken over from an owner whose lease expired",
@@ -269,6 +283,12 @@ class PrometheusRecorder(Recorder):
 
     def signal_delivered(self) -> None:
         self.signals.inc()
+
+    def event_delivered(self) -> None:
+        self.events.inc()
+
+    def timer_fired(self) -> None:
+        self.timers.inc()
 
     def lease_takeovers(self, count: int) -> None:
         self.takeovers.inc(count)

@@ -101,6 +101,34 @@ async def test_retries_a_signal_and_a_failure_are_counted(h: Harness) -> None:
     assert value(reg, "itonami_fenced_writes_total") == 0
 
 
+async def test_timers_fired_and_events_delivered_are_counted(h: Harness) -> None:
+    reg = CollectorRegistry()
+    h.engine.enable_metrics(reg)
+    ir = wf(
+        {
+            "op": "seq",
+            "strategies": [
+                {"op": "wait", "condition": {"type": "timer", "duration": "PT1M"}},
+                {"op": "wait", "condition": {"type": "event", "event_type": "paid"}},
+            ],
+        },
+        id="waits",
+    )
+    eid = await h.engine.start_workflow(ir, {})
+    await eventually(lambda: h.clock.pending == 1, "the timer to be armed")
+    assert value(reg, "itonami_timers_fired_total") == 0
+    await h.clock.advance(60)
+    await eventually(lambda: value(reg, "itonami_timers_fired_total") == 1, "the timer to fire")
+    # An event nobody waits for is not a delivery.
+    await eventually(lambda: h.engine.phase(eid) == "parked", "the run to park on its event wait")
+    assert await h.engine.send_event("refunded", {}) == []
+    assert value(reg, "itonami_events_delivered_total") == 0
+    assert await h.engine.send_event("paid", {"amount": 3}) == [eid]
+    assert await h.engine.wait_for_completion(eid, timeout=10) == {"amount": 3}
+    assert value(reg, "itonami_events_delivered_total") == 1
+    assert value(reg, "itonami_timers_fired_total") == 1
+
+
 async def test_engines_on_one_registry_share_its_series() -> None:
     reg = CollectorRegistry()
     one = Harness()

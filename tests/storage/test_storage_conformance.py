@@ -25,6 +25,16 @@ async def test_append_and_read_in_order(store: Storage, factory: StoreFactory) -
     assert await store.get_execution("nope") is None
 
 
+async def test_read_events_limit(store: Storage, factory: StoreFactory) -> None:
+    req = request(factory, "e1", 0, 5)
+    await store.append(req)
+    assert await store.read_events("e1", 0, limit=1) == req.events[:1]
+    assert await store.read_events("e1", 2, limit=2) == req.events[2:4]
+    assert await store.read_events("e1", 3, limit=10) == req.events[3:]
+    assert await store.read_events("e1", 0, limit=0) == []
+    assert await store.read_events("nope", 0, limit=1) == []
+
+
 async def test_execution_record(store: Storage, factory: StoreFactory) -> None:
     req = request(factory, "child", 0, 2, workflow_id="orders", parent_id="parent-1")
     req.workflow_version = "1.2"

@@ -66,4 +66,4 @@ def format_duration(seconds: float) -> str:
     """An ISO 8601 duration string for ``seconds`` (the inverse of :func:`parse_duration`)."""
     if not math.isfinite(seconds) or seconds < 0:
         raise ValueError(f"cannot format {seconds!r} as a duration")
-    return isodate.duration_isoformat(datetime.timedelta(seconds=seconds))
+    return str(isodate.duration_isoformat(datetime.timedelta(seconds=seconds)))

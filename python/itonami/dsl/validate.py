@@ -479,7 +479,7 @@ class _Compiler:
         description = self.string(raw, "description", where)
         common = {"path": path, "id": step_id, "description": description, "location": where}
         build = getattr(self, f"op_{op}")
-        node = build(raw, where, path, depth, common)
+        node: Node = build(raw, where, path, depth, common)
         if len(self.problems) > before:
             return None
         return node

@@ -458,9 +458,13 @@ class WorkflowEngine:
         """The ``traceparent`` recorded in the execution's ``workflow_started``
         (read from the history once while the entry is held)."""
         if entry.traceparent is None:
-            eid = entry.execution_id
-            first = (await self._full(eid)).events(eid)[0]
-            data = first.data if first.kind == "workflow_started" else None
+            # One stored row, whatever the history's length: the chain was
+            # verified when the execution was loaded, and a wrong value here
+            # could only mislink a trace.
+            first = await self.storage.read_events(entry.execution_id, 0, limit=1)
+            data = None
+            if first and first[0].kind == "workflow_started":
+                data = _core.decode_history(_core.frame_history([first[0].encoded]))[0].data
             entry.traceparent = str((data or {}).get("traceparent") or "")
         return entry.traceparent or None
 

@@ -389,6 +389,7 @@ class Run:
             "external_event_received", node.path, 0, {"event_type": event_type, "payload": payload}
         )
         self.append("step_completed", node.path, 0, {"output": payload})
+        self.journal.metrics.event_delivered()
         self._slots.pop(node.path, None)
         slot.future.set_result(payload)
         return True
@@ -960,6 +961,7 @@ class Run:
             await self._sleep_or_park(fire_at)
             hit("timer.fire")
             self.append("timer_fired", node.path, 0, {})
+            self.journal.metrics.timer_fired()
             self.log(logging.DEBUG, "timer fired", node=node)
             await self.emit("step_completed", node.path, 0, {"output": None})
             scope.record(node, "completed", None)

@@ -646,8 +646,11 @@ class Storage(ABC):
         return await self.submit(req)
 
     @abstractmethod
-    async def read_events(self, execution_id: str, from_version: int = 0) -> list[StoredEvent]:
-        """The events with version > ``from_version``, in order ([] if unknown)."""
+    async def read_events(
+        self, execution_id: str, from_version: int = 0, limit: int | None = None
+    ) -> list[StoredEvent]:
+        """The events with version > ``from_version``, in order ([] if unknown);
+        at most ``limit`` of them when it is given."""
 
     @abstractmethod
     async def save_snapshot(self, execution_id: str, version: int, data: bytes) -> None:

@@ -248,15 +248,22 @@ class MemoryStorage(Storage):
         else:
             self._inbox.pop(execution_id, None)
 
-    async def read_events(self, execution_id: str, from_version: int = 0) -> list[StoredEvent]:
-        """Events after ``from_version``, in order."""
+    async def read_events(
+        self, execution_id: str, from_version: int = 0, limit: int | None = None
+    ) -> list[StoredEvent]:
+        """Events after ``from_version``, in order (at most ``limit``)."""
         self._check_open()
         events = self._events.get(execution_id, [])
+        end = None if limit is None else from_version + max(limit, 0)
         rows = [
-            (e.version, e.tx, e.timestamp, e.kind, e.hash, e.encoded) for e in events[from_version:]
+            (e.version, e.tx, e.timestamp, e.kind, e.hash, e.encoded)
+            for e in events[from_version:end]
         ]
         rec = self._executions.get(execution_id)
-        return check_event_rows(execution_id, rows, from_version, rec.version if rec else None)
+        head = rec.version if rec else None
+        if head is not None and end is not None:
+            head = min(head, end)
+        return check_event_rows(execution_id, rows, from_version, head)
 
     async def save_snapshot(self, execution_id: str, version: int, data: bytes) -> None:
         """Keep ``data`` as the snapshot at ``version``."""

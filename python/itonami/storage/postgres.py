@@ -713,7 +713,8 @@ class PostgresStorage(SqlStorage):
                         continue
                 item = op.send(result)
         except StopIteration as stop:
-            return stop.value
+            value: T = stop.value
+            return value
 
     async def _execute(self, conn: Conn, q: Q) -> Any:
         text = self._sql(q.sql)

@@ -338,13 +338,21 @@ class SqlStorage(Storage):
             " VALUES (?, ?, ?, ?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM definitions))"
         )
 
-    def _event_rows(self, execution_id: str, from_version: int) -> Op[list[tuple[Any, ...]]]:
-        rows = yield Q(
-            "SELECT version, tx, timestamp, kind, hash, encoded FROM events"
-            " WHERE execution_id = ? AND version > ? ORDER BY version",
-            (execution_id, from_version),
-            "all",
-        )
+    @staticmethod
+    def _events_after(
+        execution_id: str, from_version: int, limit: int | None
+    ) -> tuple[str, tuple[Any, ...]]:
+        """The FROM ... clause and parameters of an execution's events after a version."""
+        sql = " FROM events WHERE execution_id = ? AND version > ? ORDER BY version"
+        if limit is None:
+            return sql, (execution_id, from_version)
+        return sql + " LIMIT ?", (execution_id, from_version, max(limit, 0))
+
+    def _event_rows(
+        self, execution_id: str, from_version: int, limit: int | None = None
+    ) -> Op[list[tuple[Any, ...]]]:
+        where, params = self._events_after(execution_id, from_version, limit)
+        rows = yield Q("SELECT version, tx, timestamp, kind, hash, encoded" + where, params, "all")
         return [tuple(r) for r in rows]
 
     def _integrity_fatal(self) -> Op[list[str]]:
@@ -520,16 +528,21 @@ class SqlStorage(Storage):
 
     # ------------------------------------------------------------------ reads
 
-    async def read_events(self, execution_id: str, from_version: int = 0) -> list[StoredEvent]:
-        """Events after ``from_version``; damaged rows raise CorruptStorageError."""
+    async def read_events(
+        self, execution_id: str, from_version: int = 0, limit: int | None = None
+    ) -> list[StoredEvent]:
+        """Events after ``from_version`` (at most ``limit``); damaged rows raise
+        CorruptStorageError."""
 
         def op() -> Op[list[StoredEvent]]:
             # The head first: events committed after it only extend the list.
             head = yield Q(
                 "SELECT version FROM executions WHERE execution_id = ?", (execution_id,), "one"
             )
-            rows = yield from self._event_rows(execution_id, from_version)
+            rows = yield from self._event_rows(execution_id, from_version, limit)
             head_version = head[0] if head is not None and type(head[0]) is int else None
+            if head_version is not None and limit is not None:
+                head_version = min(head_version, from_version + max(limit, 0))
             return check_event_rows(execution_id, rows, from_version, head_version)
 
         try:

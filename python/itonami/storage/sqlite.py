@@ -662,7 +662,8 @@ class SqliteStorage(SqlStorage):
                         continue
                 item = op.send(result)
         except StopIteration as stop:
-            return stop.value
+            value: T = stop.value
+            return value
 
     @staticmethod
     def _execute(conn: sqlite3.Connection, q: Q) -> Any:
@@ -716,13 +717,16 @@ class SqliteStorage(SqlStorage):
         like, params = super().contains(column, needle)
         return f"{like} AND instr({column}, ?) > 0", [*params, needle]
 
-    def _event_rows(self, execution_id: str, from_version: int) -> Op[list[tuple[Any, ...]]]:
+    def _event_rows(
+        self, execution_id: str, from_version: int, limit: int | None = None
+    ) -> Op[list[tuple[Any, ...]]]:
         # kind is fetched as bytes so that invalid UTF-8 names its version
         # instead of failing the whole query.
+        where, params = self._events_after(execution_id, from_version, limit)
         raw = yield Q(
             "SELECT version, tx, timestamp, CAST(kind AS BLOB), typeof(kind), hash, encoded"
-            " FROM events WHERE execution_id = ? AND version > ? ORDER BY version",
-            (execution_id, from_version),
+            + where,
+            params,
             "all",
         )
         rows = []
