@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import json
 import os
+import pstats
 import signal
 import statistics
 import subprocess
@@ -92,7 +93,9 @@ def database() -> Iterator[str]:
 
 
 class Cluster:
-    def __init__(self, url: str, tmp: Path, n: int, **env: str) -> None:
+    def __init__(
+        self, url: str, tmp: Path, n: int, profile: Path | None = None, **env: str
+    ) -> None:
         self.url = url
         self.marks = tmp / f"marks-{uuid.uuid4().hex[:6]}.jsonl"
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -100,9 +103,13 @@ class Cluster:
             node = f"w{i}"
             environ = {**os.environ, "ITONAMI_NODE": node, "ITONAMI_BENCH_MARKS": str(self.marks)}
             environ.update(env)
+            # --profile: each worker under cProfile, written when it stops.
+            prefix = (
+                [] if profile is None else ["-m", "cProfile", "-o", str(profile / f"{node}.prof")]
+            )
             self.procs[node] = subprocess.Popen(
-                [sys.executable, "-m", "itonami", "--db", url, "worker", "--activities", str(APP),
-                 "--node-id", node, "--capacity", "200"],
+                [sys.executable, *prefix, "-m", "itonami", "--db", url, "worker",
+                 "--activities", str(APP), "--node-id", node, "--capacity", "200"],
                 env=environ,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
@@ -196,9 +203,9 @@ def skip_locked_rate(url: str, procs: int, rows: int) -> float:
 # ------------------------------------------------------------------ itonami
 
 
-async def throughput(workers: int, n: int, tmp: Path) -> float:
+async def throughput(workers: int, n: int, tmp: Path, profile: Path | None = None) -> float:
     with database() as url:
-        cluster = Cluster(url, tmp, workers)
+        cluster = Cluster(url, tmp, workers, profile)
         try:
             engine = await client(url)
             await until_nodes(engine, workers)
@@ -296,10 +303,21 @@ async def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--workflows", type=int, default=2000)
     p.add_argument("--samples", type=int, default=200)
+    p.add_argument(
+        "--profile",
+        type=Path,
+        help="only the throughput of one worker, run under cProfile: DIR/w1.prof, top functions",
+    )
     args = p.parse_args()
     if not BASE:
         sys.exit("set ITONAMI_TEST_POSTGRES_URL (bash .ci/postgres.sh run python benches/...)")
     tmp = Path(tempfile.mkdtemp(prefix="itonami-bench-"))
+    if args.profile is not None:
+        args.profile.mkdir(parents=True, exist_ok=True)
+        rate = await throughput(1, args.workflows, tmp, args.profile)
+        print(f"1 worker under cProfile: {rate:,.0f} workflows/s")
+        pstats.Stats(str(args.profile / "w1.prof")).sort_stats("tottime").print_stats(25)
+        return
     print(f"{'':38} {'1 process':>12} {'2':>12} {'3':>12}")
     with database() as url:
         floor = [skip_locked_rate(url, k, 5000) for k in (1, 2, 3)]

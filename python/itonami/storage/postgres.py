@@ -431,6 +431,9 @@ class PostgresStorage(SqlStorage):
     async def _bulk_append_tx(
         self, conn: Conn, reqs: list[AppendRequest]
     ) -> list[BaseException | list[int]]:
+        # Array parameters are sent in binary (%b): in text, psycopg quotes
+        # every element with a regular expression (and bytea as hex), which
+        # was ~0.5 ms of a worker's CPU per 3-step workflow in the profile.
         ids = [r.execution_id for r in reqs]
         select = (
             "SELECT execution_id, version, owner, epoch FROM executions"
@@ -454,9 +457,9 @@ class PostgresStorage(SqlStorage):
                 conn,
                 f"INSERT INTO executions ({_EXEC_COLUMNS}, owner, epoch, lease_expires_at,"
                 " preferred)"
-                " SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[],"
-                " %s::text[], %s::bigint[], %s::bigint[], %s::bigint[], %s::text[],"
-                " %s::bigint[], %s::bigint[], %s::text[])"
+                " SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[],"
+                " %b::text[], %b::bigint[], %b::bigint[], %b::bigint[], %b::text[],"
+                " %b::bigint[], %b::bigint[], %b::text[])"
                 " ON CONFLICT (execution_id) DO NOTHING RETURNING execution_id",
                 (
                     [r.execution_id for r in fresh],
@@ -526,8 +529,8 @@ class PostgresStorage(SqlStorage):
         if events:
             await conn.execute(
                 "INSERT INTO events (execution_id, version, tx, timestamp, kind, hash, encoded)"
-                " SELECT * FROM unnest(%s::text[], %s::bigint[], %s::bigint[], %s::bigint[],"
-                " %s::text[], %s::bytea[], %s::bytea[])",
+                " SELECT * FROM unnest(%b::text[], %b::bigint[], %b::bigint[], %b::bigint[],"
+                " %b::text[], %b::bytea[], %b::bytea[])",
                 (
                     [eid for eid, _, _ in events],
                     [e.version for _, e, _ in events],
@@ -559,8 +562,8 @@ class PostgresStorage(SqlStorage):
                 "  WHEN u.set_ready THEN u.ready ELSE x.ready_at END,"
                 " owner = CASE WHEN u.terminal THEN NULL ELSE x.owner END,"
                 " lease_expires_at = CASE WHEN u.terminal THEN NULL ELSE x.lease_expires_at END"
-                " FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[], %s::bool[],"
-                " %s::bool[], %s::bigint[])"
+                " FROM unnest(%b::text[], %b::text[], %b::bigint[], %b::bigint[], %b::bool[],"
+                " %b::bool[], %b::bigint[])"
                 " AS u(execution_id, status, version, updated_at, terminal, set_ready, ready)"
                 " WHERE x.execution_id = u.execution_id",
                 (
@@ -576,7 +579,7 @@ class PostgresStorage(SqlStorage):
         cleared = [(r.execution_id, step) for r in ok for step in r.timers_cleared]
         if cleared:
             await conn.execute(
-                "DELETE FROM timers AS t USING unnest(%s::text[], %s::text[]) AS d(eid, step)"
+                "DELETE FROM timers AS t USING unnest(%b::text[], %b::text[]) AS d(eid, step)"
                 " WHERE t.execution_id = d.eid AND t.step = d.step",
                 ([c[0] for c in cleared], [c[1] for c in cleared]),
             )
@@ -584,7 +587,7 @@ class PostgresStorage(SqlStorage):
         if armed:
             await conn.execute(
                 "INSERT INTO timers (execution_id, step, fire_at)"
-                " SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[])"
+                " SELECT * FROM unnest(%b::text[], %b::text[], %b::bigint[])"
                 " ON CONFLICT (execution_id, step) DO UPDATE SET fire_at = EXCLUDED.fire_at",
                 ([a[0] for a in armed], [a[1] for a in armed], [a[2] for a in armed]),
             )
@@ -598,7 +601,7 @@ class PostgresStorage(SqlStorage):
             if pairs:
                 await conn.execute(
                     "INSERT INTO execution_needs (execution_id, capability)"
-                    " SELECT * FROM unnest(%s::text[], %s::text[])",
+                    " SELECT * FROM unnest(%b::text[], %b::text[])",
                     ([p[0] for p in pairs], [p[1] for p in pairs]),
                 )
         ended = [r.execution_id for r in ok if r.status in TERMINAL_STATUSES]
