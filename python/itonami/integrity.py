@@ -164,6 +164,7 @@ async def load_execution(
     *,
     in_thread: bool = True,
     short: bool = False,
+    events: Sequence[StoredEvent] | None = None,
 ) -> bool:
     """Load ``execution_id`` from ``storage`` into the core ``store``.
 
@@ -174,8 +175,12 @@ async def load_execution(
     an execution with neither events nor snapshot ``ExecutionNotFoundError``.
     ``short``: the caller knows the history is short, so reading all of its
     events is cheaper than looking for a snapshot first (the result is the
-    same).
+    same). ``events``: the whole history, already read (a claim reads its
+    executions' short histories at once); checked and loaded like any other.
     """
+    if events:
+        await _load_events(store, execution_id, events, 1, snapshot=None, in_thread=in_thread)
+        return False
     snap = None if short else await storage.load_snapshot(execution_id)
     if snap is not None:
         version, data = snap

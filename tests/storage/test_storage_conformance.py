@@ -35,6 +35,19 @@ async def test_read_events_limit(store: Storage, factory: StoreFactory) -> None:
     assert await store.read_events("nope", 0, limit=1) == []
 
 
+async def test_read_histories(store: Storage, factory: StoreFactory) -> None:
+    a = request(factory, "a", 0, 3)
+    b = request(factory, "b", 0, 2)
+    await store.append(a)
+    await store.append(b)
+    got = await store.read_histories({"a": 2, "b": 2, "ghost": 1})
+    assert got == {"a": a.events[:2], "b": b.events}
+    # A head beyond the stored rows (the executions row disagrees with the
+    # events) leaves that execution out, not the others.
+    assert await store.read_histories({"a": 3, "b": 5}) == {"a": a.events}
+    assert await store.read_histories({}) == {}
+
+
 async def test_execution_record(store: Storage, factory: StoreFactory) -> None:
     req = request(factory, "child", 0, 2, workflow_id="orders", parent_id="parent-1")
     req.workflow_version = "1.2"

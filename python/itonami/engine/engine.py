@@ -52,10 +52,12 @@ from ..payload import to_recorded
 from ..retry import RetryPolicy
 from ..storage import (
     READY_NOW,
+    Claim,
     ExecutionRecord,
     Fence,
     NodeInfo,
     Storage,
+    StoredEvent,
     default_storage_url,
     open_storage,
 )
@@ -416,8 +418,10 @@ class WorkflowEngine:
         self._latest: dict[str, WorkflowIR] = {}
         # Definitions whose sub-workflow references are all loaded.
         self._expanded: set[str] = set()
-        # Versions of executions just claimed, until they are loaded.
+        # Versions of executions just claimed, until they are loaded, and the
+        # histories of the short ones, read for the whole claim at once.
         self._claimed_versions: dict[str, int] = {}
+        self._prefetched: dict[str, list[StoredEvent]] = {}
         self._initial = list(workflows)
         self._table = ExecutionTable()
         self._started = False
@@ -648,10 +652,27 @@ class WorkflowEngine:
             self.metrics.lease_takeovers(
                 sum(1 for c in batch if c.reassigned and c.execution_id not in self._table)
             )
+            await self._prefetch(batch)
             room -= len(batch)
             if len(batch) < want:
                 break
         return out
+
+    async def _prefetch(self, claims: Sequence[Claim]) -> None:
+        """Read the histories of the short claimed executions in one go: a
+        claim of 64 costs one read instead of two per execution."""
+        heads = {
+            c.execution_id: c.version
+            for c in claims
+            if 0 < c.version <= _SHORT_HISTORY and not self.core.contains(c.execution_id)
+        }
+        if not heads:
+            return
+        try:
+            self._prefetched.update(await self.storage.read_histories(heads))
+        except StorageError as e:
+            # The claims stand: each execution reads its own history instead.
+            log.debug("reading the claimed executions' histories failed: %s", e)
 
     async def _register_node(self) -> None:
         """Enter the store's nodes table (discovery; health is heartbeat age)."""
@@ -724,6 +745,7 @@ class WorkflowEngine:
                         # it and give the new lease back, so the next claim
                         # runs it cleanly instead of the lease sitting idle.
                         self._claimed_versions.pop(eid, None)
+                        self._prefetched.pop(eid, None)
                         self._lose(eid)
                         self._spawn(self._give_back(eid, epoch))
                         continue
@@ -1707,7 +1729,12 @@ class WorkflowEngine:
         claimed = self._claimed_versions.pop(execution_id, None)
         short = claimed is not None and claimed <= _SHORT_HISTORY
         if await load_execution(
-            self.core, self.storage, execution_id, in_thread=in_thread, short=short
+            self.core,
+            self.storage,
+            execution_id,
+            in_thread=in_thread,
+            short=short,
+            events=self._prefetched.pop(execution_id, None),
         ):
             self._partial.add(execution_id)
         else:

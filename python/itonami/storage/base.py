@@ -115,9 +115,10 @@ it registered; the store treats them as opaque names):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit, urlunsplit
@@ -651,6 +652,19 @@ class Storage(ABC):
     ) -> list[StoredEvent]:
         """The events with version > ``from_version``, in order ([] if unknown);
         at most ``limit`` of them when it is given."""
+
+    async def read_histories(self, heads: Mapping[str, int]) -> dict[str, list[StoredEvent]]:
+        """Events 1..``heads[id]`` of each of several executions, keyed by id:
+        what a claim needs to load the executions it took, in one read where
+        the backend can. An execution whose stored rows do not cover its
+        head is left out (reading it alone reports the damage)."""
+        out: dict[str, list[StoredEvent]] = {}
+        for eid, head in heads.items():
+            with contextlib.suppress(CorruptStorageError):
+                events = await self.read_events(eid, 0, limit=head)
+                if len(events) == head:
+                    out[eid] = events
+        return out
 
     @abstractmethod
     async def save_snapshot(self, execution_id: str, version: int, data: bytes) -> None:

@@ -27,11 +27,12 @@ the largest stored tx.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
 from abc import abstractmethod
-from collections.abc import Callable, Generator, Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -348,12 +349,19 @@ class SqlStorage(Storage):
             return sql, (execution_id, from_version)
         return sql + " LIMIT ?", (execution_id, from_version, max(limit, 0))
 
+    #: The columns an event row is read with; :meth:`_event_row` turns one
+    #: into ``(version, tx, timestamp, kind, hash, encoded)``.
+    _EVENT_COLUMNS = "version, tx, timestamp, kind, hash, encoded"
+
+    def _event_row(self, raw: Sequence[Any]) -> tuple[Any, ...]:
+        return tuple(raw)
+
     def _event_rows(
         self, execution_id: str, from_version: int, limit: int | None = None
     ) -> Op[list[tuple[Any, ...]]]:
         where, params = self._events_after(execution_id, from_version, limit)
-        rows = yield Q("SELECT version, tx, timestamp, kind, hash, encoded" + where, params, "all")
-        return [tuple(r) for r in rows]
+        rows = yield Q(f"SELECT {self._EVENT_COLUMNS}" + where, params, "all")
+        return [self._event_row(r) for r in rows]
 
     def _integrity_fatal(self) -> Op[list[str]]:
         """The database's own check; problems here stop the other checks."""
@@ -554,6 +562,41 @@ class SqlStorage(Storage):
                 f"execution {execution_id}: cannot read its events: {exc}",
                 execution_id=execution_id,
             ) from exc
+
+    async def read_histories(self, heads: Mapping[str, int]) -> dict[str, list[StoredEvent]]:
+        """Events 1..``heads[id]`` of each execution, in one read (per 200).
+
+        An execution whose rows do not cover its head is left out (the
+        caller's own read of it then reports the damage); the others are
+        unaffected.
+        """
+        ids = sorted(heads)
+
+        def op() -> Op[dict[str, list[StoredEvent]]]:
+            out: dict[str, list[StoredEvent]] = {}
+            for i in range(0, len(ids), 200):
+                chunk = ids[i : i + 200]
+                where, params = self.in_list("execution_id", chunk)
+                raw = yield Q(
+                    f"SELECT execution_id, {self._EVENT_COLUMNS} FROM events WHERE {where}"
+                    " ORDER BY execution_id, version",
+                    tuple(params),
+                    "all",
+                )
+                grouped: dict[str, list[tuple[Any, ...]]] = {eid: [] for eid in chunk}
+                for row in raw:
+                    event = self._event_row(row[1:])
+                    rows = grouped.get(row[0])
+                    if rows is not None and type(event[0]) is int and event[0] <= heads[row[0]]:
+                        rows.append(event)
+                for eid, rows in grouped.items():
+                    with contextlib.suppress(CorruptStorageError):
+                        out[eid] = check_event_rows(eid, rows, 0, heads[eid])
+            return out
+
+        if not ids:
+            return {}
+        return await self._read_op(op)
 
     async def save_snapshot(self, execution_id: str, version: int, data: bytes) -> None:
         """Store (or replace) the snapshot at ``version``."""

@@ -60,7 +60,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -717,28 +717,19 @@ class SqliteStorage(SqlStorage):
         like, params = super().contains(column, needle)
         return f"{like} AND instr({column}, ?) > 0", [*params, needle]
 
-    def _event_rows(
-        self, execution_id: str, from_version: int, limit: int | None = None
-    ) -> Op[list[tuple[Any, ...]]]:
-        # kind is fetched as bytes so that invalid UTF-8 names its version
-        # instead of failing the whole query.
-        where, params = self._events_after(execution_id, from_version, limit)
-        raw = yield Q(
-            "SELECT version, tx, timestamp, CAST(kind AS BLOB), typeof(kind), hash, encoded"
-            + where,
-            params,
-            "all",
-        )
-        rows = []
-        for version, tx, ts, kind_raw, kind_type, hash_, encoded in raw:
-            kind: Any = kind_raw
-            if kind_type == "text":
-                try:
-                    kind = bytes(kind_raw).decode("utf-8")
-                except UnicodeDecodeError:
-                    kind = kind_raw
-            rows.append((version, tx, ts, kind, hash_, encoded))
-        return rows
+    # kind is fetched as bytes so that invalid UTF-8 names its version
+    # instead of failing the whole query.
+    _EVENT_COLUMNS = "version, tx, timestamp, CAST(kind AS BLOB), typeof(kind), hash, encoded"
+
+    def _event_row(self, raw: Sequence[Any]) -> tuple[Any, ...]:
+        version, tx, ts, kind_raw, kind_type, hash_, encoded = raw
+        kind: Any = kind_raw
+        if kind_type == "text":
+            try:
+                kind = bytes(kind_raw).decode("utf-8")
+            except UnicodeDecodeError:
+                kind = kind_raw
+        return (version, tx, ts, kind, hash_, encoded)
 
     def _integrity_fatal(self) -> Op[list[str]]:
         try:
