@@ -682,7 +682,6 @@ class Storage(ABC):
     async def get_execution(self, execution_id: str) -> ExecutionRecord | None:
         """The execution's summary row, or None."""
 
-    @abstractmethod
     async def list_executions(
         self,
         *,
@@ -703,8 +702,14 @@ class Storage(ABC):
         ``id_contains`` keeps ids containing that substring (case-sensitive,
         ``%`` and ``_`` match themselves). ``limit``/``offset`` page the result.
         """
+        check_paging(limit, offset)
+        f = ExecutionFilter.of(
+            status, workflow_id, workflow_version, created_after, created_before, id_contains
+        )
+        if f.empty:
+            return []
+        return await self._list_executions(f, newest_first=newest_first, limit=limit, offset=offset)
 
-    @abstractmethod
     async def count_executions(
         self,
         *,
@@ -717,6 +722,22 @@ class Storage(ABC):
     ) -> dict[str, int]:
         """How many executions each status has under the filters of
         :meth:`list_executions` (statuses with none are left out)."""
+        f = ExecutionFilter.of(
+            status, workflow_id, workflow_version, created_after, created_before, id_contains
+        )
+        if f.empty:
+            return {}
+        return await self._count_executions(f)
+
+    @abstractmethod
+    async def _list_executions(
+        self, f: ExecutionFilter, *, newest_first: bool, limit: int, offset: int
+    ) -> list[ExecutionRecord]:
+        """:meth:`list_executions` with its arguments checked (``f`` not empty)."""
+
+    @abstractmethod
+    async def _count_executions(self, f: ExecutionFilter) -> dict[str, int]:
+        """:meth:`count_executions` with its filter checked (not empty)."""
 
     @abstractmethod
     async def delete_execution(self, execution_id: str) -> bool:

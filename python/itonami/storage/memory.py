@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from itonami.errors import StorageError
@@ -39,7 +39,6 @@ from itonami.storage.base import (
     check_needs,
     check_node,
     check_node_id,
-    check_paging,
     check_prune,
     check_release,
     check_request,
@@ -295,44 +294,16 @@ class MemoryStorage(Storage):
         self._check_open()
         return self._executions.get(execution_id)
 
-    async def list_executions(
-        self,
-        *,
-        status: str | Sequence[str] | None = None,
-        workflow_id: str | None = None,
-        workflow_version: str | None = None,
-        created_after: int | None = None,
-        created_before: int | None = None,
-        id_contains: str | None = None,
-        newest_first: bool = False,
-        limit: int = 1000,
-        offset: int = 0,
+    async def _list_executions(
+        self, f: ExecutionFilter, *, newest_first: bool, limit: int, offset: int
     ) -> list[ExecutionRecord]:
-        """Filtered executions, ordered by creation time then id (or the reverse)."""
         self._check_open()
-        check_paging(limit, offset)
-        f = ExecutionFilter.of(
-            status, workflow_id, workflow_version, created_after, created_before, id_contains
-        )
         found = [r for r in self._executions.values() if f.matches(r)]
         found.sort(key=lambda r: (r.created_at, r.execution_id), reverse=newest_first)
         return found[offset : offset + limit]
 
-    async def count_executions(
-        self,
-        *,
-        status: str | Sequence[str] | None = None,
-        workflow_id: str | None = None,
-        workflow_version: str | None = None,
-        created_after: int | None = None,
-        created_before: int | None = None,
-        id_contains: str | None = None,
-    ) -> dict[str, int]:
-        """Executions per status under the filters."""
+    async def _count_executions(self, f: ExecutionFilter) -> dict[str, int]:
         self._check_open()
-        f = ExecutionFilter.of(
-            status, workflow_id, workflow_version, created_after, created_before, id_contains
-        )
         counts: dict[str, int] = {}
         for r in self._executions.values():
             if f.matches(r):

@@ -61,7 +61,6 @@ from itonami.storage.base import (
     check_needs,
     check_node,
     check_node_id,
-    check_paging,
     check_prune,
     check_release,
     conflict,
@@ -691,26 +690,9 @@ class SqlStorage(Storage):
             params.extend(values)
         return (" WHERE " + " AND ".join(where)) if where else "", params
 
-    async def list_executions(
-        self,
-        *,
-        status: str | Sequence[str] | None = None,
-        workflow_id: str | None = None,
-        workflow_version: str | None = None,
-        created_after: int | None = None,
-        created_before: int | None = None,
-        id_contains: str | None = None,
-        newest_first: bool = False,
-        limit: int = 1000,
-        offset: int = 0,
+    async def _list_executions(
+        self, f: ExecutionFilter, *, newest_first: bool, limit: int, offset: int
     ) -> list[ExecutionRecord]:
-        """Filtered executions, ordered by creation time then id (or the reverse)."""
-        check_paging(limit, offset)
-        f = ExecutionFilter.of(
-            status, workflow_id, workflow_version, created_after, created_before, id_contains
-        )
-        if f.empty:
-            return []
         where, params = self._filter_sql(f)
         # Either direction walks one of the (…, created_at, execution_id) indexes.
         order = "created_at DESC, execution_id DESC" if newest_first else "created_at, execution_id"
@@ -723,22 +705,7 @@ class SqlStorage(Storage):
 
         return await self._read_op(op)
 
-    async def count_executions(
-        self,
-        *,
-        status: str | Sequence[str] | None = None,
-        workflow_id: str | None = None,
-        workflow_version: str | None = None,
-        created_after: int | None = None,
-        created_before: int | None = None,
-        id_contains: str | None = None,
-    ) -> dict[str, int]:
-        """Executions per status under the filters."""
-        f = ExecutionFilter.of(
-            status, workflow_id, workflow_version, created_after, created_before, id_contains
-        )
-        if f.empty:
-            return {}
+    async def _count_executions(self, f: ExecutionFilter) -> dict[str, int]:
         where, params = self._filter_sql(f)
         query = f"SELECT status, COUNT(*) FROM executions{where} GROUP BY status ORDER BY status"
 
