@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from storage_helpers import PG_SKIP, PG_URL, drop_pg_schema, new_pg_schema
@@ -166,5 +167,39 @@ async def test_v2_schema_is_carried_forward_to_leases(schema: str) -> None:
         (tx,) = await s.commit(req)
         assert tx == 43  # the sequence starts above the stored txs
         assert await s.integrity_check() == []
+    finally:
+        await s.close()
+
+
+async def test_a_failed_statement_in_the_pipelined_batch_fails_only_its_request(
+    schema: str,
+) -> None:
+    # The bulk append sends its statements pipelined; one that fails there
+    # (a stray event row where the next version goes) must send the batch
+    # down the one-by-one path: the other request commits, the culprit fails
+    # alone, and the connection serves the next batch.
+    from storage_helpers import StoreFactory, request
+
+    factory = StoreFactory("postgres", tmp=Path("."), schema=schema)
+    s = factory.make()
+    await s.open()
+    try:
+        await s.append(request(factory, "a", 0))
+        await s.append(request(factory, "b", 0))
+        _sql(
+            schema,
+            "INSERT INTO events (execution_id, version, tx, timestamp, kind, hash, encoded)"
+            " VALUES ('b', 2, 999999, 0, 'stray', '\\x00', '\\x00')",
+        )
+        ok = s.submit(request(factory, "a", 1))
+        bad = s.submit(request(factory, "b", 1))
+        results = await asyncio.gather(ok, bad, return_exceptions=True)
+        assert isinstance(results[0], list) and len(results[0]) == 1
+        assert isinstance(results[1], StorageError)
+        assert [e.version for e in await s.read_events("a")] == [1, 2]
+        record = await s.get_execution("b")
+        assert record is not None and record.version == 1
+        await s.append(request(factory, "a", 2))
+        assert len(await s.read_events("a")) == 3
     finally:
         await s.close()

@@ -109,6 +109,8 @@ _EXEC_COLUMNS = (
 )
 
 _NOW_SQL = "SELECT (EXTRACT(EPOCH FROM clock_timestamp()) * 1000000)::bigint"
+# `_allocate("tx", n)` as one statement, for the pipelined bulk append.
+_DRAW_TXS_SQL = "SELECT nextval('itonami_tx_seq') AS v FROM generate_series(1, %s) ORDER BY v"
 
 
 def _bulk_ok(req: AppendRequest) -> bool:
@@ -337,9 +339,7 @@ class PostgresStorage(SqlStorage):
             conn = await self._writer_connection()
             async with conn.transaction():
                 await self._run_ops(conn, ops, outcomes)
-                if self._woke:
-                    # Delivered by PostgreSQL only once this transaction commits.
-                    await conn.execute(sql.SQL("NOTIFY {}").format(sql.Identifier(self.channel)))
+                await self._notify_if_woke(conn)
         except Exception as exc:
             err = self._map_error(exc, "committing")
             for op in ops:
@@ -357,6 +357,11 @@ class PostgresStorage(SqlStorage):
                 op.future.set_exception(failure)
             else:
                 op.future.set_result(result)
+
+    async def _notify_if_woke(self, conn: Conn) -> None:
+        if self._woke:
+            # Delivered by PostgreSQL only once this transaction commits.
+            await conn.execute(sql.SQL("NOTIFY {}").format(sql.Identifier(self.channel)))
 
     async def _run_ops(
         self, conn: Conn, ops: list[_Op], outcomes: list[tuple[_Op, Any, BaseException | None]]
@@ -392,12 +397,22 @@ class PostgresStorage(SqlStorage):
         self._woke = False
         try:
             conn = await self._writer_connection()
-            async with conn.transaction():
-                outcomes = await self._bulk_append_tx(conn, reqs)
-                if rest:
+            if rest:
+                async with conn.transaction():
+                    # Pipelined (see below), then the other writes on their own:
+                    # their statements may fail on purpose, which must surface
+                    # where each is sent, not at the pipeline's end.
+                    async with conn.pipeline():
+                        outcomes = await self._bulk_append_tx(conn, reqs)
                     await self._run_ops(conn, list(rest), others)
-                if self._woke:
-                    await conn.execute(sql.SQL("NOTIFY {}").format(sql.Identifier(self.channel)))
+                    await self._notify_if_woke(conn)
+            else:
+                # Statements whose results nothing waits for (BEGIN, the
+                # inserts and updates, NOTIFY, COMMIT) go out together in
+                # pipeline mode: a step's commit is 3 round trips, not 6-8.
+                async with conn.pipeline(), conn.transaction():
+                    outcomes = await self._bulk_append_tx(conn, reqs)
+                    await self._notify_if_woke(conn)
         except (psycopg.OperationalError, psycopg.InterfaceError, StorageError) as exc:
             # The connection is gone or cannot be made (a restarting
             # server): every op of the batch fails, the writer goes on.
@@ -439,13 +454,19 @@ class PostgresStorage(SqlStorage):
             "SELECT execution_id, version, owner, epoch FROM executions"
             " WHERE execution_id = ANY(%s) ORDER BY execution_id FOR UPDATE"
         )
-        rows = {
-            eid: (int(v), owner, epoch)
-            for eid, v, owner, epoch in await self._fetchall(conn, select, (ids,))
-        }
-        now = 0
+        # Sent together, run in order: the clock and the txs are read after
+        # the rows are locked (txs increase per execution), in one round trip.
+        # Txs are drawn for every request that asks; a refused one leaves a
+        # gap (txs are unique and increasing, not dense).
+        locked = await conn.execute(select, (ids,))
+        clock = None
         if any(r.ready_at == READY_NOW or (r.fence and r.expected_version == 0) for r in reqs):
-            now = int((await self._fetchone(conn, _NOW_SQL))[0])
+            clock = await conn.execute(_NOW_SQL)
+        wanted = sum(len(r.events) for r in reqs if r.allocate_tx)
+        drawn = await conn.execute(_DRAW_TXS_SQL, (wanted,)) if wanted else None
+        rows = {eid: (int(v), owner, epoch) for eid, v, owner, epoch in await locked.fetchall()}
+        now = 0 if clock is None else int((await clock.fetchall())[0][0])
+        fresh_txs = iter([int(r[0]) for r in await drawn.fetchall()] if drawn is not None else [])
         fresh = [r for r in reqs if r.execution_id not in rows and r.expected_version == 0]
         made: set[str] = set()
         if fresh:
@@ -511,13 +532,13 @@ class PostgresStorage(SqlStorage):
         if fenced_count:
             await self._drive(conn, self._allocate("fenced_writes", fenced_count))
         # Store txs for the requests that asked, in request order.
-        wanted = sum(len(r.events) for r in ok if r.allocate_tx)
-        fresh_txs = iter(await self._drive(conn, self._allocate("tx", wanted)) if wanted else [])
-        txs_of: dict[str, list[int]] = {}
-        for r in ok:
-            txs_of[r.execution_id] = (
-                [next(fresh_txs) for _ in r.events] if r.allocate_tx else [e.tx for e in r.events]
-            )
+        drawn_for = {
+            r.execution_id: [next(fresh_txs) for _ in r.events] for r in reqs if r.allocate_tx
+        }
+        txs_of: dict[str, list[int]] = {
+            r.execution_id: drawn_for[r.execution_id] if r.allocate_tx else [e.tx for e in r.events]
+            for r in ok
+        }
         given = [e.tx for r in ok if not r.allocate_tx for e in r.events]
         if given:
             await self._drive(conn, self._raise_floor("tx", max(given)))
