@@ -53,6 +53,7 @@ from itonami.storage.base import (
     TERMINAL_STATUSES,
     UNCHANGED,
     AppendRequest,
+    Claim,
     Wakeup,
     check_request,
     conflict,
@@ -779,6 +780,50 @@ class PostgresStorage(SqlStorage):
             "INSERT INTO definitions (workflow_id, version, content_hash, document)"
             " VALUES (?, ?, ?, ?)"
         )
+
+    # The claim in single statements: the clock is read once in the
+    # statement (a CTE: clock_timestamp() is volatile, so it is evaluated
+    # once there rather than per row, and the ready index stays usable).
+    _CLOCK_CTE = f"WITH c AS ({_NOW_SQL} AS now) "
+
+    def _claimable_op(self) -> Op[bool]:
+        row = yield Q(
+            self._CLOCK_CTE + "SELECT 1 FROM executions, c WHERE ready_at IS NOT NULL"
+            " AND ready_at <= c.now AND (owner IS NULL OR lease_expires_at <= c.now) LIMIT 1",
+            (),
+            "one",
+        )
+        return row is not None
+
+    def _claim_op(
+        self, node_id: str, caps: list[str], limit: int, lease: int, steal_us: int
+    ) -> Op[list[Claim]]:
+        # Pick (FOR UPDATE SKIP LOCKED), lease and return in one statement:
+        # one round trip where the shared version takes three.
+        rows = yield Q(
+            self._CLOCK_CTE + ", picked AS ("
+            " SELECT e.execution_id, e.owner AS old_owner FROM executions e, c"
+            " WHERE e.ready_at IS NOT NULL AND e.ready_at <= c.now"
+            " AND (e.owner IS NULL OR e.lease_expires_at <= c.now)"
+            " AND (e.preferred IS NULL OR e.preferred = ? OR e.ready_at <= c.now - ?)"
+            " AND NOT EXISTS (SELECT 1 FROM execution_needs n"
+            "  WHERE n.execution_id = e.execution_id AND NOT (n.capability = ANY(?)))"
+            " ORDER BY e.ready_at, e.execution_id LIMIT ? FOR UPDATE OF e SKIP LOCKED)"
+            " UPDATE executions x SET owner = ?, epoch = x.epoch + 1,"
+            " lease_expires_at = c.now + ?, preferred = NULL FROM picked, c"
+            " WHERE x.execution_id = picked.execution_id"
+            " RETURNING x.execution_id, x.workflow_id, x.workflow_version, x.version, x.status,"
+            " picked.old_owner, x.epoch, x.lease_expires_at, x.ready_at",
+            (node_id, steal_us, caps, limit, node_id, lease),
+            "all",
+        )
+        # RETURNING keeps no order: oldest ready first, as the shared claim.
+        rows = sorted(rows, key=lambda r: (r[8], r[0]))
+        out = [self._claim_row(row, row[6], row[7], row[5] is not None) for row in rows]
+        taken = sum(1 for c in out if c.reassigned)
+        if taken:
+            yield from self._allocate("reassignments", taken)
+        return out
 
     def _allocate(self, counter: str, n: int) -> Op[list[int]]:
         rows = yield Q(

@@ -1005,54 +1005,58 @@ class SqlStorage(Storage):
         check_needs(node_id, caps)
         if limit <= 0:
             return []
-        have, have_params = self.in_list("n.capability", caps)
-
-        def probe() -> Op[bool]:
-            now = yield NOW
-            row = yield Q(
-                "SELECT 1 FROM executions WHERE ready_at IS NOT NULL AND ready_at <= ?"
-                " AND (owner IS NULL OR lease_expires_at <= ?) LIMIT 1",
-                (now, now),
-                "one",
-            )
-            return row is not None
-
         # A read first: a claim that finds nothing (most polls) never takes
         # the write lock or a write transaction. What the read misses, the
         # next poll or hint finds.
-        if not await self._read_op(probe):
+        if not await self._read_op(self._claimable_op):
             return []
+        return await self._write_op(
+            lambda: self._claim_op(node_id, caps, limit, lease_us(lease_seconds), steal_us)
+        )
 
-        def op() -> Op[list[Claim]]:
-            now = yield NOW
-            rows = yield Q(
-                "SELECT execution_id, workflow_id, workflow_version, version, status, owner, epoch"
-                " FROM executions e WHERE ready_at IS NOT NULL AND ready_at <= ?"
-                " AND (owner IS NULL OR lease_expires_at <= ?)"
-                " AND (preferred IS NULL OR preferred = ? OR ready_at <= ?)"
-                " AND NOT EXISTS (SELECT 1 FROM execution_needs n"
-                f"  WHERE n.execution_id = e.execution_id AND NOT ({have}))"
-                f" ORDER BY ready_at, execution_id LIMIT ?{self.SKIP_LOCKED}",
-                (now, now, node_id, now - steal_us, *have_params, limit),
-                "all",
-            )
-            if not rows:
-                return []
-            expires = now + lease_us(lease_seconds)
-            ids, id_params = self.in_list("execution_id", [row[0] for row in rows])
-            # The rows are ours (the write lock, or FOR UPDATE): one statement for all.
-            yield Q(
-                "UPDATE executions SET owner = ?, epoch = epoch + 1, lease_expires_at = ?,"
-                f" preferred = NULL WHERE {ids}",
-                (node_id, expires, *id_params),
-            )
-            out = [self._claim_row(row, row[6] + 1, expires, row[5] is not None) for row in rows]
-            taken = sum(1 for c in out if c.reassigned)
-            if taken:
-                yield from self._allocate("reassignments", taken)
-            return out
+    def _claimable_op(self) -> Op[bool]:
+        """Whether any execution is ready and unowned (or its lease expired)."""
+        now = yield NOW
+        row = yield Q(
+            "SELECT 1 FROM executions WHERE ready_at IS NOT NULL AND ready_at <= ?"
+            " AND (owner IS NULL OR lease_expires_at <= ?) LIMIT 1",
+            (now, now),
+            "one",
+        )
+        return row is not None
 
-        return await self._write_op(op)
+    def _claim_op(
+        self, node_id: str, caps: list[str], limit: int, lease: int, steal_us: int
+    ) -> Op[list[Claim]]:
+        """Take up to ``limit`` claimable executions whose needs ``caps`` cover."""
+        have, have_params = self.in_list("n.capability", caps)
+        now = yield NOW
+        rows = yield Q(
+            "SELECT execution_id, workflow_id, workflow_version, version, status, owner, epoch"
+            " FROM executions e WHERE ready_at IS NOT NULL AND ready_at <= ?"
+            " AND (owner IS NULL OR lease_expires_at <= ?)"
+            " AND (preferred IS NULL OR preferred = ? OR ready_at <= ?)"
+            " AND NOT EXISTS (SELECT 1 FROM execution_needs n"
+            f"  WHERE n.execution_id = e.execution_id AND NOT ({have}))"
+            f" ORDER BY ready_at, execution_id LIMIT ?{self.SKIP_LOCKED}",
+            (now, now, node_id, now - steal_us, *have_params, limit),
+            "all",
+        )
+        if not rows:
+            return []
+        expires = now + lease
+        ids, id_params = self.in_list("execution_id", [row[0] for row in rows])
+        # The rows are ours (the write lock, or FOR UPDATE): one statement for all.
+        yield Q(
+            "UPDATE executions SET owner = ?, epoch = epoch + 1, lease_expires_at = ?,"
+            f" preferred = NULL WHERE {ids}",
+            (node_id, expires, *id_params),
+        )
+        out = [self._claim_row(row, row[6] + 1, expires, row[5] is not None) for row in rows]
+        taken = sum(1 for c in out if c.reassigned)
+        if taken:
+            yield from self._allocate("reassignments", taken)
+        return out
 
     async def acquire(
         self, execution_id: str, node_id: str, *, lease_seconds: float = 30.0
