@@ -338,9 +338,22 @@ class PostgresStorage(SqlStorage):
         self._woke = False
         try:
             conn = await self._writer_connection()
-            async with conn.transaction():
-                await self._run_ops(conn, ops, outcomes)
-                await self._notify_if_woke(conn)
+            if len(ops) == 1:
+                # No savepoint (two round trips): a failure rolls back a
+                # transaction that holds only this op.
+                try:
+                    async with conn.transaction():
+                        outcomes.append((ops[0], await ops[0].fn(conn), None))
+                        await self._notify_if_woke(conn)
+                except (psycopg.OperationalError, psycopg.InterfaceError):
+                    raise  # the connection is gone
+                except Exception as exc:
+                    ops[0].future.set_exception(self._map_error(exc, "writing"))
+                    return
+            else:
+                async with conn.transaction():
+                    await self._run_ops(conn, ops, outcomes)
+                    await self._notify_if_woke(conn)
         except Exception as exc:
             err = self._map_error(exc, "committing")
             for op in ops:
