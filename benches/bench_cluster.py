@@ -92,6 +92,18 @@ def database() -> Iterator[str]:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')  # type: ignore[call-overload]
 
 
+_PROFILED = """
+import cProfile, runpy, sys, time
+profile = cProfile.Profile(time.process_time)
+profile.enable()
+try:
+    runpy.run_module("itonami", run_name="__main__", alter_sys=True)
+finally:
+    profile.disable()
+    profile.dump_stats({out!r})
+"""
+
+
 class Cluster:
     def __init__(
         self, url: str, tmp: Path, n: int, profile: Path | None = None, **env: str
@@ -103,12 +115,13 @@ class Cluster:
             node = f"w{i}"
             environ = {**os.environ, "ITONAMI_NODE": node, "ITONAMI_BENCH_MARKS": str(self.marks)}
             environ.update(env)
-            # --profile: each worker under cProfile, written when it stops.
-            prefix = (
-                [] if profile is None else ["-m", "cProfile", "-o", str(profile / f"{node}.prof")]
-            )
+            # --profile: each worker under cProfile timed by its CPU time (its
+            # waits on the database are not its cost), written when it stops.
+            start = ["-m", "itonami"]
+            if profile is not None:
+                start = ["-c", _PROFILED.format(out=str(profile / f"{node}.prof"))]
             self.procs[node] = subprocess.Popen(
-                [sys.executable, *prefix, "-m", "itonami", "--db", url, "worker",
+                [sys.executable, *start, "--db", url, "worker",
                  "--activities", str(APP), "--node-id", node, "--capacity", "200"],
                 env=environ,
                 stdout=subprocess.DEVNULL,
