@@ -4,10 +4,10 @@
 #   2. the release abi3 wheel, built once: the same file serves every
 #      supported CPython, so the tests exercise exactly what users install;
 #   3. for each supported CPython (3.11, 3.12, 3.13): a fresh virtualenv with
-#      that wheel and the newest dependency versions pyproject.toml allows
-#      (on 3.11 that means jsonpath-rfc9535 1.x, on 3.12+ 2.x), then the whole
-#      pytest suite, with a private PostgreSQL server on 127.0.0.1 (installed
-#      with apt-get when missing) shared by the runs, one after the other.
+#      that wheel and the newest dependency versions pyproject.toml allows,
+#      then the whole pytest suite, with a private PostgreSQL server on
+#      127.0.0.1 (installed with apt-get when missing) shared by the runs, one
+#      after the other.
 #
 # Every interpreter runs the full suite, crash tests included. Measured from a
 # fresh clone on the 2-core machine CI uses: cargo test plus the release build
