@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as `make test` runs it:
-#   1. the Rust core's own tests (cargo test, proptest included);
+#   1. the Rust crates' own tests (cargo test: the core, proptest included,
+#      and the expressions);
 #   2. the release abi3 wheel, built once: the same file serves every
 #      supported CPython, so the tests exercise exactly what users install;
 #   3. for each supported CPython (3.11, 3.12, 3.13): a fresh virtualenv with
@@ -101,8 +102,8 @@ if [ ${#found[@]} -eq 0 ]; then
     exit 1
 fi
 
-echo "== cargo test (itonami-core)"
-cargo test -p itonami-core --quiet
+echo "== cargo test (itonami-core, itonami-expr)"
+cargo test -p itonami-core -p itonami-expr --quiet
 
 echo "== release wheel (built with Python ${found[0]})"
 make --no-print-directory wheel VENV="$VENV-build" PYTHON="${interpreter[${found[0]}]}"
