@@ -19,6 +19,7 @@
 //! (the same objects, numbers as they were), never copies.
 
 use std::borrow::Cow;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 
 pub use indexmap::IndexMap;
 use jsonpath_rust::parser::model::{
@@ -225,7 +226,10 @@ impl Query {
     /// Parse `text`; the error says why it is not an RFC 9535 query.
     pub fn compile(text: &str) -> Result<Query, String> {
         check_blanks(text)?;
-        let ast = parse_json_path(text).map_err(|e| e.to_string())?;
+        let ast = match catch_unwind(|| parse_json_path(text)) {
+            Ok(parsed) => parsed.map_err(|e| e.to_string())?,
+            Err(_) => return Err("the JSONPath parser failed on this query".to_owned()),
+        };
         for segment in &ast.segments {
             check_segment(segment)?;
         }
@@ -259,9 +263,14 @@ impl Query {
 
     /// The origins of the nodes the rest of the query (after its
     /// [`prefix`](Query::prefix)) selects in `doc`, in the RFC's order.
+    /// A panic of the evaluator is an error here, never an unwind past it.
     pub fn select(&self, doc: &Doc) -> Result<Vec<u32>, String> {
-        let found = js_path_process(&self.rest, doc).map_err(|e| e.to_string())?;
-        Ok(found.into_iter().map(|r| r.val.origin).collect())
+        let run = AssertUnwindSafe(|| js_path_process(&self.rest, doc));
+        match catch_unwind(run) {
+            Ok(Ok(found)) => Ok(found.into_iter().map(|r| r.val.origin).collect()),
+            Ok(Err(error)) => Err(error.to_string()),
+            Err(_) => Err("the JSONPath evaluator failed on this query".to_owned()),
+        }
     }
 }
 
