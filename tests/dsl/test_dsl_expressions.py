@@ -337,6 +337,8 @@ def test_invalid_queries_are_refused_naming_them(text: str) -> None:
     with pytest.raises(ValueError, match=r"invalid JSONPath") as info:
         JsonPath(text)
     assert repr(text) in str(info.value)
+    # One line, as every problem of a definition is listed one per line.
+    assert "\n" not in str(info.value).replace(repr(text), "")
 
 
 @pytest.mark.parametrize(

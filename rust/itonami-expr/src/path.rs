@@ -22,6 +22,7 @@ use std::borrow::Cow;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 pub use indexmap::IndexMap;
+use jsonpath_rust::parser::errors::JsonPathError;
 use jsonpath_rust::parser::model::{
     Comparable, Filter, FilterAtom, FnArg, JpQuery, Segment, Selector, SingularQuery, Test,
     TestFunction,
@@ -29,6 +30,7 @@ use jsonpath_rust::parser::model::{
 use jsonpath_rust::parser::parse_json_path;
 use jsonpath_rust::query::js_path_process;
 use jsonpath_rust::query::queryable::Queryable;
+use pest::error::LineColLocation;
 
 /// One step of a singular query or of a query's prefix.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -227,7 +229,7 @@ impl Query {
     pub fn compile(text: &str) -> Result<Query, String> {
         check_blanks(text)?;
         let ast = match catch_unwind(|| parse_json_path(text)) {
-            Ok(parsed) => parsed.map_err(|e| e.to_string())?,
+            Ok(parsed) => parsed.map_err(describe)?,
             Err(_) => return Err("the JSONPath parser failed on this query".to_owned()),
         };
         for segment in &ast.segments {
@@ -274,6 +276,19 @@ impl Query {
     }
 }
 
+/// A parse error on one line: where, and what was expected there.
+fn describe(error: JsonPathError) -> String {
+    match error {
+        JsonPathError::PestError(e) => {
+            let column = match e.line_col {
+                LineColLocation::Pos((_, column)) | LineColLocation::Span((_, column), _) => column,
+            };
+            format!("at column {column}: {}", e.variant.message())
+        }
+        other => other.to_string(),
+    }
+}
+
 /// RFC 9535's rules for blank space, which the parser's grammar relaxes (it
 /// skips blanks between any two tokens): outside string literals, none at
 /// either end, none after `.` or `-`, none between two name characters
@@ -316,7 +331,10 @@ fn check_blanks(text: &str) -> Result<(), String> {
             (Some(b), Some(a)) => is_word(b) && is_word(a),
         };
         if misplaced {
-            return Err(format!("blank space not allowed at offset {start}"));
+            return Err(format!(
+                "at column {}: blank space not allowed here",
+                start + 1
+            ));
         }
     }
     Ok(())

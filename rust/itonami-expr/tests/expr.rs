@@ -136,6 +136,14 @@ fn invalid_and_non_rfc_queries_are_refused() {
     ] {
         assert!(Query::compile(text).is_err(), "{text}");
     }
+    assert_eq!(
+        Query::compile("$[").unwrap_err(),
+        "at column 3: expected selector"
+    );
+    assert_eq!(
+        Query::compile("$.a b").unwrap_err(),
+        "at column 4: blank space not allowed here"
+    );
 }
 
 #[test]
