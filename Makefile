@@ -36,8 +36,8 @@ test: ## every test: cargo test, then pytest against the installed wheel (+ Post
 	bash .ci/test.sh
 
 .PHONY: test-rust
-test-rust: ## the Rust core's tests
-	cargo test -p itonami-core --release
+test-rust: ## the Rust crates' tests (the core and the expressions)
+	cargo test -p itonami-core -p itonami-expr --release
 
 .PHONY: test-py
 test-py: install pytest ## pytest against the freshly installed wheel

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The whole test suite, as `make test` runs it:
-#   1. the Rust core's own tests (cargo test, proptest included);
+#   1. the Rust crates' own tests (cargo test: the core, proptest included,
+#      and the expressions);
 #   2. the release abi3 wheel, built once: the same file serves every
 #      supported CPython, so the tests exercise exactly what users install;
 #   3. for each supported CPython (3.11, 3.12, 3.13): a fresh virtualenv with
-#      that wheel and the newest dependency versions pyproject.toml allows
-#      (on 3.11 that means jsonpath-rfc9535 1.x, on 3.12+ 2.x), then the whole
-#      pytest suite, with a private PostgreSQL server on 127.0.0.1 (installed
-#      with apt-get when missing) shared by the runs, one after the other.
+#      that wheel and the newest dependency versions pyproject.toml allows,
+#      then the whole pytest suite, with a private PostgreSQL server on
+#      127.0.0.1 (installed with apt-get when missing) shared by the runs, one
+#      after the other.
 #
 # Every interpreter runs the full suite, crash tests included. Measured from a
 # fresh clone on the 2-core machine CI uses: cargo test plus the release build
@@ -101,8 +102,8 @@ if [ ${#found[@]} -eq 0 ]; then
     exit 1
 fi
 
-echo "== cargo test (itonami-core)"
-cargo test -p itonami-core --quiet
+echo "== cargo test (itonami-core, itonami-expr)"
+cargo test -p itonami-core -p itonami-expr --quiet
 
 echo "== release wheel (built with Python ${found[0]})"
 make --no-print-directory wheel VENV="$VENV-build" PYTHON="${interpreter[${found[0]}]}"

@@ -41,9 +41,12 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 
-# (row, store, in flight, workflows per measurement)
+# (row, store[+workload], in flight, workflows per measurement); the
+# "mapped" workload is SEQ3 with input mappings and a decision
+# (test_engine_bench.SEQ3_MAPPED), measured beside the plain one.
 ROWS = [
     ("memory-50", "memory", 50, 4000),
+    ("memory-50-mapped", "memory+mapped", 50, 4000),
     ("sqlite-1", "sqlite", 1, 500),
     ("sqlite-50", "sqlite", 50, 3000),
     ("postgres-50", "postgres", 50, 1500),
@@ -59,8 +62,10 @@ def _has(module: str) -> bool:
 
 def run_itonami(store: str, in_flight: int, n: int, tmp: str) -> dict[str, Any]:
     sys.path.insert(0, str(HERE))
-    from test_engine_bench import SEQ3, engine, run_batch
+    from test_engine_bench import MAPPED_INPUTS, SEQ3, SEQ3_MAPPED, engine, run_batch
 
+    store, _, workload = store.partition("+")
+    ir, inputs = (SEQ3_MAPPED, MAPPED_INPUTS) if workload == "mapped" else (SEQ3, {})
     if store == "memory":
         url = "memory"
     elif store == "sqlite":
@@ -71,10 +76,10 @@ def run_itonami(store: str, in_flight: int, n: int, tmp: str) -> dict[str, Any]:
     async def go() -> dict[str, Any]:
         eng = engine(url)
         await eng.start()
-        await run_batch(eng, SEQ3, min(100, n), in_flight)  # warm up
+        await run_batch(eng, ir, min(100, n), in_flight, inputs)  # warm up
         c0 = eng.storage.commits
         t0 = time.perf_counter()
-        await run_batch(eng, SEQ3, n, in_flight)
+        await run_batch(eng, ir, n, in_flight, inputs)
         elapsed = time.perf_counter() - t0
         commits = eng.storage.commits - c0
         await eng.close()

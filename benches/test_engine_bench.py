@@ -31,6 +31,10 @@ def registry() -> ActivityRegistry:
     async def noop() -> dict:
         return {"ok": True}
 
+    @reg.activity()
+    async def take(order_id: str, amount: float, ok: bool | None, skus: list) -> dict:
+        return {"ok": True, "order_id": order_id}
+
     return reg
 
 
@@ -61,6 +65,57 @@ PAR = WorkflowIR.from_dict(
         }
     }
 )
+
+
+def mapped(step_id: str, previous: str) -> dict[str, Any]:
+    return {
+        "op": "activity",
+        "id": step_id,
+        "activity_ref": "take",
+        "retry_policy": {"maximum_attempts": 1},
+        "input_mapping": {
+            "order_id": "$.inputs.orderId",
+            "amount": "$.inputs.amount",
+            "ok": f"$.steps.{previous}.output.ok",
+            "skus": "$.inputs.items[*].sku",
+        },
+    }
+
+
+# SEQ3 with what real workflows carry: each step's input mapped from the
+# inputs and the step before (three singular queries and one wildcard), and
+# a decision (one CEL condition) before the last step.
+SEQ3_MAPPED = WorkflowIR.from_dict(
+    {
+        "workflow": {
+            "id": "seq3_mapped",
+            "name": "seq3_mapped",
+            "version": "1",
+            "strategy": {
+                "op": "seq",
+                "strategies": [
+                    mapped("a", "none"),
+                    mapped("b", "a"),
+                    {
+                        "op": "decision",
+                        "conditions": [
+                            {
+                                "condition": "steps.b.output.ok && inputs.amount > 10.0",
+                                "branch": mapped("c", "b"),
+                            }
+                        ],
+                    },
+                ],
+            },
+        }
+    }
+)
+MAPPED_INPUTS = {
+    "orderId": "o-1",
+    "amount": 12.5,
+    "items": [{"sku": "a", "qty": 1}, {"sku": "b", "qty": 2}],
+}
+
 PARKED = WorkflowIR.from_dict(
     {
         "workflow": {
@@ -77,7 +132,13 @@ def engine(storage: str) -> WorkflowEngine:
     return WorkflowEngine.builder().with_storage(storage).with_activities(registry()).build()
 
 
-async def run_batch(eng: WorkflowEngine, ir: WorkflowIR, n: int, in_flight: int) -> list[float]:
+async def run_batch(
+    eng: WorkflowEngine,
+    ir: WorkflowIR,
+    n: int,
+    in_flight: int,
+    inputs: dict[str, Any] | None = None,
+) -> list[float]:
     """Run ``n`` workflows with at most ``in_flight`` at once; per-workflow latencies."""
     latencies: list[float] = []
     sem = asyncio.Semaphore(in_flight)
@@ -85,7 +146,7 @@ async def run_batch(eng: WorkflowEngine, ir: WorkflowIR, n: int, in_flight: int)
     async def one() -> None:
         async with sem:
             t0 = time.perf_counter()
-            eid = await eng.start_workflow(ir, {})
+            eid = await eng.start_workflow(ir, inputs or {})
             await eng.wait_for_completion(eid)
             latencies.append(time.perf_counter() - t0)
 

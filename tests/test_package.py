@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
-# Loaded where they are used (HTTP calls, conditions, JSONPath queries,
-# PostgreSQL), never by `import itonami` itself.
+# Loaded where they are used (HTTP calls, PostgreSQL, the CLI, the web UI),
+# never by `import itonami` itself. `cel` and `jsonpath_rfc9535` were the
+# expression packages before the core took expressions over: nothing may
+# load them now.
 LAZY = (
     "httpx",
     "cel",
@@ -116,14 +118,21 @@ WorkflowEngine.builder()
 @pytest.mark.parametrize(
     ("code", "needed"),
     [
-        ("from itonami.dsl import Condition; Condition('1 < 2')", {"cel", "prompt_toolkit"}),
-        ("from itonami.dsl import JsonPath; JsonPath('$.a')", {"jsonpath_rfc9535"}),
         ("import itonami.storage.postgres", {"psycopg"}),
         ("import itonami.ui", {"starlette", "jinja2"}),
     ],
 )
 def test_each_dependency_loads_when_first_used(code: str, needed: set[str]) -> None:
     assert needed <= loaded_after(code)
+
+
+def test_expressions_run_in_the_core_and_load_no_package() -> None:
+    code = """
+from itonami.dsl import Condition, JsonPath
+assert Condition("a.b > 1").evaluate({"a": {"b": 2}})
+assert JsonPath("$.a[*]").find_all({"a": [1, 2]}) == [1, 2]
+"""
+    assert loaded_after(code) == set()
 
 
 def test_the_cli_loads_the_web_ui_only_to_serve() -> None:

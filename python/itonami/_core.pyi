@@ -17,6 +17,8 @@ __all__ = [
     "VersionInfo",
     "VerifyReport",
     "InclusionProof",
+    "JsonPath",
+    "Condition",
     "encode_event",
     "frame_history",
     "decode_history",
@@ -248,6 +250,32 @@ class VersionStore:
     def snapshot_retention(self) -> int: ...
     @property
     def max_payload_bytes(self) -> int: ...
+
+@final
+class JsonPath:
+    """A compiled RFC 9535 JSONPath query; ``ValueError`` when it does not parse."""
+
+    def __new__(cls, text: str) -> JsonPath: ...
+    @property
+    def singular(self) -> bool:
+        """Whether the query selects at most one value (RFC 9535 singular query)."""
+    def find_all(self, context: Any) -> list[Any]:
+        """Every value selected, in the RFC's order; the context's own objects."""
+    def find_one(self, context: Any) -> Any:
+        """The first value selected, or ``None``."""
+    def resolve(self, context: Any) -> Any:
+        """``find_one`` for a singular query, else ``find_all``."""
+
+@final
+class Condition:
+    """A compiled CEL expression; ``ValueError`` when it does not parse."""
+
+    def __new__(cls, text: str) -> Condition: ...
+    @property
+    def variables(self) -> list[str]:
+        """The identifiers the expression references, sorted."""
+    def evaluate(self, context: dict[str, Any]) -> Any:
+        """The result over ``context``'s top-level keys; ``ValueError`` when it fails."""
 
 def encode_event(kind: str, step: str, attempt: int, data: bytes, timestamp: int) -> bytes:
     """The canonical encoding of one event (payload canonicalised)."""

@@ -3,6 +3,9 @@
 The context's top-level keys are the CEL variables: ``inputs``, ``steps``,
 ``signals``, ``item``, ``index`` (and ``event`` in a wait filter), so a
 condition reads ``inputs.amount > 1000 && steps.validate.output.ok``.
+Parsing and evaluation are the Rust core's (``itonami._core.Condition``, on
+the ``cel`` interpreter); an evaluation converts only the variables the
+expression names.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from itonami import _core
 from itonami.errors import ItonamiError
 
 __all__ = ["Condition", "ExpressionError"]
@@ -41,19 +45,15 @@ class Condition:
         if not text.strip():
             raise ValueError("a condition must not be empty")
         self.text = text
-        # Imported on first use: the cel package loads an interactive shell's
-        # libraries, which would make `import itonami` several times slower.
-        import cel
-
         try:
-            self._program = cel.compile(text)
-        except (ValueError, RuntimeError) as exc:
+            self._program = _core.Condition(text)
+        except ValueError as exc:
             raise ValueError(f"invalid CEL expression {text!r}: {exc}") from None
 
     @property
     def variables(self) -> list[str]:
-        """Identifiers the expression references (including macro-bound names)."""
-        return list(self._program.variables())
+        """Identifiers the expression references (including macro-bound names), sorted."""
+        return self._program.variables
 
     def evaluate(self, context: Mapping[str, Any]) -> bool:
         """Evaluate over ``context``; its top-level keys are the CEL variables.
@@ -63,11 +63,10 @@ class Condition:
         or when the result is not a boolean.
         """
         try:
-            result = self._program.execute(dict(context))
-        except Exception as exc:
-            detail = f"missing key {exc}" if isinstance(exc, KeyError) else str(exc)
+            result = self._program.evaluate(context if isinstance(context, dict) else dict(context))
+        except ValueError as exc:
             raise ExpressionError(
-                f"condition {self.text!r} failed to evaluate: {detail}", expression=self.text
+                f"condition {self.text!r} failed to evaluate: {exc}", expression=self.text
             ) from exc
         if not isinstance(result, bool):
             raise ExpressionError(

@@ -385,7 +385,7 @@ fn raw(value: &RawValue) -> Json {
 }
 
 fn is_null(value: Option<&RawValue>) -> bool {
-    value.map_or(true, |v| v.get() == "null")
+    value.is_none_or(|v| v.get() == "null")
 }
 
 fn opt_raw(value: Option<&RawValue>) -> Option<Json> {

@@ -6,6 +6,8 @@
 
 use std::sync::{Arc, OnceLock};
 
+mod expr;
+
 use itonami_core as core;
 use itonami_core::merkle::Hash;
 use itonami_core::{DecodeError, Event as CoreEvent, EventKind, StoreError};
@@ -958,6 +960,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<VersionInfo>()?;
     m.add_class::<VerifyReport>()?;
     m.add_class::<InclusionProof>()?;
+    m.add_class::<expr::JsonPath>()?;
+    m.add_class::<expr::Condition>()?;
     m.add_function(wrap_pyfunction!(encode_event, m)?)?;
     m.add_function(wrap_pyfunction!(frame_history, m)?)?;
     m.add_function(wrap_pyfunction!(decode_history, m)?)?;
