@@ -75,6 +75,26 @@ fn main() {
         .flat_map(|i| i.hash)
         .collect();
 
+    // `perf <n> load|replay`: only repeat that part (for a profiler).
+    match std::env::args().nth(2).as_deref() {
+        Some("load") => {
+            for _ in 0..5 {
+                let other = VersionStore::default();
+                other
+                    .load("big", &history, Some(&hashes), None, None)
+                    .unwrap();
+            }
+            return;
+        }
+        Some("replay") => {
+            for _ in 0..10 {
+                std::hint::black_box(replay("big", &history).unwrap());
+            }
+            return;
+        }
+        _ => {}
+    }
+
     let t = Instant::now();
     let s = replay("big", &history).unwrap();
     let replay_s = t.elapsed().as_secs_f64();

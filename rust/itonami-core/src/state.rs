@@ -1360,17 +1360,26 @@ impl Serialize for ExecutionState {
 /// A state together with its incrementally maintained Merkle tree.
 ///
 /// The state sits behind an `Arc` so readers can hold a version for free;
-/// `apply` copies it only when a reader still holds the previous one.
+/// applying an event copies it only when a reader still holds the previous
+/// one. Applying marks the entries it changed dirty and hashes nothing;
+/// [`HashedState::seal`] hashes each dirty entry's leaf, their paths and the
+/// header once, however many events touched them since the last seal.
 #[derive(Clone, Debug)]
 pub struct HashedState {
     pub state: Arc<ExecutionState>,
     /// The tree over the entries other than the header.
     pub tree: MerkleTree,
-    /// `tree.root()`, kept so an event that changes only the header costs
+    /// `tree.root()`, kept so a seal that changes only the header costs
     /// two hashes (header leaf, state root).
     entries_root: Hash,
-    /// The current state root.
+    /// The state root as of the last seal.
     root: Hash,
+    /// Entries changed since the last seal, once each: `(slot, category,
+    /// map index)`; `marked[slot]` says whether a slot is listed.
+    dirty: Vec<(u32, Category, usize)>,
+    marked: Vec<bool>,
+    /// Whether any event was applied since the last seal.
+    unsealed: bool,
 }
 
 impl HashedState {
@@ -1379,7 +1388,7 @@ impl HashedState {
         Self::from_state(Arc::new(ExecutionState::new(execution_id)))
     }
 
-    /// Wraps a state, building its tree from scratch.
+    /// Wraps a state, building its tree from scratch (sealed).
     pub fn from_state(state: Arc<ExecutionState>) -> Self {
         let tree = state.merkle_tree();
         let entries_root = tree.root();
@@ -1389,69 +1398,97 @@ impl HashedState {
             tree,
             entries_root,
             root,
+            dirty: Vec::new(),
+            marked: Vec::new(),
+            unsealed: false,
         }
     }
 
-    /// Applies an event and returns the new state root. On error nothing changed.
+    /// Applies an event and returns the new state root (applies and seals).
+    /// On error nothing changed.
     pub fn apply(&mut self, event: &Event) -> Result<Hash, ReduceError> {
         self.apply_ref(event.view())
     }
 
-    /// Applies a borrowed event and returns the new state root; the header
-    /// leaf, each changed entry leaf and each internal node on their paths
-    /// is hashed once.
+    /// Applies a borrowed event and seals: returns the new state root.
     pub fn apply_ref(&mut self, event: EventRef<'_>) -> Result<Hash, ReduceError> {
+        self.apply_unsealed(event)?;
+        Ok(self.seal())
+    }
+
+    /// Applies a borrowed event without hashing: the entries it changed are
+    /// marked dirty for the next [`HashedState::seal`]. On error nothing
+    /// changed (the marks of earlier events stay).
+    pub fn apply_unsealed(&mut self, event: EventRef<'_>) -> Result<(), ReduceError> {
         let mut touched = Touched::new();
         let state = Arc::make_mut(&mut self.state);
         state.apply_tracked(event, &mut touched)?;
-        let mut inline: [(u32, Hash); 8] = [(0, [0u8; 32]); 8];
-        let mut n = 0usize;
-        let mut more: Vec<(u32, Hash)> = Vec::new();
-        let mut add = |update: (u32, Hash)| {
-            if n < inline.len() {
-                inline[n] = update;
-                n += 1;
-            } else {
-                more.push(update);
-            }
-        };
+        self.unsealed = true;
         for &(cat, i) in touched.iter() {
-            if cat == Category::Header {
-                continue;
+            let slot = match cat {
+                Category::Header => continue,
+                Category::Step => state.steps.get_index(i).map(|(_, v)| v.slot),
+                Category::Timer => state.timers.get_index(i).map(|(_, v)| v.slot),
+                Category::Wait => state.waits.get_index(i).map(|(_, v)| v.slot),
+                Category::Signal => state.signals.get_index(i).map(|(_, v)| v.slot),
+                Category::Compensation => state.compensations.get_index(i).map(|(_, v)| v.slot),
+            };
+            let Some(slot) = slot else { continue };
+            let s = slot as usize;
+            if self.marked.len() <= s {
+                self.marked.resize(s + 1, false);
             }
-            if let Some((slot, leaf)) = state.entry_leaf(cat, i) {
-                // Entry slots start at 1; the tree's leaves at 0.
-                add((slot.saturating_sub(1), leaf));
-            }
-        }
-        let header = state.header_leaf();
-        let updates: &mut [(u32, Hash)] = if more.is_empty() {
-            &mut inline[..n]
-        } else {
-            more.extend_from_slice(&inline[..n]);
-            &mut more
-        };
-        updates.sort_unstable_by_key(|u| u.0);
-        // An entry touched twice by one event: keep one update per slot.
-        let mut m = 0usize;
-        for k in 0..updates.len() {
-            if m > 0 && updates[m - 1].0 == updates[k].0 {
-                updates[m - 1] = updates[k];
-            } else {
-                updates[m] = updates[k];
-                m += 1;
+            if !self.marked[s] {
+                self.marked[s] = true;
+                self.dirty.push((slot, cat, i));
             }
         }
-        if m > 0 {
-            self.tree.put_sorted(&updates[..m]);
-            self.entries_root = self.tree.root();
-        }
-        self.root = state_root_hash(&header, &self.entries_root);
-        Ok(self.root)
+        Ok(())
     }
 
-    /// The current state root.
+    /// Whether events were applied since the last seal.
+    pub fn is_sealed(&self) -> bool {
+        !self.unsealed
+    }
+
+    /// Hashes what changed since the last seal and returns the state root:
+    /// each dirty entry's leaf, each internal node on their paths once, the
+    /// header leaf and the root. Without changes it returns the last root.
+    pub fn seal(&mut self) -> Hash {
+        if !self.unsealed {
+            return self.root;
+        }
+        self.unsealed = false;
+        if !self.dirty.is_empty() {
+            let state = &*self.state;
+            let mut updates: Vec<(u32, Hash)> = Vec::with_capacity(self.dirty.len());
+            for &(slot, cat, i) in &self.dirty {
+                if let Some(m) = self.marked.get_mut(slot as usize) {
+                    *m = false;
+                }
+                if let Some((slot, leaf)) = state.entry_leaf(cat, i) {
+                    // Entry slots start at 1; the tree's leaves at 0.
+                    updates.push((slot.saturating_sub(1), leaf));
+                }
+            }
+            self.dirty.clear();
+            updates.sort_unstable_by_key(|u| u.0);
+            self.tree.put_sorted(&updates);
+            self.entries_root = self.tree.root();
+        }
+        self.root = state_root_hash(&self.state.header_leaf(), &self.entries_root);
+        self.root
+    }
+
+    /// The state root as of the last seal (the current one when sealed).
     pub fn root(&self) -> Hash {
         self.root
+    }
+
+    /// Releases spare capacity of the dirty-tracking buffers.
+    pub fn shrink_to_fit(&mut self) {
+        self.tree.shrink_to_fit();
+        self.dirty.shrink_to_fit();
+        self.marked.shrink_to_fit();
     }
 }
