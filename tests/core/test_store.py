@@ -211,6 +211,34 @@ def test_verify_and_inclusion_proofs(sample_store) -> None:
         store.inclusion_proof("e1", 0)
 
 
+def test_proofs_of_a_batched_chain_name_their_seals_and_check_against_the_head() -> None:
+    """Hash revision 3: one commit seals only its last version, and a proof
+    (format 2) of any version checks against the head."""
+    store = _core.VersionStore()
+    half = len(SAMPLE) // 2
+    store.append_batch("e1", 0, SAMPLE[:half])
+    store.append_batch("e1", half, SAMPLE[half:])
+    infos = store.history("e1")
+    sealed = [i.version for i in infos if i.state_root is not None]
+    assert sealed == [half, len(SAMPLE)]
+    assert infos[-1].state_root == store.state("e1").root_hash
+    head = store.head("e1")[1]
+    assert store.verify("e1").head_hash == head
+    for v in range(1, len(SAMPLE) + 1):
+        raw = store.inclusion_proof("e1", v).to_bytes()
+        assert raw[:9] == b"ITNPROOF\x02"
+        proof = _core.InclusionProof.from_bytes(raw)
+        assert _core.verify_proof(proof, head)
+        for i in range(0, len(raw), 5):
+            bad = bytearray(raw)
+            bad[i] ^= 0x01
+            try:
+                tampered = _core.InclusionProof.from_bytes(bytes(bad))
+            except DecodeError:
+                continue
+            assert not _core.verify_proof(tampered, head)
+
+
 def test_snapshot_restore_is_identical(sample_store) -> None:
     store, hashes = sample_store
     for k in range(1, len(SAMPLE) + 1):
