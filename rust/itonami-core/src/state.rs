@@ -1420,9 +1420,22 @@ impl HashedState {
     /// marked dirty for the next [`HashedState::seal`]. On error nothing
     /// changed (the marks of earlier events stay).
     pub fn apply_unsealed(&mut self, event: EventRef<'_>) -> Result<(), ReduceError> {
+        self.apply_unsealed_at(event, None)
+    }
+
+    /// [`HashedState::apply_unsealed`], also setting the state's `tx` when
+    /// given (one copy-on-write check instead of two).
+    pub fn apply_unsealed_at(
+        &mut self,
+        event: EventRef<'_>,
+        tx: Option<u64>,
+    ) -> Result<(), ReduceError> {
         let mut touched = Touched::new();
         let state = Arc::make_mut(&mut self.state);
         state.apply_tracked(event, &mut touched)?;
+        if let Some(tx) = tx {
+            state.tx = tx;
+        }
         self.unsealed = true;
         for &(cat, i) in touched.iter() {
             let slot = match cat {

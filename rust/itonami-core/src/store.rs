@@ -407,7 +407,9 @@ impl Execution {
             self.roots.push((version, root));
         }
         if let Some(mut state) = snap {
-            Arc::make_mut(&mut state).tx = meta.tx;
+            if state.tx != meta.tx {
+                Arc::make_mut(&mut state).tx = meta.tx;
+            }
             self.snapshots.push_back((version, state));
             if config.snapshot_retention > 0 {
                 while self.snapshots.len() > config.snapshot_retention {
@@ -486,11 +488,11 @@ fn chain(
     revision: HashRevision,
     hs: &mut HashedState,
     prev: &Hash,
-    event: EventRef<'_>,
+    (event, tx): (EventRef<'_>, Option<u64>),
     encoded: &[u8],
     seal: bool,
 ) -> Result<(Option<Hash>, Hash), ReduceError> {
-    hs.apply_unsealed(event)?;
+    hs.apply_unsealed_at(event, tx)?;
     let version = hs.state.version;
     let event_hash = blake3::hash(encoded);
     let root = (seal || revision == HashRevision::Two).then(|| hs.seal());
@@ -512,14 +514,14 @@ fn chain_stored(
     revision: HashRevision,
     hs: &mut HashedState,
     prev: &Hash,
-    event: EventRef<'_>,
+    (event, tx): (EventRef<'_>, Option<u64>),
     encoded: &[u8],
     stored: &[u8],
 ) -> Result<(Option<Hash>, Hash), ReduceError> {
     if revision == HashRevision::Two {
-        return chain(revision, hs, prev, event, encoded, true);
+        return chain(revision, hs, prev, (event, tx), encoded, true);
     }
-    hs.apply_unsealed(event)?;
+    hs.apply_unsealed_at(event, tx)?;
     let version = hs.state.version;
     let event_hash = blake3::hash(encoded);
     let link = link_hash(prev, version, event_hash.as_bytes());
@@ -561,7 +563,7 @@ fn chain_all(
     for (index, (event, bytes)) in events.iter().zip(encoded).enumerate() {
         let version = hs.state.version.saturating_add(1);
         let seal = seals_at(index, count, version, snapshot_every);
-        let (root, node) = chain(revision, hs, &prev, event.view(), bytes, seal)
+        let (root, node) = chain(revision, hs, &prev, (event.view(), None), bytes, seal)
             .map_err(|error| StoreError::Reduce { index, error })?;
         let version = hs.state.version;
         // Taken here, not after the batch, so it holds exactly this version.
@@ -646,7 +648,7 @@ fn verify_range(ex: &Execution, id: &str, a: usize, b: usize) -> Result<(Hash, H
             ex.revision,
             &mut hs,
             &prev,
-            event,
+            (event, None),
             bytes,
             stored_root.is_some(),
         )
@@ -947,54 +949,17 @@ impl VersionStore {
         let mut prev = ex.base_node;
         let mut last_tx = ex.base_tx;
         let every = self.config.snapshot_every;
+        // Without stored txs, the load's versions take consecutive fresh ones.
+        let drawn = match (txs, count) {
+            (Some(_), _) | (None, 0) => 0,
+            (None, n) => self
+                .draw_txs(n as u64)
+                .ok_or_else(|| tx_exhausted(Some(id), self.last_tx()))?,
+        };
         for (index, frame) in frames(history).enumerate() {
             let (offset, body) = frame?;
             let version = ex.base_version + index as u64 + 1;
             let event = EventRef::decode(body, offset + 4, index)?;
-            let reduce = |error| StoreError::Reduce { index, error };
-            let stored = hashes.map(|h| h.get(index * 32..index * 32 + 32).unwrap_or(&[]));
-            let (root, node) = match stored {
-                // The first version of a chain without a snapshot tells its
-                // revision: the stored node is revision 3's (unsealed or
-                // sealed from `genesis_node`) or revision 2's (from zeros).
-                Some(stored) if version == 1 => {
-                    ex.current.apply_unsealed(event).map_err(reduce)?;
-                    let event_hash = *blake3::hash(body).as_bytes();
-                    let genesis = genesis_node(id);
-                    let link = link_hash(&genesis, 1, &event_hash);
-                    if stored == link {
-                        (None, link)
-                    } else {
-                        let root = ex.current.seal();
-                        let old = node_hash(1, &[0u8; 32], &root, &event_hash);
-                        if stored == old {
-                            ex.revision = HashRevision::Two;
-                            ex.base_node = [0u8; 32];
-                            (Some(root), old)
-                        } else {
-                            (Some(root), seal_hash(&genesis, 1, &event_hash, &root))
-                        }
-                    }
-                }
-                Some(stored) => {
-                    chain_stored(ex.revision, &mut ex.current, &prev, event, body, stored)
-                        .map_err(reduce)?
-                }
-                None => {
-                    let seal = seals_at(index, count, version, every);
-                    chain(ex.revision, &mut ex.current, &prev, event, body, seal).map_err(reduce)?
-                }
-            };
-            if let Some(stored) = stored {
-                if stored != node {
-                    return Err(integrity(
-                        version,
-                        Some(stored),
-                        Some(&node),
-                        "node hash does not match the stored hash",
-                    ));
-                }
-            }
             let tx = match txs {
                 Some(t) => {
                     let tx = t.get(index).copied().unwrap_or(0);
@@ -1016,16 +981,61 @@ impl VersionStore {
                     }
                     tx
                 }
-                None => self
-                    .draw_txs(1)
-                    .ok_or_else(|| tx_exhausted(Some(id), self.last_tx()))?,
+                None => drawn + index as u64,
             };
+            let reduce = |error| StoreError::Reduce { index, error };
+            let stored = hashes.map(|h| h.get(index * 32..index * 32 + 32).unwrap_or(&[]));
+            let (root, node) = match stored {
+                // The first version of a chain without a snapshot tells its
+                // revision: the stored node is revision 3's (unsealed or
+                // sealed from `genesis_node`) or revision 2's (from zeros).
+                Some(stored) if version == 1 => {
+                    ex.current
+                        .apply_unsealed_at(event, Some(tx))
+                        .map_err(reduce)?;
+                    let event_hash = *blake3::hash(body).as_bytes();
+                    let genesis = genesis_node(id);
+                    let link = link_hash(&genesis, 1, &event_hash);
+                    if stored == link {
+                        (None, link)
+                    } else {
+                        let root = ex.current.seal();
+                        let old = node_hash(1, &[0u8; 32], &root, &event_hash);
+                        if stored == old {
+                            ex.revision = HashRevision::Two;
+                            ex.base_node = [0u8; 32];
+                            (Some(root), old)
+                        } else {
+                            (Some(root), seal_hash(&genesis, 1, &event_hash, &root))
+                        }
+                    }
+                }
+                Some(stored) => {
+                    let at = (event, Some(tx));
+                    chain_stored(ex.revision, &mut ex.current, &prev, at, body, stored)
+                        .map_err(reduce)?
+                }
+                None => {
+                    let seal = seals_at(index, count, version, every);
+                    let at = (event, Some(tx));
+                    chain(ex.revision, &mut ex.current, &prev, at, body, seal).map_err(reduce)?
+                }
+            };
+            if let Some(stored) = stored {
+                if stored != node {
+                    return Err(integrity(
+                        version,
+                        Some(stored),
+                        Some(&node),
+                        "node hash does not match the stored hash",
+                    ));
+                }
+            }
             last_tx = tx;
             let meta = Meta { tx, node };
             let version = ex.current.state.version;
             let snap = (every > 0 && version % every == 0).then(|| Arc::clone(&ex.current.state));
             ex.push(body, meta, root, snap, &self.config);
-            Arc::make_mut(&mut ex.current.state).tx = tx;
             prev = node;
         }
         // A stored chain cut inside a commit ends unsealed; the current
