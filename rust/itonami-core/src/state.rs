@@ -1374,12 +1374,20 @@ pub struct HashedState {
     entries_root: Hash,
     /// The state root as of the last seal.
     root: Hash,
-    /// Entries changed since the last seal, once each: `(slot, category,
-    /// map index)`; `marked[slot]` says whether a slot is listed.
-    dirty: Vec<(u32, Category, usize)>,
-    marked: Vec<bool>,
+    /// Entries changed since the last seal (boxed: most states are sealed
+    /// most of the time, and there are many of them).
+    dirty: Option<Box<Dirty>>,
     /// Whether any event was applied since the last seal.
     unsealed: bool,
+}
+
+/// Entries changed since the last seal, once each.
+#[derive(Clone, Debug, Default)]
+struct Dirty {
+    /// `(slot, category, map index)`.
+    entries: Vec<(u32, Category, usize)>,
+    /// `marked[slot]`: whether the slot is listed in `entries`.
+    marked: Vec<bool>,
 }
 
 impl HashedState {
@@ -1398,8 +1406,7 @@ impl HashedState {
             tree,
             entries_root,
             root,
-            dirty: Vec::new(),
-            marked: Vec::new(),
+            dirty: None,
             unsealed: false,
         }
     }
@@ -1412,8 +1419,70 @@ impl HashedState {
 
     /// Applies a borrowed event and seals: returns the new state root.
     pub fn apply_ref(&mut self, event: EventRef<'_>) -> Result<Hash, ReduceError> {
-        self.apply_unsealed(event)?;
-        Ok(self.seal())
+        self.apply_sealed_at(event, None)
+    }
+
+    /// Applies an event (setting `tx` when given) and seals. From a sealed
+    /// state (one event per commit, and every version of revision 2) the
+    /// entries the event changed are hashed straight away, with no dirty
+    /// buffers to allocate; otherwise as [`HashedState::apply_unsealed_at`]
+    /// followed by [`HashedState::seal`].
+    pub fn apply_sealed_at(
+        &mut self,
+        event: EventRef<'_>,
+        tx: Option<u64>,
+    ) -> Result<Hash, ReduceError> {
+        if self.unsealed {
+            self.apply_unsealed_at(event, tx)?;
+            return Ok(self.seal());
+        }
+        let mut touched = Touched::new();
+        let state = Arc::make_mut(&mut self.state);
+        state.apply_tracked(event, &mut touched)?;
+        if let Some(tx) = tx {
+            state.tx = tx;
+        }
+        let mut inline: [(u32, Hash); 8] = [(0, [0u8; 32]); 8];
+        let mut n = 0usize;
+        let mut more: Vec<(u32, Hash)> = Vec::new();
+        for &(cat, i) in touched.iter() {
+            if cat == Category::Header {
+                continue;
+            }
+            if let Some((slot, leaf)) = state.entry_leaf(cat, i) {
+                // Entry slots start at 1; the tree's leaves at 0.
+                let update = (slot.saturating_sub(1), leaf);
+                if n < inline.len() {
+                    inline[n] = update;
+                    n += 1;
+                } else {
+                    more.push(update);
+                }
+            }
+        }
+        let updates: &mut [(u32, Hash)] = if more.is_empty() {
+            &mut inline[..n]
+        } else {
+            more.extend_from_slice(&inline[..n]);
+            &mut more
+        };
+        updates.sort_unstable_by_key(|u| u.0);
+        // An entry touched twice by one event: keep one update per slot.
+        let mut m = 0usize;
+        for k in 0..updates.len() {
+            if m > 0 && updates[m - 1].0 == updates[k].0 {
+                updates[m - 1] = updates[k];
+            } else {
+                updates[m] = updates[k];
+                m += 1;
+            }
+        }
+        if m > 0 {
+            self.tree.put_sorted(&updates[..m]);
+            self.entries_root = self.tree.root();
+        }
+        self.root = state_root_hash(&state.header_leaf(), &self.entries_root);
+        Ok(self.root)
     }
 
     /// Applies a borrowed event without hashing: the entries it changed are
@@ -1437,6 +1506,7 @@ impl HashedState {
             state.tx = tx;
         }
         self.unsealed = true;
+        let dirty = self.dirty.get_or_insert_with(Box::default);
         for &(cat, i) in touched.iter() {
             let slot = match cat {
                 Category::Header => continue,
@@ -1448,12 +1518,12 @@ impl HashedState {
             };
             let Some(slot) = slot else { continue };
             let s = slot as usize;
-            if self.marked.len() <= s {
-                self.marked.resize(s + 1, false);
+            if dirty.marked.len() <= s {
+                dirty.marked.resize(s + 1, false);
             }
-            if !self.marked[s] {
-                self.marked[s] = true;
-                self.dirty.push((slot, cat, i));
+            if !dirty.marked[s] {
+                dirty.marked[s] = true;
+                dirty.entries.push((slot, cat, i));
             }
         }
         Ok(())
@@ -1472,11 +1542,12 @@ impl HashedState {
             return self.root;
         }
         self.unsealed = false;
-        if !self.dirty.is_empty() {
+        let dirty = self.dirty.as_deref_mut().filter(|d| !d.entries.is_empty());
+        if let Some(dirty) = dirty {
             let state = &*self.state;
-            let mut updates: Vec<(u32, Hash)> = Vec::with_capacity(self.dirty.len());
-            for &(slot, cat, i) in &self.dirty {
-                if let Some(m) = self.marked.get_mut(slot as usize) {
+            let mut updates: Vec<(u32, Hash)> = Vec::with_capacity(dirty.entries.len());
+            for &(slot, cat, i) in &dirty.entries {
+                if let Some(m) = dirty.marked.get_mut(slot as usize) {
                     *m = false;
                 }
                 if let Some((slot, leaf)) = state.entry_leaf(cat, i) {
@@ -1484,7 +1555,7 @@ impl HashedState {
                     updates.push((slot.saturating_sub(1), leaf));
                 }
             }
-            self.dirty.clear();
+            dirty.entries.clear();
             updates.sort_unstable_by_key(|u| u.0);
             self.tree.put_sorted(&updates);
             self.entries_root = self.tree.root();
@@ -1498,10 +1569,12 @@ impl HashedState {
         self.root
     }
 
-    /// Releases spare capacity of the dirty-tracking buffers.
+    /// Releases spare capacity, and the dirty-tracking buffers when sealed
+    /// (every mark is clear then, so no buffer means the same).
     pub fn shrink_to_fit(&mut self) {
         self.tree.shrink_to_fit();
-        self.dirty.shrink_to_fit();
-        self.marked.shrink_to_fit();
+        if !self.unsealed {
+            self.dirty = None;
+        }
     }
 }

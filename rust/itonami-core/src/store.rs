@@ -492,10 +492,14 @@ fn chain(
     encoded: &[u8],
     seal: bool,
 ) -> Result<(Option<Hash>, Hash), ReduceError> {
-    hs.apply_unsealed_at(event, tx)?;
+    let root = if seal || revision == HashRevision::Two {
+        Some(hs.apply_sealed_at(event, tx)?)
+    } else {
+        hs.apply_unsealed_at(event, tx)?;
+        None
+    };
     let version = hs.state.version;
     let event_hash = blake3::hash(encoded);
-    let root = (seal || revision == HashRevision::Two).then(|| hs.seal());
     let node = chain_node(
         revision,
         prev,
