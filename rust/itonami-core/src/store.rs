@@ -436,11 +436,13 @@ impl Execution {
 
     /// Folds the stored events up to `version` from the nearest snapshot.
     fn fold_from_snapshot(&self, version: u64) -> Result<Arc<ExecutionState>, StoreError> {
-        let (from, start) = self
-            .snapshots
-            .iter()
-            .rev()
-            .find(|(v, _)| *v <= version && *v >= self.base_version)
+        // Snapshots are kept in version order: the newest at or below
+        // `version` is found by bisection, not by a scan from the newest.
+        let k = self.snapshots.partition_point(|(v, _)| *v <= version);
+        let (from, start) = k
+            .checked_sub(1)
+            .and_then(|k| self.snapshots.get(k))
+            .filter(|(v, _)| *v >= self.base_version)
             .map_or_else(
                 || (self.base_version, self.base()),
                 |(v, s)| (*v, Arc::clone(s)),
