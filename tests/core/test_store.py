@@ -180,6 +180,18 @@ def test_drop_duplicate_swap_are_detected(sample_store) -> None:
             _core.VersionStore().load("e1", _core.frame_history(parts_variant), hashes)
 
 
+def assert_flipped_proofs_fail(raw: bytes, head: bytes, *, every: int, bit: int) -> None:
+    """A proof with ``bit`` flipped in every ``every``-th byte does not decode or verify."""
+    for i in range(0, len(raw), every):
+        bad = bytearray(raw)
+        bad[i] ^= bit
+        try:
+            tampered = _core.InclusionProof.from_bytes(bytes(bad))
+        except DecodeError:
+            continue
+        assert not _core.verify_proof(tampered, head)
+
+
 def test_verify_and_inclusion_proofs(sample_store) -> None:
     store, hashes = sample_store
     report = store.verify("e1")
@@ -199,14 +211,7 @@ def test_verify_and_inclusion_proofs(sample_store) -> None:
         again = _core.InclusionProof.from_bytes(raw)
         assert _core.verify_proof(again, head)
         assert not _core.verify_proof(proof, hashes[:32] if v != 1 or len(SAMPLE) > 1 else b"")
-        for i in range(0, len(raw), 7):
-            bad = bytearray(raw)
-            bad[i] ^= 0x10
-            try:
-                tampered = _core.InclusionProof.from_bytes(bytes(bad))
-            except DecodeError:
-                continue
-            assert not _core.verify_proof(tampered, head)
+        assert_flipped_proofs_fail(raw, head, every=7, bit=0x10)
     with pytest.raises(TxOutOfRangeError):
         store.inclusion_proof("e1", 0)
 
@@ -229,14 +234,7 @@ def test_proofs_of_a_batched_chain_name_their_seals_and_check_against_the_head()
         assert raw[:9] == b"ITNPROOF\x02"
         proof = _core.InclusionProof.from_bytes(raw)
         assert _core.verify_proof(proof, head)
-        for i in range(0, len(raw), 5):
-            bad = bytearray(raw)
-            bad[i] ^= 0x01
-            try:
-                tampered = _core.InclusionProof.from_bytes(bytes(bad))
-            except DecodeError:
-                continue
-            assert not _core.verify_proof(tampered, head)
+        assert_flipped_proofs_fail(raw, head, every=5, bit=0x01)
 
 
 def test_snapshot_restore_is_identical(sample_store) -> None:

@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests.
 
 use itonami_core::event::frame_into;
+use itonami_core::StoreError;
 
 /// Frames encoded events into a history.
 pub fn join(parts: &[Vec<u8>]) -> Vec<u8> {
@@ -28,6 +29,34 @@ pub fn assert_reorders_rejected(parts: &[Vec<u8>], rejects: impl Fn(&[u8]) -> bo
             if swapped != parts {
                 assert!(rejects(&join(&swapped)), "swap {i} {j}");
             }
+        }
+    }
+}
+
+/// Asserts that `load` refuses every single-bit flip (low and high bit) of
+/// every byte of `history`, and that a flip in the stored hash of version
+/// `v` is reported as damage of exactly version `v`.
+pub fn assert_flips_rejected(
+    history: &[u8],
+    hashes: &[u8],
+    load: impl Fn(&[u8], &[u8]) -> Result<(), StoreError>,
+) {
+    assert!(load(history, hashes).is_ok(), "the untouched chain loads");
+    for i in 0..history.len() {
+        for bit in [0x01u8, 0x80] {
+            let mut bad = history.to_vec();
+            bad[i] ^= bit;
+            assert!(load(&bad, hashes).is_err(), "flip at byte {i} undetected");
+        }
+    }
+    for i in 0..hashes.len() {
+        let mut bad = hashes.to_vec();
+        bad[i] ^= 1;
+        match load(history, &bad) {
+            Err(StoreError::Integrity { version, .. }) => {
+                assert_eq!(version, (i / 32) as u64 + 1, "hash flip at {i}")
+            }
+            other => panic!("hash flip at {i} undetected: {other:?}"),
         }
     }
 }
