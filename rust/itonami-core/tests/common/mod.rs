@@ -1,7 +1,7 @@
 //! Helpers shared by the integration tests.
 
 use itonami_core::event::frame_into;
-use itonami_core::StoreError;
+use itonami_core::{InclusionProof, StoreError};
 
 /// Frames encoded events into a history.
 pub fn join(parts: &[Vec<u8>]) -> Vec<u8> {
@@ -57,6 +57,21 @@ pub fn assert_flips_rejected(
                 assert_eq!(version, (i / 32) as u64 + 1, "hash flip at {i}")
             }
             other => panic!("hash flip at {i} undetected: {other:?}"),
+        }
+    }
+}
+
+/// Asserts that no single-bit flip (low and high bit) of any byte of a
+/// serialised proof gives a proof that decodes and leads to `head`.
+pub fn assert_proof_flips_fail(bytes: &[u8], head: &[u8]) {
+    for i in 0..bytes.len() {
+        for bit in [0x01u8, 0x80] {
+            let mut bad = bytes.to_vec();
+            bad[i] ^= bit;
+            let ok = InclusionProof::from_bytes(&bad)
+                .map(|p| p.verify(head))
+                .unwrap_or(false);
+            assert!(!ok, "proof byte {i} flipped ({bit:#04x}) undetected");
         }
     }
 }
