@@ -144,7 +144,8 @@ class VersionInfo:
     @property
     def hash(self) -> bytes: ...
     @property
-    def state_root(self) -> bytes: ...
+    def state_root(self) -> bytes | None:
+        """The state root of a sealed version; ``None`` when not sealed (hash revision 3)."""
 
 @final
 class VerifyReport:

@@ -101,23 +101,28 @@ async def _load_events(
         raise _as_damage(exc, execution_id, first) from exc
 
 
-def _proof_of(version: int, event: bytes, prev: bytes, root: bytes) -> Any:
-    """An inclusion proof of ``event`` at ``version`` with no later versions.
+def _sealed_nodes(
+    execution_id: str, version: int, event: bytes, prev: bytes | None, root: bytes
+) -> list[bytes]:
+    """The node hashes ``event`` at ``version`` has when its state has root ``root``.
 
-    Its head hash is the node hash the chain has at ``version`` if the state
-    there has root ``root``: the core's own hashing, reached through the
-    documented proof format (see ``proof.rs``), binds a snapshot to the
-    stored chain without replaying it.
+    One per hash revision, each through an inclusion proof with no later
+    versions in that revision's documented format (see ``proof.rs``):
+    format 1 (revision 2) and format 2, sealed (revision 3). ``prev`` is the
+    stored node of the version before (``None`` for version 1: each
+    revision's own ``node(0)``). The core's own hashing thus binds a
+    snapshot to the stored chain without replaying it.
     """
-    data = (
-        b"ITNPROOF\x01"
-        + struct.pack("<QI", version, len(event))
-        + event
-        + prev
-        + root
-        + struct.pack("<I", 0)
-    )
-    return _core.InclusionProof.from_bytes(data)
+    if prev is None:
+        empty = _core.VersionStore()
+        empty.load(execution_id, b"", None, None, None)
+        prev2, prev3 = bytes(32), empty.head(execution_id)[1]
+    else:
+        prev2 = prev3 = prev
+    head = struct.pack("<QI", version, len(event)) + event
+    rev2 = b"ITNPROOF\x01" + head + prev2 + root + struct.pack("<I", 0)
+    rev3 = b"ITNPROOF\x02" + head + prev3 + b"\x01" + root + struct.pack("<I", 0)
+    return [_core.InclusionProof.from_bytes(p).head_hash() for p in (rev2, rev3)]
 
 
 def snapshot_problem(
@@ -146,13 +151,13 @@ def snapshot_problem(
         return f"there is no stored event at version {version}"
     if version > 1 and (before is None or before.version != version - 1):
         return f"there is no stored event at version {version - 1}"
-    prev = before.hash if before is not None and version > 1 else bytes(32)
+    prev = before.hash if before is not None and version > 1 else None
     root = scratch.state(execution_id).root_hash
     try:
-        node = _proof_of(version, at.encoded, prev, root).head_hash()
+        nodes = _sealed_nodes(execution_id, version, at.encoded, prev, root)
     except DecodeError as exc:
         return f"the stored event at version {version} is damaged: {exc}"
-    if node != at.hash or head != at.hash:
+    if at.hash not in nodes or head != at.hash:
         return f"its state or head differs from the stored chain at version {version}"
     return None
 

@@ -180,6 +180,18 @@ def test_drop_duplicate_swap_are_detected(sample_store) -> None:
             _core.VersionStore().load("e1", _core.frame_history(parts_variant), hashes)
 
 
+def assert_flipped_proofs_fail(raw: bytes, head: bytes, *, every: int, bit: int) -> None:
+    """A proof with ``bit`` flipped in every ``every``-th byte does not decode or verify."""
+    for i in range(0, len(raw), every):
+        bad = bytearray(raw)
+        bad[i] ^= bit
+        try:
+            tampered = _core.InclusionProof.from_bytes(bytes(bad))
+        except DecodeError:
+            continue
+        assert not _core.verify_proof(tampered, head)
+
+
 def test_verify_and_inclusion_proofs(sample_store) -> None:
     store, hashes = sample_store
     report = store.verify("e1")
@@ -199,16 +211,30 @@ def test_verify_and_inclusion_proofs(sample_store) -> None:
         again = _core.InclusionProof.from_bytes(raw)
         assert _core.verify_proof(again, head)
         assert not _core.verify_proof(proof, hashes[:32] if v != 1 or len(SAMPLE) > 1 else b"")
-        for i in range(0, len(raw), 7):
-            bad = bytearray(raw)
-            bad[i] ^= 0x10
-            try:
-                tampered = _core.InclusionProof.from_bytes(bytes(bad))
-            except DecodeError:
-                continue
-            assert not _core.verify_proof(tampered, head)
+        assert_flipped_proofs_fail(raw, head, every=7, bit=0x10)
     with pytest.raises(TxOutOfRangeError):
         store.inclusion_proof("e1", 0)
+
+
+def test_proofs_of_a_batched_chain_name_their_seals_and_check_against_the_head() -> None:
+    """Hash revision 3: one commit seals only its last version, and a proof
+    (format 2) of any version checks against the head."""
+    store = _core.VersionStore()
+    half = len(SAMPLE) // 2
+    store.append_batch("e1", 0, SAMPLE[:half])
+    store.append_batch("e1", half, SAMPLE[half:])
+    infos = store.history("e1")
+    sealed = [i.version for i in infos if i.state_root is not None]
+    assert sealed == [half, len(SAMPLE)]
+    assert infos[-1].state_root == store.state("e1").root_hash
+    head = store.head("e1")[1]
+    assert store.verify("e1").head_hash == head
+    for v in range(1, len(SAMPLE) + 1):
+        raw = store.inclusion_proof("e1", v).to_bytes()
+        assert raw[:9] == b"ITNPROOF\x02"
+        proof = _core.InclusionProof.from_bytes(raw)
+        assert _core.verify_proof(proof, head)
+        assert_flipped_proofs_fail(raw, head, every=5, bit=0x01)
 
 
 def test_snapshot_restore_is_identical(sample_store) -> None:
@@ -405,7 +431,9 @@ def test_direct_views_equal_the_whole_state(cands) -> None:
 @settings(max_examples=40, deadline=None)
 @given(candidates, st.lists(st.integers(1, 4), min_size=1, max_size=30))
 def test_append_step_equals_per_event_appends(cands, sizes) -> None:
-    """The coarse step call stores exactly what one append per event stores."""
+    """The coarse step call stores exactly what append_batch of the same events
+    stores; one append per event stores the same but for the node hashes (hash
+    revision 3 seals only the version that ends a commit)."""
     events = valid_events(cands)
     groups: list[list[EventTuple]] = []
     i = 0
@@ -418,16 +446,22 @@ def test_append_step_equals_per_event_appends(cands, sizes) -> None:
         i += n
     one = _core.VersionStore()
     per_event = [one.append("s", v, *e) for v, e in enumerate(e for g in groups for e in g)]
+    batched = _core.VersionStore()
+    per_batch = [a for g in groups for a in batched.append_batch("s", batched.version("s"), g)]
     many = _core.VersionStore()
     rows: list[tuple] = []
     status = ""
     for g in groups:
         got, status = many.append_step("s", len(rows), [e[:4] for e in g], g[0][4])
         rows.extend(got)
-    assert rows == [(a.version, a.tx, a.timestamp, a.kind, a.hash, a.encoded) for a in per_event]
+    assert rows == [(a.version, a.tx, a.timestamp, a.kind, a.hash, a.encoded) for a in per_batch]
+    unhashed = [(a.version, a.tx, a.timestamp, a.kind, a.encoded) for a in per_event]
+    assert [r[:4] + r[5:] for r in rows] == unhashed
     assert status == per_event[-1].status
     assert many.state("s").to_json() == one.state("s").to_json()
-    assert many.head("s") == one.head("s")
+    assert many.head("s") == batched.head("s")
+    if all(len(g) == 1 for g in groups):
+        assert many.head("s") == one.head("s")
 
 
 def test_append_step_is_all_or_nothing() -> None:

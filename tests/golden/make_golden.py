@@ -8,6 +8,12 @@ framed history (``.history``), the node hashes (``.hashes``) and the state a
 replay must give (``.state.json``). ``test_golden.py`` replays them: a change
 to the encoding, the reducer or the hashing that would break stored data
 fails there first.
+
+The files are named after the hash revision that wrote them: this build
+writes revision 3 (``<run>.rev3.*``). The revision-2 files (``<run>.*``)
+were written by an earlier build and are kept as they are: current builds
+cannot write revision 2 for a new execution, and old stores hold exactly
+such chains.
 """
 
 from __future__ import annotations
@@ -27,6 +33,9 @@ sys.path.insert(0, str(ROOT / "examples"))
 from order_activities import registry  # noqa: E402
 
 from itonami import TestClock, WorkflowEngine, WorkflowFailedError, WorkflowIR  # noqa: E402
+
+# The hash revision new executions get (see docs/core-contract.md).
+REVISION = "rev3"
 
 RUNS = {
     "order_completed": {"orderId": "ORD-1", "customerId": "C-1", "amount": 100},
@@ -49,12 +58,12 @@ async def main() -> None:
             with contextlib.suppress(WorkflowFailedError):
                 await engine.wait_for_completion(eid)
             events = await engine.storage.read_events(eid)
-            (HERE / f"{name}.history").write_bytes(
+            (HERE / f"{name}.{REVISION}.history").write_bytes(
                 b"".join(struct.pack("<I", len(e.encoded)) + e.encoded for e in events)
             )
-            (HERE / f"{name}.hashes").write_bytes(b"".join(e.hash for e in events))
+            (HERE / f"{name}.{REVISION}.hashes").write_bytes(b"".join(e.hash for e in events))
             state = await engine.query(eid)
-            (HERE / f"{name}.state.json").write_bytes(
+            (HERE / f"{name}.{REVISION}.state.json").write_bytes(
                 orjson.dumps(state, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"
             )
             print(f"{name}: {len(events)} events, status {state['status']}")

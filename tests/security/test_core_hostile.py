@@ -49,28 +49,42 @@ def sample() -> tuple[_core.VersionStore, bytes, bytes, list[int]]:
     return store, history, b"".join(a.hash for a in appended), [a.tx for a in appended]
 
 
-def proof_bytes(version: int, later: int = 0) -> bytes:
+def proof_bytes(version: int, later: int = 0, proof_format: int = 1) -> bytes:
+    """A proof in format 1 (hash revision 2) or 2 (revision 3, nothing sealed)."""
     event = _core.encode_event(*START)
+    hashes, per_later = (bytes(64), 64) if proof_format == 1 else (bytes(33), 33)
     return (
-        b"ITNPROOF\x01"
+        b"ITNPROOF"
+        + bytes([proof_format])
         + struct.pack("<QI", version, len(event))
         + event
-        + bytes(64)
+        + hashes
         + struct.pack("<I", later)
-        + bytes(64 * later)
+        + bytes(per_later * later)
     )
 
 
+@pytest.mark.parametrize("proof_format", [1, 2])
 @pytest.mark.parametrize(("version", "later"), [(2**64 - 1, 0), (0, 0), (MAX_SEQUENCE, 1)])
-def test_a_proof_whose_head_version_cannot_exist_does_not_decode(version, later) -> None:
+def test_a_proof_whose_head_version_cannot_exist_does_not_decode(
+    version, later, proof_format
+) -> None:
     with pytest.raises(ItonamiError, match="version"):
-        _core.InclusionProof.from_bytes(proof_bytes(version, later))
+        _core.InclusionProof.from_bytes(proof_bytes(version, later, proof_format))
 
 
-def test_a_proof_at_the_largest_version_works() -> None:
-    proof = _core.InclusionProof.from_bytes(proof_bytes(MAX_SEQUENCE - 1, 1))
+@pytest.mark.parametrize("proof_format", [1, 2])
+def test_a_proof_at_the_largest_version_works(proof_format) -> None:
+    proof = _core.InclusionProof.from_bytes(proof_bytes(MAX_SEQUENCE - 1, 1, proof_format))
     assert proof.head_version == MAX_SEQUENCE
     assert "head_version=9223372036854775807" in repr(proof)
+
+
+def test_a_format_2_proof_with_a_sealed_flag_other_than_0_or_1_does_not_decode() -> None:
+    raw = bytearray(proof_bytes(1, 0, 2))
+    raw[-5] = 2  # the proven version's sealed flag, before the u32 count
+    with pytest.raises(ItonamiError, match="sealed flag"):
+        _core.InclusionProof.from_bytes(bytes(raw))
 
 
 def test_advance_tx_beyond_the_sequence_is_refused_and_the_store_still_appends() -> None:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
+import struct
 from pathlib import Path
 
 import pytest
@@ -13,8 +14,15 @@ import pytest
 from itonami import ActivityRegistry, TestClock, WorkflowEngine, WorkflowIR, _core
 from itonami.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
 from itonami.errors import ExecutionNotFoundError, IntegrityError
-from itonami.integrity import _frame, load_execution, load_history, verify_execution
+from itonami.integrity import (
+    _frame,
+    load_execution,
+    load_history,
+    snapshot_problem,
+    verify_execution,
+)
 from itonami.storage import open_storage
+from itonami.storage.base import StoredEvent
 
 EID = "snapped"
 
@@ -204,3 +212,57 @@ async def test_a_sound_snapshot_is_used(db: Path) -> None:
             await load_execution(_core.VersionStore(), storage, "nope")
     finally:
         await storage.close()
+
+
+def _rows(appended) -> list[StoredEvent]:
+    return [StoredEvent(a.version, a.tx, a.timestamp, a.kind, a.hash, a.encoded) for a in appended]
+
+
+@pytest.mark.parametrize("revision", [2, 3])
+def test_snapshot_problem_binds_a_snapshot_to_the_chain_of_either_revision(revision) -> None:
+    """A snapshot at any version (the first included) checks against the
+    stored node of its version, in the revision its execution uses."""
+    start = ("workflow_started", "", 0, b'{"inputs":{},"workflow_id":"wf"}', 1)
+    step = ("step_started", "0", 0, b"{}", 2)
+    done = ("step_completed", "0", 0, b'{"output":1}', 3)
+    golden = Path(__file__).parent.parent / "golden" / "order_completed"
+    store = _core.VersionStore()
+    if revision == 2:
+        # A revision-2 chain: the golden history, recorded by an earlier build.
+        hashes = golden.with_suffix(".hashes").read_bytes()
+        n = len(hashes) // 32
+        store.load(
+            "order_completed",
+            golden.with_suffix(".history").read_bytes(),
+            hashes,
+            list(range(1, n + 1)),
+            None,
+        )
+        eid, rows, history, at = (
+            "order_completed",
+            [],
+            golden.with_suffix(".history").read_bytes(),
+            0,
+        )
+        for info in store.history(eid):
+            (size,) = struct.unpack_from("<I", history, at)
+            encoded = history[at + 4 : at + 4 + size]
+            at += 4 + size
+            rows.append(
+                StoredEvent(info.version, info.tx, info.timestamp, info.kind, info.hash, encoded)
+            )
+        cuts = [1, 2, n]
+    else:
+        eid = "fresh"
+        rows = _rows(store.append_batch(eid, 0, [start]))
+        rows += _rows(store.append_batch(eid, 1, [step, done]))
+        cuts = [1, 3]
+    for v in cuts:
+        at_v = _core.VersionStore()
+        at_v.load(eid, *_frame(rows[:v]), None)
+        snap = at_v.snapshot(eid)
+        before = rows[v - 2] if v > 1 else None
+        assert snapshot_problem(eid, v, snap, rows[v - 1], before) is None, v
+        # The same snapshot filed against a different stored node is refused.
+        wrong = rows[v - 1]._replace(hash=bytes(32))
+        assert snapshot_problem(eid, v, snap, wrong, before) is not None

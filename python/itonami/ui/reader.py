@@ -249,7 +249,8 @@ class StoreReader:
         if not 1 <= version <= last:
             raise NotFound(f"execution {execution_id!r} has versions 1..{last}, not {version}")
         store = loaded.store
-        now = store.state_at_version(execution_id, version).to_dict()
+        at = store.state_at_version(execution_id, version)
+        now = at.to_dict()
         before = store.state_at_version(execution_id, version - 1).to_dict() if version > 1 else {}
         info = loaded.history[version - 1]
         event = loaded.events[version - 1]
@@ -261,7 +262,10 @@ class StoreReader:
             "timestamp": info.timestamp,
             "event": _event_dict(version, info, event, payload=True),
             "hash": info.hash.hex(),
-            "state_root": info.state_root.hex(),
+            # An unsealed version (hash revision 3) has no stored root; the
+            # root of its state is still well defined.
+            "state_root": (info.state_root or at.root_hash).hex(),
+            "sealed": info.state_root is not None,
             "state": now,
             "diff": diff_states(before, now),
         }
@@ -328,7 +332,7 @@ class StoreReader:
                 "timestamp": v.timestamp,
                 "kind": v.kind,
                 "hash": v.hash.hex(),
-                "state_root": v.state_root.hex(),
+                "state_root": v.state_root.hex() if v.state_root is not None else None,
             }
             for v in loaded.history
         ]

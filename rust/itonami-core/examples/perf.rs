@@ -75,6 +75,34 @@ fn main() {
         .flat_map(|i| i.hash)
         .collect();
 
+    // `perf <n> load|replay|state_at_tx`: only repeat that part (for a profiler).
+    match std::env::args().nth(2).as_deref() {
+        Some("load") => {
+            for _ in 0..5 {
+                let other = VersionStore::default();
+                other
+                    .load("big", &history, Some(&hashes), None, None)
+                    .unwrap();
+            }
+            return;
+        }
+        Some("state_at_tx") => {
+            let infos = store.history("big").unwrap();
+            for r in 0..20_000usize {
+                let tx = infos[(r * 7919) % infos.len()].tx;
+                std::hint::black_box(store.state_at_tx("big", tx).unwrap());
+            }
+            return;
+        }
+        Some("replay") => {
+            for _ in 0..10 {
+                std::hint::black_box(replay("big", &history).unwrap());
+            }
+            return;
+        }
+        _ => {}
+    }
+
     let t = Instant::now();
     let s = replay("big", &history).unwrap();
     let replay_s = t.elapsed().as_secs_f64();

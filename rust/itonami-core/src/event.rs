@@ -312,12 +312,49 @@ impl<'a> EventRef<'a> {
         Self::decode_with(bytes, base, index, false)
     }
 
+    /// A well-formed event with its fixed fields read at once; `None` for
+    /// anything else, which the field-by-field path then names.
+    #[inline]
+    fn decode_fast(bytes: &'a [u8], check_json: bool) -> Option<Self> {
+        // format u8, kind u16, timestamp i64, attempt u32, step length u32
+        let head: &[u8; 19] = bytes.get(..19)?.try_into().ok()?;
+        if head[0] != FORMAT_VERSION {
+            return None;
+        }
+        let kind = EventKind::from_code(u16::from_le_bytes([head[1], head[2]]))?;
+        let timestamp = i64::from_le_bytes(head[3..11].try_into().ok()?);
+        let attempt = u32::from_le_bytes(head[11..15].try_into().ok()?);
+        let step_len = u32::from_le_bytes(head[15..19].try_into().ok()?) as usize;
+        let step_end = step_len.checked_add(19)?;
+        let step_bytes = bytes.get(19..step_end)?;
+        let data_len = bytes.get(step_end..step_end.checked_add(4)?)?;
+        let data_bytes = bytes.get(step_end + 4..)?;
+        if u32::from_le_bytes(data_len.try_into().ok()?) as usize != data_bytes.len() {
+            return None;
+        }
+        let step = std::str::from_utf8(step_bytes).ok()?;
+        if check_json && !is_canonical_object(data_bytes) {
+            return None;
+        }
+        let data = std::str::from_utf8(data_bytes).ok()?;
+        Some(EventRef {
+            kind,
+            timestamp,
+            step,
+            attempt,
+            data,
+        })
+    }
+
     fn decode_with(
         bytes: &'a [u8],
         base: usize,
         index: usize,
         check_json: bool,
     ) -> Result<Self, DecodeError> {
+        if let Some(event) = Self::decode_fast(bytes, check_json) {
+            return Ok(event);
+        }
         let mut r = Reader {
             bytes,
             pos: 0,

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! 8 bytes  magic "ITNSNAP\0"
-//! u8       format version (= 1)
+//! u8       format version (1: hash revision 2; 2: followed by the revision)
+//! [u8      hash revision (= 3), format 2 only]
 //! u64      version, u64 tx
 //! 32       head node hash, 32 state root
 //! u32 len  state JSON (the public `to_json` form)
@@ -22,10 +23,13 @@ use crate::merkle::Hash;
 use crate::state::{
     Category, Compensation, ExecutionState, Json, Key, SignalQueue, Slotted, Status, StepState,
 };
-use crate::store::MAX_SEQUENCE;
+use crate::store::{HashRevision, MAX_SEQUENCE};
 
 const MAGIC: &[u8; 8] = b"ITNSNAP\0";
-const FORMAT: u8 = 1;
+/// The format of snapshots of revision-2 chains (no revision byte).
+const FORMAT_REV2: u8 = 1;
+/// The format that names the hash revision in the byte after it.
+const FORMAT_WITH_REVISION: u8 = 2;
 
 /// A decoded snapshot.
 #[derive(Clone, Debug)]
@@ -35,6 +39,8 @@ pub struct Snapshot {
     pub tx: u64,
     pub head: Hash,
     pub root: Hash,
+    /// The hash definition of the chain the snapshot belongs to.
+    pub revision: HashRevision,
 }
 
 #[derive(Deserialize)]
@@ -60,8 +66,14 @@ struct StateRepr {
     compensations: IndexMap<String, Compensation>,
 }
 
-/// Encodes a snapshot of `state` at `head`.
-pub fn encode(state: &ExecutionState, head: &Hash, root: &Hash) -> Result<Vec<u8>, DecodeError> {
+/// Encodes a snapshot of `state` at `head` of a chain of `revision`
+/// (format 1 for revision 2, byte for byte what earlier builds wrote).
+pub fn encode(
+    state: &ExecutionState,
+    head: &Hash,
+    root: &Hash,
+    revision: HashRevision,
+) -> Result<Vec<u8>, DecodeError> {
     let json = state.to_json();
     let order: Vec<(u8, &str)> = state
         .entries()
@@ -84,7 +96,13 @@ pub fn encode(state: &ExecutionState, head: &Hash, root: &Hash) -> Result<Vec<u8
     let order_len = u32::try_from(order.len()).map_err(|_| DecodeError::msg("state over 4 GiB"))?;
     let mut out = Vec::with_capacity(json.len() + order.len() + 128);
     out.extend_from_slice(MAGIC);
-    out.push(FORMAT);
+    match revision {
+        HashRevision::Two => out.push(FORMAT_REV2),
+        revision => {
+            out.push(FORMAT_WITH_REVISION);
+            out.push(revision as u8);
+        }
+    }
     out.extend_from_slice(&state.version.to_le_bytes());
     out.extend_from_slice(&state.tx.to_le_bytes());
     out.extend_from_slice(head);
@@ -158,18 +176,32 @@ pub fn decode(bytes: &[u8]) -> Result<Snapshot, DecodeError> {
         pos: MAGIC.len(),
     };
     let format = c.take(1, "format")?[0];
-    if format != FORMAT {
-        return Err(err(
-            format!("unknown snapshot format {format}"),
-            MAGIC.len(),
-        ));
-    }
+    let revision = match format {
+        FORMAT_REV2 => HashRevision::Two,
+        FORMAT_WITH_REVISION => {
+            let at = c.pos;
+            let n = c.take(1, "hash revision")?[0];
+            match HashRevision::from_number(n) {
+                Some(HashRevision::Two) | None => {
+                    return Err(err(format!("unknown hash revision {n} in snapshot"), at))
+                }
+                Some(revision) => revision,
+            }
+        }
+        _ => {
+            return Err(err(
+                format!("unknown snapshot format {format}"),
+                MAGIC.len(),
+            ))
+        }
+    };
+    let version_at = c.pos;
     let version = c.u64("version")?;
     let tx = c.u64("tx")?;
     if version > MAX_SEQUENCE || tx > MAX_SEQUENCE {
         return Err(err(
             format!("snapshot version {version} or tx {tx} is above {MAX_SEQUENCE}"),
-            MAGIC.len() + 1,
+            version_at,
         ));
     }
     let head = c.hash("head hash")?;
@@ -197,6 +229,7 @@ pub fn decode(bytes: &[u8]) -> Result<Snapshot, DecodeError> {
         tx,
         head,
         root,
+        revision,
     })
 }
 

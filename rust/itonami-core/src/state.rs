@@ -1360,17 +1360,34 @@ impl Serialize for ExecutionState {
 /// A state together with its incrementally maintained Merkle tree.
 ///
 /// The state sits behind an `Arc` so readers can hold a version for free;
-/// `apply` copies it only when a reader still holds the previous one.
+/// applying an event copies it only when a reader still holds the previous
+/// one. Applying marks the entries it changed dirty and hashes nothing;
+/// [`HashedState::seal`] hashes each dirty entry's leaf, their paths and the
+/// header once, however many events touched them since the last seal.
 #[derive(Clone, Debug)]
 pub struct HashedState {
     pub state: Arc<ExecutionState>,
     /// The tree over the entries other than the header.
     pub tree: MerkleTree,
-    /// `tree.root()`, kept so an event that changes only the header costs
+    /// `tree.root()`, kept so a seal that changes only the header costs
     /// two hashes (header leaf, state root).
     entries_root: Hash,
-    /// The current state root.
+    /// The state root as of the last seal.
     root: Hash,
+    /// Entries changed since the last seal (boxed: most states are sealed
+    /// most of the time, and there are many of them).
+    dirty: Option<Box<Dirty>>,
+    /// Whether any event was applied since the last seal.
+    unsealed: bool,
+}
+
+/// Entries changed since the last seal, once each.
+#[derive(Clone, Debug, Default)]
+struct Dirty {
+    /// `(slot, category, map index)`.
+    entries: Vec<(u32, Category, usize)>,
+    /// `marked[slot]`: whether the slot is listed in `entries`.
+    marked: Vec<bool>,
 }
 
 impl HashedState {
@@ -1379,7 +1396,7 @@ impl HashedState {
         Self::from_state(Arc::new(ExecutionState::new(execution_id)))
     }
 
-    /// Wraps a state, building its tree from scratch.
+    /// Wraps a state, building its tree from scratch (sealed).
     pub fn from_state(state: Arc<ExecutionState>) -> Self {
         let tree = state.merkle_tree();
         let entries_root = tree.root();
@@ -1389,42 +1406,60 @@ impl HashedState {
             tree,
             entries_root,
             root,
+            dirty: None,
+            unsealed: false,
         }
     }
 
-    /// Applies an event and returns the new state root. On error nothing changed.
+    /// Applies an event and returns the new state root (applies and seals).
+    /// On error nothing changed.
     pub fn apply(&mut self, event: &Event) -> Result<Hash, ReduceError> {
         self.apply_ref(event.view())
     }
 
-    /// Applies a borrowed event and returns the new state root; the header
-    /// leaf, each changed entry leaf and each internal node on their paths
-    /// is hashed once.
+    /// Applies a borrowed event and seals: returns the new state root.
     pub fn apply_ref(&mut self, event: EventRef<'_>) -> Result<Hash, ReduceError> {
+        self.apply_sealed_at(event, None)
+    }
+
+    /// Applies an event (setting `tx` when given) and seals. From a sealed
+    /// state (one event per commit, and every version of revision 2) the
+    /// entries the event changed are hashed straight away, with no dirty
+    /// buffers to allocate; otherwise as [`HashedState::apply_unsealed_at`]
+    /// followed by [`HashedState::seal`].
+    pub fn apply_sealed_at(
+        &mut self,
+        event: EventRef<'_>,
+        tx: Option<u64>,
+    ) -> Result<Hash, ReduceError> {
+        if self.unsealed {
+            self.apply_unsealed_at(event, tx)?;
+            return Ok(self.seal());
+        }
         let mut touched = Touched::new();
         let state = Arc::make_mut(&mut self.state);
         state.apply_tracked(event, &mut touched)?;
+        if let Some(tx) = tx {
+            state.tx = tx;
+        }
         let mut inline: [(u32, Hash); 8] = [(0, [0u8; 32]); 8];
         let mut n = 0usize;
         let mut more: Vec<(u32, Hash)> = Vec::new();
-        let mut add = |update: (u32, Hash)| {
-            if n < inline.len() {
-                inline[n] = update;
-                n += 1;
-            } else {
-                more.push(update);
-            }
-        };
         for &(cat, i) in touched.iter() {
             if cat == Category::Header {
                 continue;
             }
             if let Some((slot, leaf)) = state.entry_leaf(cat, i) {
                 // Entry slots start at 1; the tree's leaves at 0.
-                add((slot.saturating_sub(1), leaf));
+                let update = (slot.saturating_sub(1), leaf);
+                if n < inline.len() {
+                    inline[n] = update;
+                    n += 1;
+                } else {
+                    more.push(update);
+                }
             }
         }
-        let header = state.header_leaf();
         let updates: &mut [(u32, Hash)] = if more.is_empty() {
             &mut inline[..n]
         } else {
@@ -1446,12 +1481,100 @@ impl HashedState {
             self.tree.put_sorted(&updates[..m]);
             self.entries_root = self.tree.root();
         }
-        self.root = state_root_hash(&header, &self.entries_root);
+        self.root = state_root_hash(&state.header_leaf(), &self.entries_root);
         Ok(self.root)
     }
 
-    /// The current state root.
+    /// Applies a borrowed event without hashing: the entries it changed are
+    /// marked dirty for the next [`HashedState::seal`]. On error nothing
+    /// changed (the marks of earlier events stay).
+    pub fn apply_unsealed(&mut self, event: EventRef<'_>) -> Result<(), ReduceError> {
+        self.apply_unsealed_at(event, None)
+    }
+
+    /// [`HashedState::apply_unsealed`], also setting the state's `tx` when
+    /// given (one copy-on-write check instead of two).
+    pub fn apply_unsealed_at(
+        &mut self,
+        event: EventRef<'_>,
+        tx: Option<u64>,
+    ) -> Result<(), ReduceError> {
+        let mut touched = Touched::new();
+        let state = Arc::make_mut(&mut self.state);
+        state.apply_tracked(event, &mut touched)?;
+        if let Some(tx) = tx {
+            state.tx = tx;
+        }
+        self.unsealed = true;
+        let dirty = self.dirty.get_or_insert_with(Box::default);
+        for &(cat, i) in touched.iter() {
+            let slot = match cat {
+                Category::Header => continue,
+                Category::Step => state.steps.get_index(i).map(|(_, v)| v.slot),
+                Category::Timer => state.timers.get_index(i).map(|(_, v)| v.slot),
+                Category::Wait => state.waits.get_index(i).map(|(_, v)| v.slot),
+                Category::Signal => state.signals.get_index(i).map(|(_, v)| v.slot),
+                Category::Compensation => state.compensations.get_index(i).map(|(_, v)| v.slot),
+            };
+            let Some(slot) = slot else { continue };
+            let s = slot as usize;
+            if dirty.marked.len() <= s {
+                dirty.marked.resize(s + 1, false);
+            }
+            if !dirty.marked[s] {
+                dirty.marked[s] = true;
+                dirty.entries.push((slot, cat, i));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether events were applied since the last seal.
+    pub fn is_sealed(&self) -> bool {
+        !self.unsealed
+    }
+
+    /// Hashes what changed since the last seal and returns the state root:
+    /// each dirty entry's leaf, each internal node on their paths once, the
+    /// header leaf and the root. Without changes it returns the last root.
+    pub fn seal(&mut self) -> Hash {
+        if !self.unsealed {
+            return self.root;
+        }
+        self.unsealed = false;
+        let dirty = self.dirty.as_deref_mut().filter(|d| !d.entries.is_empty());
+        if let Some(dirty) = dirty {
+            let state = &*self.state;
+            let mut updates: Vec<(u32, Hash)> = Vec::with_capacity(dirty.entries.len());
+            for &(slot, cat, i) in &dirty.entries {
+                if let Some(m) = dirty.marked.get_mut(slot as usize) {
+                    *m = false;
+                }
+                if let Some((slot, leaf)) = state.entry_leaf(cat, i) {
+                    // Entry slots start at 1; the tree's leaves at 0.
+                    updates.push((slot.saturating_sub(1), leaf));
+                }
+            }
+            dirty.entries.clear();
+            updates.sort_unstable_by_key(|u| u.0);
+            self.tree.put_sorted(&updates);
+            self.entries_root = self.tree.root();
+        }
+        self.root = state_root_hash(&self.state.header_leaf(), &self.entries_root);
+        self.root
+    }
+
+    /// The state root as of the last seal (the current one when sealed).
     pub fn root(&self) -> Hash {
         self.root
+    }
+
+    /// Releases spare capacity, and the dirty-tracking buffers when sealed
+    /// (every mark is clear then, so no buffer means the same).
+    pub fn shrink_to_fit(&mut self) {
+        self.tree.shrink_to_fit();
+        if !self.unsealed {
+            self.dirty = None;
+        }
     }
 }

@@ -34,10 +34,89 @@ use crate::state::{ExecutionState, HashedState, ReduceError};
 /// bound before any arithmetic on it, so that arithmetic cannot overflow.
 pub const MAX_SEQUENCE: u64 = i64::MAX as u64;
 
-/// Domain-separation prefix of node hashes.
+/// Domain-separation prefix of revision-2 node hashes.
 pub const NODE_DOMAIN: &[u8] = b"itonami/node/1";
 
-/// `node(v) = blake3("itonami/node/1" || u64_le(v) || node(v-1) || state_root(v) || blake3(event(v)))`.
+/// The hash definition an execution's chain follows (see
+/// `docs/core-contract.md`, "Format history").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum HashRevision {
+    /// Every version is sealed: its node covers its own state root.
+    Two = 2,
+    /// Versions are linked by a keyed hash of their event; the version that
+    /// ends a commit (and each in-memory snapshot version) is sealed.
+    Three = 3,
+}
+
+impl HashRevision {
+    /// The revision new executions use.
+    pub const CURRENT: HashRevision = HashRevision::Three;
+
+    /// The revision with this number, if the core knows it.
+    pub fn from_number(n: u8) -> Option<Self> {
+        match n {
+            2 => Some(HashRevision::Two),
+            3 => Some(HashRevision::Three),
+            _ => None,
+        }
+    }
+}
+
+/// BLAKE3 key-derivation context of the revision-3 `node(0)`.
+pub const GENESIS_CONTEXT: &str = "itonami 2026-12 chain genesis v3";
+
+/// Tag byte of an unsealed revision-3 link.
+const LINK_TAG: u8 = 0x00;
+/// Tag byte of a sealed revision-3 link.
+const SEAL_TAG: u8 = 0x01;
+
+/// Revision 3's `node(0) = blake3_derive_key(GENESIS_CONTEXT, execution_id)`.
+pub fn genesis_node(execution_id: &str) -> Hash {
+    blake3::derive_key(GENESIS_CONTEXT, execution_id.as_bytes())
+}
+
+/// An unsealed revision-3 node:
+/// `blake3_keyed(node(v-1), 0x00 || u64_le(v) || blake3(event(v)))` (one compression).
+pub fn link_hash(prev: &Hash, version: u64, event_hash: &Hash) -> Hash {
+    let mut buf = [0u8; 1 + 8 + 32];
+    buf[0] = LINK_TAG;
+    buf[1..9].copy_from_slice(&version.to_le_bytes());
+    buf[9..].copy_from_slice(event_hash);
+    *blake3::keyed_hash(prev, &buf).as_bytes()
+}
+
+/// A sealed revision-3 node:
+/// `blake3_keyed(node(v-1), 0x01 || u64_le(v) || blake3(event(v)) || state_root(v))`.
+pub fn seal_hash(prev: &Hash, version: u64, event_hash: &Hash, state_root: &Hash) -> Hash {
+    let mut buf = [0u8; 1 + 8 + 64];
+    buf[0] = SEAL_TAG;
+    buf[1..9].copy_from_slice(&version.to_le_bytes());
+    buf[9..41].copy_from_slice(event_hash);
+    buf[41..].copy_from_slice(state_root);
+    *blake3::keyed_hash(prev, &buf).as_bytes()
+}
+
+/// The node of version `version` in `revision`: sealed when `state_root`
+/// is given (revision 2 always needs it; `None` there hashes a zero root,
+/// which no stored chain has).
+pub fn chain_node(
+    revision: HashRevision,
+    prev: &Hash,
+    version: u64,
+    event_hash: &Hash,
+    state_root: Option<&Hash>,
+) -> Hash {
+    match (revision, state_root) {
+        (HashRevision::Two, root) => {
+            node_hash(version, prev, root.unwrap_or(&[0u8; 32]), event_hash)
+        }
+        (HashRevision::Three, Some(root)) => seal_hash(prev, version, event_hash, root),
+        (HashRevision::Three, None) => link_hash(prev, version, event_hash),
+    }
+}
+
+/// Revision 2's `node(v) = blake3("itonami/node/1" || u64_le(v) || node(v-1) || state_root(v) || blake3(event(v)))`.
 pub fn node_hash(version: u64, prev: &Hash, state_root: &Hash, event_hash: &Hash) -> Hash {
     const D: usize = NODE_DOMAIN.len();
     let mut buf = [0u8; D + 8 + 96];
@@ -170,14 +249,14 @@ pub struct VersionInfo {
     pub timestamp: i64,
     pub kind: EventKind,
     pub hash: Hash,
-    pub state_root: Hash,
+    /// The state root of a sealed version (`None` for an unsealed one).
+    pub state_root: Option<Hash>,
 }
 
 #[derive(Clone, Copy, Debug)]
 struct Meta {
     tx: u64,
     node: Hash,
-    root: Hash,
 }
 
 /// What an append created: what a durable store persists.
@@ -201,6 +280,7 @@ pub struct VerifyReport {
 }
 
 struct Execution {
+    revision: HashRevision,
     /// Versions up to `base_version` are compacted into `base_state`.
     base_version: u64,
     base_tx: u64,
@@ -211,21 +291,29 @@ struct Execution {
     events: Vec<u8>,
     offsets: Vec<usize>,
     meta: Vec<Meta>,
+    /// `(version, state root)` of the sealed versions after the base, by version.
+    roots: Vec<(u64, Hash)>,
+    /// Sealed after every commit and load.
     current: HashedState,
     snapshots: VecDeque<(u64, Arc<ExecutionState>)>,
 }
 
 impl Execution {
-    fn empty(execution_id: &str) -> Self {
+    fn empty(execution_id: &str, revision: HashRevision) -> Self {
         let current = HashedState::new(execution_id);
         Execution {
+            revision,
             base_version: 0,
             base_tx: 0,
-            base_node: [0u8; 32],
+            base_node: match revision {
+                HashRevision::Two => [0u8; 32],
+                HashRevision::Three => genesis_node(execution_id),
+            },
             base_state: None,
             events: Vec::new(),
             offsets: vec![0],
             meta: Vec::new(),
+            roots: Vec::new(),
             current,
             snapshots: VecDeque::new(),
         }
@@ -271,7 +359,10 @@ impl Execution {
             self.meta.shrink_to_fit();
         }
         if self.current.tree.len() <= SMALL {
-            self.current.tree.shrink_to_fit();
+            self.current.shrink_to_fit();
+        }
+        if self.roots.len() <= SMALL {
+            self.roots.shrink_to_fit();
         }
         if let Some(state) = Arc::get_mut(&mut self.current.state) {
             state.compact(SMALL);
@@ -289,12 +380,22 @@ impl Execution {
         }
     }
 
-    /// Records one version; `snap` is the state of exactly this version when
-    /// the snapshot policy keeps one.
+    /// The state root of `version` if it is a sealed version after the base.
+    fn root_at(&self, version: u64) -> Option<Hash> {
+        self.roots
+            .binary_search_by_key(&version, |r| r.0)
+            .ok()
+            .and_then(|i| self.roots.get(i))
+            .map(|r| r.1)
+    }
+
+    /// Records one version (with its state root when sealed); `snap` is the
+    /// state of exactly this version when the snapshot policy keeps one.
     fn push(
         &mut self,
         encoded: &[u8],
         meta: Meta,
+        root: Option<Hash>,
         snap: Option<Arc<ExecutionState>>,
         config: &StoreConfig,
     ) {
@@ -302,8 +403,13 @@ impl Execution {
         self.offsets.push(self.events.len());
         self.meta.push(meta);
         let version = self.version();
+        if let Some(root) = root {
+            self.roots.push((version, root));
+        }
         if let Some(mut state) = snap {
-            Arc::make_mut(&mut state).tx = meta.tx;
+            if state.tx != meta.tx {
+                Arc::make_mut(&mut state).tx = meta.tx;
+            }
             self.snapshots.push_back((version, state));
             if config.snapshot_retention > 0 {
                 while self.snapshots.len() > config.snapshot_retention {
@@ -330,11 +436,13 @@ impl Execution {
 
     /// Folds the stored events up to `version` from the nearest snapshot.
     fn fold_from_snapshot(&self, version: u64) -> Result<Arc<ExecutionState>, StoreError> {
-        let (from, start) = self
-            .snapshots
-            .iter()
-            .rev()
-            .find(|(v, _)| *v <= version && *v >= self.base_version)
+        // Snapshots are kept in version order: the newest at or below
+        // `version` is found by bisection, not by a scan from the newest.
+        let k = self.snapshots.partition_point(|(v, _)| *v <= version);
+        let (from, start) = k
+            .checked_sub(1)
+            .and_then(|k| self.snapshots.get(k))
+            .filter(|(v, _)| *v >= self.base_version)
             .map_or_else(
                 || (self.base_version, self.base()),
                 |(v, s)| (*v, Arc::clone(s)),
@@ -375,24 +483,81 @@ impl Execution {
     }
 }
 
-/// Applies `event` to `hs` on top of node `prev`; returns (state root, node).
+/// Applies `event` to `hs` on top of node `prev` and links it; the version
+/// is sealed when `seal` holds (every version is, in revision 2). Returns
+/// (state root if sealed, node).
 fn chain(
+    revision: HashRevision,
     hs: &mut HashedState,
     prev: &Hash,
-    event: EventRef<'_>,
+    (event, tx): (EventRef<'_>, Option<u64>),
     encoded: &[u8],
-) -> Result<(Hash, Hash), ReduceError> {
-    let root = hs.apply_ref(event)?;
+    seal: bool,
+) -> Result<(Option<Hash>, Hash), ReduceError> {
+    let root = if seal || revision == HashRevision::Two {
+        Some(hs.apply_sealed_at(event, tx)?)
+    } else {
+        hs.apply_unsealed_at(event, tx)?;
+        None
+    };
     let version = hs.state.version;
-    let node = node_hash(version, prev, &root, blake3::hash(encoded).as_bytes());
+    let event_hash = blake3::hash(encoded);
+    let node = chain_node(
+        revision,
+        prev,
+        version,
+        event_hash.as_bytes(),
+        root.as_ref(),
+    );
     Ok((root, node))
 }
 
-/// Per event: (state root, node hash, status, snapshot of the state if the
-/// snapshot policy takes one at this version).
-type Chained = Vec<(Hash, Hash, &'static str, Option<Arc<ExecutionState>>)>;
+/// Like [`chain`], but seals exactly when the stored node says the version
+/// was sealed: in revision 3 the unsealed link is tried first (one hash)
+/// and the version is sealed only when that is not the stored node. The
+/// caller compares the returned node with `stored`.
+fn chain_stored(
+    revision: HashRevision,
+    hs: &mut HashedState,
+    prev: &Hash,
+    (event, tx): (EventRef<'_>, Option<u64>),
+    encoded: &[u8],
+    stored: &[u8],
+) -> Result<(Option<Hash>, Hash), ReduceError> {
+    if revision == HashRevision::Two {
+        return chain(revision, hs, prev, (event, tx), encoded, true);
+    }
+    hs.apply_unsealed_at(event, tx)?;
+    let version = hs.state.version;
+    let event_hash = blake3::hash(encoded);
+    let link = link_hash(prev, version, event_hash.as_bytes());
+    if stored == link {
+        return Ok((None, link));
+    }
+    let root = hs.seal();
+    Ok((
+        Some(root),
+        seal_hash(prev, version, event_hash.as_bytes(), &root),
+    ))
+}
+
+/// Whether a commit seals the version at position `index` of `count` events:
+/// the last one, and each version the snapshot policy keeps a snapshot of.
+fn seals_at(index: usize, count: usize, version: u64, snapshot_every: u64) -> bool {
+    index + 1 == count || (snapshot_every > 0 && version % snapshot_every == 0)
+}
+
+/// Per event: (state root if sealed, node hash, status, snapshot of the
+/// state if the snapshot policy takes one at this version).
+type Chained = Vec<(
+    Option<Hash>,
+    Hash,
+    &'static str,
+    Option<Arc<ExecutionState>>,
+)>;
 
 fn chain_all(
+    revision: HashRevision,
     hs: &mut HashedState,
     mut prev: Hash,
     events: &[Event],
@@ -400,8 +565,11 @@ fn chain_all(
     snapshot_every: u64,
 ) -> Result<Chained, StoreError> {
     let mut out = Vec::with_capacity(events.len());
+    let count = events.len();
     for (index, (event, bytes)) in events.iter().zip(encoded).enumerate() {
-        let (root, node) = chain(hs, &prev, event.view(), bytes)
+        let version = hs.state.version.saturating_add(1);
+        let seal = seals_at(index, count, version, snapshot_every);
+        let (root, node) = chain(revision, hs, &prev, (event.view(), None), bytes, seal)
             .map_err(|error| StoreError::Reduce { index, error })?;
         let version = hs.state.version;
         // Taken here, not after the batch, so it holds exactly this version.
@@ -437,7 +605,7 @@ fn integrity_error(id: &str, version: u64, what: impl fmt::Display) -> StoreErro
 }
 
 /// Verifies the stored versions at indices `a..b`; returns the state root
-/// and node hash after them.
+/// and node hash after them. Version `base + a` must be sealed (or the base).
 fn verify_range(ex: &Execution, id: &str, a: usize, b: usize) -> Result<(Hash, Hash), StoreError> {
     let bad = |version: u64, expected: &Hash, actual: &Hash, what: &str| StoreError::Integrity {
         execution_id: id.to_owned(),
@@ -454,33 +622,54 @@ fn verify_range(ex: &Execution, id: &str, a: usize, b: usize) -> Result<(Hash, H
             .fold_from_snapshot(version)
             .map_err(|e| integrity_error(id, version, e))?;
         let hs = HashedState::from_state(start);
-        let stored = ex.meta[a - 1];
-        if hs.root() != stored.root {
+        let stored_root = ex
+            .root_at(version)
+            .ok_or_else(|| integrity_error(id, version, "internal: range starts unsealed"))?;
+        if hs.root() != stored_root {
             return Err(bad(
                 version,
-                &stored.root,
+                &stored_root,
                 &hs.root(),
                 "state root mismatch",
             ));
         }
-        (hs, stored.node)
+        (hs, ex.meta[a - 1].node)
     };
+    // The sealed versions, walked alongside the range.
+    let first = ex.base_version + a as u64 + 1;
+    let mut r = ex.roots.partition_point(|(v, _)| *v < first);
     for i in a..b {
         let m = &ex.meta[i];
         let version = ex.base_version + i as u64 + 1;
+        let stored_root = match ex.roots.get(r) {
+            Some(&(v, root)) if v == version => {
+                r += 1;
+                Some(root)
+            }
+            _ => None,
+        };
         let bytes = ex.event_bytes(i);
         let event = EventRef::decode(bytes, 0, i).map_err(|e| integrity_error(id, version, e))?;
-        let (root, node) =
-            chain(&mut hs, &prev, event, bytes).map_err(|e| integrity_error(id, version, e))?;
-        if root != m.root {
-            return Err(bad(version, &m.root, &root, "state root mismatch"));
+        let (root, node) = chain(
+            ex.revision,
+            &mut hs,
+            &prev,
+            (event, None),
+            bytes,
+            stored_root.is_some(),
+        )
+        .map_err(|e| integrity_error(id, version, e))?;
+        if let (Some(stored), Some(root)) = (stored_root, root) {
+            if root != stored {
+                return Err(bad(version, &stored, &root, "state root mismatch"));
+            }
         }
         if node != m.node {
             return Err(bad(version, &m.node, &node, "node hash mismatch"));
         }
         prev = node;
     }
-    Ok((hs.root(), prev))
+    Ok((hs.seal(), prev))
 }
 
 /// The in-memory MVCC store.
@@ -569,7 +758,7 @@ impl VersionStore {
             let mut ex = exec.write();
             return self.commit(&mut ex, id, expected_version, events);
         }
-        let mut ex = Execution::empty(id);
+        let mut ex = Execution::empty(id, HashRevision::CURRENT);
         let out = self.commit(&mut ex, id, expected_version, events)?;
         map.insert(id.to_owned(), Arc::new(RwLock::new(ex)));
         Ok(out)
@@ -608,7 +797,8 @@ impl VersionStore {
             return Err(tx_exhausted(Some(id), self.last_tx()));
         }
         let every = self.config.snapshot_every;
-        let chained = match chain_all(&mut ex.current, prev, events, &encoded, every) {
+        let revision = ex.revision;
+        let chained = match chain_all(revision, &mut ex.current, prev, events, &encoded, every) {
             Ok(chained) => chained,
             Err(e) => {
                 if matches!(e, StoreError::Reduce { index, .. } if index > 0) {
@@ -633,9 +823,8 @@ impl VersionStore {
             let meta = Meta {
                 tx: first_tx + i as u64,
                 node,
-                root,
             };
-            ex.push(&bytes, meta, snap, &self.config);
+            ex.push(&bytes, meta, root, snap, &self.config);
             out.push(Appended {
                 version: ex.version(),
                 tx: meta.tx,
@@ -704,7 +893,7 @@ impl VersionStore {
                     message: format!("execution {id:?}, version {version}: {msg}"),
                 }
             };
-        let mut ex = Execution::empty(id);
+        let mut ex = Execution::empty(id, HashRevision::CURRENT);
         if let Some(bytes) = snapshot {
             let snap = snapshot::decode(bytes)?;
             if snap.state.execution_id != id {
@@ -728,6 +917,7 @@ impl VersionStore {
                     "snapshot state root does not match its state",
                 ));
             }
+            ex.revision = snap.revision;
             ex.base_version = snap.version;
             ex.base_tx = snap.tx;
             ex.base_node = snap.head;
@@ -764,23 +954,18 @@ impl VersionStore {
         ex.meta.reserve(count);
         let mut prev = ex.base_node;
         let mut last_tx = ex.base_tx;
+        let every = self.config.snapshot_every;
+        // Without stored txs, the load's versions take consecutive fresh ones.
+        let drawn = match (txs, count) {
+            (Some(_), _) | (None, 0) => 0,
+            (None, n) => self
+                .draw_txs(n as u64)
+                .ok_or_else(|| tx_exhausted(Some(id), self.last_tx()))?,
+        };
         for (index, frame) in frames(history).enumerate() {
             let (offset, body) = frame?;
             let version = ex.base_version + index as u64 + 1;
             let event = EventRef::decode(body, offset + 4, index)?;
-            let (root, node) = chain(&mut ex.current, &prev, event, body)
-                .map_err(|error| StoreError::Reduce { index, error })?;
-            if let Some(h) = hashes {
-                let stored = h.get(index * 32..index * 32 + 32).unwrap_or(&[]);
-                if stored != node {
-                    return Err(integrity(
-                        version,
-                        Some(stored),
-                        Some(&node),
-                        "node hash does not match the stored hash",
-                    ));
-                }
-            }
             let tx = match txs {
                 Some(t) => {
                     let tx = t.get(index).copied().unwrap_or(0);
@@ -802,19 +987,66 @@ impl VersionStore {
                     }
                     tx
                 }
-                None => self
-                    .draw_txs(1)
-                    .ok_or_else(|| tx_exhausted(Some(id), self.last_tx()))?,
+                None => drawn + index as u64,
             };
+            let reduce = |error| StoreError::Reduce { index, error };
+            let stored = hashes.map(|h| h.get(index * 32..index * 32 + 32).unwrap_or(&[]));
+            let (root, node) = match stored {
+                // The first version of a chain without a snapshot tells its
+                // revision: the stored node is revision 3's (unsealed or
+                // sealed from `genesis_node`) or revision 2's (from zeros).
+                Some(stored) if version == 1 => {
+                    ex.current
+                        .apply_unsealed_at(event, Some(tx))
+                        .map_err(reduce)?;
+                    let event_hash = *blake3::hash(body).as_bytes();
+                    let genesis = genesis_node(id);
+                    let link = link_hash(&genesis, 1, &event_hash);
+                    if stored == link {
+                        (None, link)
+                    } else {
+                        let root = ex.current.seal();
+                        let old = node_hash(1, &[0u8; 32], &root, &event_hash);
+                        if stored == old {
+                            ex.revision = HashRevision::Two;
+                            ex.base_node = [0u8; 32];
+                            (Some(root), old)
+                        } else {
+                            (Some(root), seal_hash(&genesis, 1, &event_hash, &root))
+                        }
+                    }
+                }
+                Some(stored) => {
+                    let at = (event, Some(tx));
+                    chain_stored(ex.revision, &mut ex.current, &prev, at, body, stored)
+                        .map_err(reduce)?
+                }
+                None => {
+                    let seal = seals_at(index, count, version, every);
+                    let at = (event, Some(tx));
+                    chain(ex.revision, &mut ex.current, &prev, at, body, seal).map_err(reduce)?
+                }
+            };
+            if let Some(stored) = stored {
+                if stored != node {
+                    return Err(integrity(
+                        version,
+                        Some(stored),
+                        Some(&node),
+                        "node hash does not match the stored hash",
+                    ));
+                }
+            }
             last_tx = tx;
-            let meta = Meta { tx, node, root };
-            let every = self.config.snapshot_every;
+            let meta = Meta { tx, node };
             let version = ex.current.state.version;
             let snap = (every > 0 && version % every == 0).then(|| Arc::clone(&ex.current.state));
-            ex.push(body, meta, snap, &self.config);
-            Arc::make_mut(&mut ex.current.state).tx = tx;
+            ex.push(body, meta, root, snap, &self.config);
             prev = node;
         }
+        // A stored chain cut inside a commit ends unsealed; the current
+        // state is still hashed, so `verify` and snapshots can check it.
+        ex.current.seal();
         ex.compact();
         Ok(ex)
     }
@@ -876,17 +1108,23 @@ impl VersionStore {
     pub fn history(&self, id: &str) -> Result<Vec<VersionInfo>, StoreError> {
         let exec = self.get(id)?;
         let ex = exec.read();
+        let mut roots = ex.roots.iter().peekable();
         Ok(ex
             .meta
             .iter()
             .enumerate()
-            .map(|(i, m)| VersionInfo {
-                version: ex.base_version + i as u64 + 1,
-                tx: m.tx,
-                timestamp: ex.kind_and_time(i).1,
-                kind: ex.kind_and_time(i).0,
-                hash: m.node,
-                state_root: m.root,
+            .map(|(i, m)| {
+                let version = ex.base_version + i as u64 + 1;
+                let (kind, timestamp) = ex.kind_and_time(i);
+                let state_root = roots.next_if(|r| r.0 == version).map(|r| r.1);
+                VersionInfo {
+                    version,
+                    tx: m.tx,
+                    timestamp,
+                    kind,
+                    hash: m.node,
+                    state_root,
+                }
             })
             .collect())
     }
@@ -938,6 +1176,7 @@ impl VersionStore {
             &ex.current.state,
             &ex.head(),
             &ex.current.root(),
+            ex.revision,
         )?)
     }
 
@@ -960,8 +1199,22 @@ impl VersionStore {
             .min(MAX_VERIFY_THREADS)
             .min(n / PARALLEL_VERIFY_MIN)
             .max(1);
-        let bounds: Vec<usize> = (0..=parts).map(|p| n * p / parts).collect();
-        let results: Vec<Result<(Hash, Hash), StoreError>> = if parts == 1 {
+        // A range starts at the base or at a sealed version (whose stored
+        // root checks the state folded there): the newest sealed version at
+        // or below each even split.
+        let mut bounds: Vec<usize> = vec![0];
+        for p in 1..parts {
+            let target = ex.base_version + (n * p / parts) as u64;
+            let k = ex.roots.partition_point(|(v, _)| *v <= target);
+            if let Some(&(v, _)) = k.checked_sub(1).and_then(|k| ex.roots.get(k)) {
+                let index = (v - ex.base_version) as usize;
+                if bounds.last().is_some_and(|&last| index > last) {
+                    bounds.push(index);
+                }
+            }
+        }
+        bounds.push(n);
+        let results: Vec<Result<(Hash, Hash), StoreError>> = if bounds.len() <= 2 {
             vec![verify_range(ex, id, 0, n)]
         } else {
             std::thread::scope(|scope| {
@@ -1024,17 +1277,23 @@ impl VersionStore {
         } else {
             ex.meta.get(k - 1).map_or([0u8; 32], |m| m.node)
         };
+        let mut roots = ex.roots[ex.roots.partition_point(|r| r.0 < version)..]
+            .iter()
+            .peekable();
+        let mut root_of = |v: u64| roots.next_if(|r| r.0 == v).map(|r| r.1);
+        let state_root = root_of(version);
         let later = (k + 1..ex.meta.len())
             .map(|j| {
-                let root = ex.meta.get(j).map_or([0u8; 32], |m| m.root);
+                let root = root_of(ex.base_version + j as u64 + 1);
                 (root, *blake3::hash(ex.event_bytes(j)).as_bytes())
             })
             .collect();
         Ok(InclusionProof {
+            revision: ex.revision,
             version,
             event: ex.event_bytes(k).to_vec(),
             prev_node: prev,
-            state_root: ex.meta.get(k).map_or([0u8; 32], |m| m.root),
+            state_root,
             later,
         })
     }

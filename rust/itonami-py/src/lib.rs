@@ -504,8 +504,9 @@ struct VersionInfo {
     kind: &'static str,
     #[pyo3(get)]
     hash: Py<PyBytes>,
+    /// `None` for a version that is not sealed (hash revision 3).
     #[pyo3(get)]
-    state_root: Py<PyBytes>,
+    state_root: Option<Py<PyBytes>>,
 }
 
 #[pymethods]
@@ -773,7 +774,7 @@ impl VersionStore {
                 timestamp: i.timestamp,
                 kind: i.kind.name(),
                 hash: PyBytes::new(py, &i.hash).unbind(),
-                state_root: PyBytes::new(py, &i.state_root).unbind(),
+                state_root: i.state_root.map(|r| PyBytes::new(py, &r).unbind()),
             })
             .collect())
     }
