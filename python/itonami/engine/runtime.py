@@ -32,7 +32,6 @@ from ..activities import (
     ActivityContext,
     context_deadline,
     describe_error,
-    make_idempotency_key,
     redact,
     run_activity,
 )
@@ -737,7 +736,6 @@ class Run:
             step_path=node.path,
             activity=node.activity_ref,
             attempt=attempt,
-            idempotency_key=make_idempotency_key(self.execution_id, node.path),
             # The activity's own budget (ActivityContext.remaining(), the HTTP
             # activity's time limit).
             deadline=context_deadline(clock.now(), deadline),
