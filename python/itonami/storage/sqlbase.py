@@ -488,7 +488,8 @@ class SqlStorage(Storage):
                 yield Q(f"DELETE FROM {table} WHERE execution_id = ?", (eid,))
         else:
             if req.needs is not None:
-                yield from self._set_needs(eid, req.needs)
+                # A row created just now has no needs to replace.
+                yield from self._set_needs(eid, req.needs, replace=not created)
             if req.waits_cleared:
                 yield Q(
                     "DELETE FROM event_waits WHERE execution_id = ? AND event_type = ?",
@@ -508,8 +509,11 @@ class SqlStorage(Storage):
             yield WAKE
         return txs
 
-    def _set_needs(self, execution_id: str, needs: Iterable[str]) -> Op[None]:
-        yield Q("DELETE FROM execution_needs WHERE execution_id = ?", (execution_id,))
+    def _set_needs(
+        self, execution_id: str, needs: Iterable[str], *, replace: bool = True
+    ) -> Op[None]:
+        if replace:
+            yield Q("DELETE FROM execution_needs WHERE execution_id = ?", (execution_id,))
         names = sorted(set(needs))
         if names:
             yield Q(
