@@ -265,8 +265,9 @@ def migrations(
 
 
 @functools.cache
-def _select_for_append(for_update: str) -> str:
-    return "SELECT version, owner, epoch FROM executions WHERE execution_id = ?" + for_update
+def _select_for_append(for_update: str, tx_top: str) -> str:
+    top = f", {tx_top}" if tx_top else ""
+    return f"SELECT version, owner, epoch{top} FROM executions WHERE execution_id = ?{for_update}"
 
 
 @functools.cache
@@ -300,6 +301,10 @@ class SqlStorage(Storage):
     SKIP_LOCKED = ""
     #: The SQL function taking the larger of two values.
     GREATEST = "MAX"
+    #: An expression for the largest tx handed out so far, read with the
+    #: execution's row by an append that allocates txs (no statement of its
+    #: own); empty where txs come from ``_allocate`` alone (a sequence).
+    TX_TOP = ""
 
     # ------------------------------------------------------------------ driver hooks
 
@@ -379,7 +384,7 @@ class SqlStorage(Storage):
             now = yield NOW
             if set_ready and ready == READY_NOW:
                 ready = now
-        select = _select_for_append(self.FOR_UPDATE)
+        select = _select_for_append(self.FOR_UPDATE, self.TX_TOP if req.allocate_tx else "")
         row = yield Q(select, (eid,), "one")
         created = False
         if row is None and first:
@@ -435,7 +440,10 @@ class SqlStorage(Storage):
                 raise conflict(eid, req.expected_version, actual)
         txs = [e.tx for e in events]
         if events:
-            if req.allocate_tx:
+            if req.allocate_tx and row is not None and len(row) > 3:
+                top = int(row[3])  # TX_TOP, read in this transaction
+                txs = list(range(top + 1, top + 1 + len(events)))
+            elif req.allocate_tx:
                 txs = yield from self._allocate("tx", len(events))
             else:
                 yield from self._raise_floor("tx", max(txs))

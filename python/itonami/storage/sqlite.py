@@ -169,6 +169,14 @@ class SqliteStorage(SqlStorage):
       slow disks with an otherwise busy event loop.
     """
 
+    #: Txs are handed out above every stored tx and the counter row (which
+    #: holds the txs of deleted events): only read, so no commit writes the
+    #: counter's page.
+    TX_TOP = (
+        "MAX(COALESCE((SELECT MAX(tx) FROM events), 0),"
+        " COALESCE((SELECT value FROM counters WHERE name = 'tx'), 0))"
+    )
+
     def __init__(
         self,
         path: str,
@@ -688,17 +696,9 @@ class SqliteStorage(SqlStorage):
 
     def _allocate(self, counter: str, n: int) -> Op[list[int]]:
         if counter == "tx":
-            # Above every stored tx (MAX over the tx index is one lookup) and
-            # above the counter row, which holds the txs of deleted events
-            # (_delete_rows). Only read: the events this transaction inserts
-            # carry the new txs, so the commit writes no page for the counter.
-            # The write lock makes the read and the insert one step.
-            row = yield Q(
-                "SELECT MAX(COALESCE((SELECT MAX(tx) FROM events), 0),"
-                " COALESCE((SELECT value FROM counters WHERE name = 'tx'), 0))",
-                (),
-                "one",
-            )
+            # TX_TOP (MAX over the tx index is one lookup): the write lock
+            # makes the read and the events' insert one step.
+            row = yield Q(f"SELECT {self.TX_TOP}", (), "one")
             top = int(row[0])
             return list(range(top + 1, top + n + 1))
         row = yield Q(
