@@ -112,6 +112,9 @@ WAKE = _Token("WAKE")
 Op = Generator[Any, Any, T]
 
 _TERMINAL = tuple(sorted(TERMINAL_STATUSES))
+#: The predicate of the partial index ``executions_finished``, spelled with
+#: literals: a query uses that index only when it states the same predicate.
+_FINISHED = f"status IN ({', '.join(repr(s) for s in _TERMINAL)})"
 
 #: Every table holding rows of an execution; retention deletes from each.
 _EXECUTION_TABLES = (
@@ -259,6 +262,16 @@ def migrations(
             5,
             # The node a balancer chose for an unowned execution.
             ("ALTER TABLE executions ADD COLUMN preferred TEXT",),
+        ),
+        (
+            6,
+            (
+                # Only finished executions are in the retention index, so a
+                # commit of a running one (a new updated_at) does not write it.
+                "DROP INDEX executions_finished",
+                "CREATE INDEX executions_finished ON executions (status, updated_at)"
+                f" WHERE {_FINISHED}",
+            ),
         ),
     ]
     return [(v, stmts + more.get(v, ())) for v, stmts in out]
@@ -764,9 +777,9 @@ class SqlStorage(Storage):
     ) -> list[str]:
         """Delete one batch of old finished execution trees; the deleted ids."""
         check_prune(finished_before, workflow_id, limit)
-        terminal, params = self.in_list("e.status", _TERMINAL)
+        params: list[Any] = []
         query = (
-            f"SELECT e.execution_id FROM executions e WHERE {terminal} AND e.updated_at < ?"
+            f"SELECT e.execution_id FROM executions e WHERE e.{_FINISHED} AND e.updated_at < ?"
             " AND (e.parent_id IS NULL OR NOT EXISTS"
             "  (SELECT 1 FROM executions p WHERE p.execution_id = e.parent_id))"
         )
