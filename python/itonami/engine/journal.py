@@ -95,6 +95,7 @@ class Journal:
         # execution this engine does not own).
         self.owner = owner
         self.epoch = epoch
+        self._last_fence: Fence | None = None
         self._lease_seconds = lease_seconds
         self._needs = needs
         #: The node a balancer chose, for the first commit of an unowned execution.
@@ -224,7 +225,7 @@ class Journal:
             # Transaction ids come from the store, so they are unique and
             # increasing across every process that shares it.
             allocate_tx=True,
-            fence=None if self.owner is None else Fence(self.owner, self.epoch),
+            fence=self._fence(),
             lease_seconds=self._lease_seconds,
         )
         if self.ack_inbox_upto is not None:
@@ -257,6 +258,15 @@ class Journal:
         if not fut.done():
             fut.add_done_callback(self._committed)
         return fut
+
+    def _fence(self) -> Fence | None:
+        """The fence of the lease held now (one object while it does not change)."""
+        fence = self._last_fence
+        if self.owner is None:
+            return None
+        if fence is None or fence.owner != self.owner or fence.epoch != self.epoch:
+            fence = self._last_fence = Fence(self.owner, self.epoch)
+        return fence
 
     def _committed(self, fut: asyncio.Future[list[int]]) -> None:
         if self._flushing is not fut:

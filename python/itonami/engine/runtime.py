@@ -653,7 +653,7 @@ class Run:
             )
             # The durability barrier before a side effect: everything recorded so
             # far (the previous step's result included) is committed first.
-            await self.flush()
+            await self.journal.flush()
             self.log(
                 logging.DEBUG, "activity %r started", node.activity_ref, node=node, attempt=attempt
             )
