@@ -29,6 +29,8 @@ from .clock import Clock, to_micros
 __all__ = ["Journal", "JournalBroken"]
 
 _EMPTY = b"{}"
+#: A core row as a StoredEvent (the named tuple's own constructor of a tuple).
+_stored = StoredEvent._make
 #: Kinds that may open or close a wait (only commits holding one re-derive
 #: the event-wait index).
 _WAIT_KINDS = frozenset(
@@ -147,7 +149,7 @@ class Journal:
             [(k, s, a, _EMPTY if d is None else orjson.dumps(d)) for k, s, a, d in events],
             to_micros(self.clock.now()),
         )
-        stored = [StoredEvent(*row) for row in rows]
+        stored = list(map(_stored, rows))
         self.version = stored[-1].version
         self.status = status
         self._pending.extend(stored)
