@@ -52,7 +52,27 @@ def to_recorded(value: Any, field: str) -> Any:
     return _convert(value, field, 0)
 
 
-def _convert(value: Any, path: str, depth: int) -> Any:
+#: Where a value sits: the caller's field name, or ``(parent, key)`` for a
+#: dict key (str), a list index (int) or the key itself (``_KEY``). Spelled
+#: out only for an error: a valid value costs one tuple per level.
+_Path = str | tuple[Any, Any]
+_KEY = object()
+
+
+def _name(path: _Path) -> str:
+    """The path as the error names it (``inputs.order.items[2].price``)."""
+    if isinstance(path, str):
+        return path
+    parent, key = path
+    base = _name(parent)
+    if key is _KEY:
+        return f"{base} key"
+    if type(key) is int:
+        return f"{base}[{key}]"
+    return f"{base}.{key}" if key.isidentifier() else f"{base}[{key!r}]"
+
+
+def _convert(value: Any, path: _Path, depth: int) -> Any:
     # Exact types first: the common case costs one dict lookup per value.
     kind = type(value)
     if kind is str:
@@ -68,10 +88,11 @@ def _convert(value: Any, path: str, depth: int) -> Any:
     return _other(value, path, depth)
 
 
-def _container(value: Any, path: str, depth: int) -> Any:
+def _container(value: Any, path: _Path, depth: int) -> Any:
     if depth >= MAX_DEPTH:
+        name = _name(path)
         raise PayloadError(
-            f"{path} is nested more than {MAX_DEPTH} levels deep", field=path, reason="depth"
+            f"{name} is nested more than {MAX_DEPTH} levels deep", field=name, reason="depth"
         )
     if isinstance(value, dict):
         out: dict[str, Any] = {}
@@ -79,16 +100,17 @@ def _container(value: Any, path: str, depth: int) -> Any:
         # UTF-8 byte order), so even iteration order is what a resumed run sees.
         for key, item in sorted(value.items(), key=_key_order):
             if not isinstance(key, str):
+                name = _name(path)
                 raise PayloadError(
-                    f"{path} has a key {key!r} of type {type(key).__name__}; "
+                    f"{name} has a key {key!r} of type {type(key).__name__}; "
                     "JSON object keys are strings",
-                    field=path,
+                    field=name,
                     reason="key",
                 )
-            key = _text(str.__str__(key), f"{path} key")
-            out[key] = _convert(item, _child(path, key), depth + 1)
+            key = _text(str.__str__(key), (path, _KEY))
+            out[key] = _convert(item, (path, key), depth + 1)
         return out
-    return [_convert(item, f"{path}[{i}]", depth + 1) for i, item in enumerate(value)]
+    return [_convert(item, (path, i), depth + 1) for i, item in enumerate(value)]
 
 
 def _key_order(item: tuple[Any, Any]) -> tuple[int, str]:
@@ -97,7 +119,7 @@ def _key_order(item: tuple[Any, Any]) -> tuple[int, str]:
     return (1, key) if isinstance(key, str) else (0, "")
 
 
-def _other(value: Any, path: str, depth: int) -> Any:
+def _other(value: Any, path: _Path, depth: int) -> Any:
     if isinstance(value, bool):
         return bool(value)
     if isinstance(value, enum.Enum) and not isinstance(value, (str, int, float)):
@@ -117,43 +139,45 @@ def _other(value: Any, path: str, depth: int) -> Any:
     raise _refuse(value, path)
 
 
-def _refuse(value: Any, path: str) -> PayloadError:
+def _refuse(value: Any, path: _Path) -> PayloadError:
+    name = _name(path)
     return PayloadError(
-        f"{path} is a {type(value).__name__}, which JSON cannot hold", field=path, reason="type"
+        f"{name} is a {type(value).__name__}, which JSON cannot hold", field=name, reason="type"
     )
 
 
-def _text(value: str, path: str) -> str:
+def _text(value: str, path: _Path) -> str:
+    if value.isascii():  # a flag of the string: no copy, no scan
+        return value
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
+        name = _name(path)
         raise PayloadError(
-            f"{path} is a string with a lone surrogate, which is not valid UTF-8",
-            field=path,
+            f"{name} is a string with a lone surrogate, which is not valid UTF-8",
+            field=name,
             reason="string",
         ) from None
     return value
 
 
-def _integer(value: int, path: str) -> int:
+def _integer(value: int, path: _Path) -> int:
     if not _INT_MIN <= value <= _UINT_MAX:
+        name = _name(path)
         raise PayloadError(
-            f"{path} is an int outside the 64-bit range JSON values are stored in",
-            field=path,
+            f"{name} is an int outside the 64-bit range JSON values are stored in",
+            field=name,
             reason="int",
         )
     return value
 
 
-def _number(value: float, path: str) -> float:
+def _number(value: float, path: _Path) -> float:
     if not math.isfinite(value):
+        name = _name(path)
         raise PayloadError(
-            f"{path} is {value!r}; JSON has no NaN or Infinity (use null or a string)",
-            field=path,
+            f"{name} is {value!r}; JSON has no NaN or Infinity (use null or a string)",
+            field=name,
             reason="float",
         )
     return value
-
-
-def _child(path: str, key: str) -> str:
-    return f"{path}.{key}" if key.isidentifier() else f"{path}[{key!r}]"

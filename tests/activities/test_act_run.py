@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 import time
 from typing import Any
@@ -195,6 +196,20 @@ def test_context_defaults_and_validation(make_ctx) -> None:
         make_ctx(attempt=0)
     with pytest.raises(AttributeError):
         ctx.attempt = 2  # type: ignore[misc]
+
+
+def test_context_key_is_a_field_like_the_others(make_ctx) -> None:
+    """The key is derived when first read, yet the context still behaves as
+    a frozen dataclass with it as a field: shown, compared, copied, frozen."""
+    ctx = make_ctx(execution_id="e", step_path="0/1")
+    later = dataclasses.replace(ctx, attempt=3)
+    assert later.idempotency_key == ctx.idempotency_key == make_idempotency_key("e", "0/1")
+    assert later == dataclasses.replace(ctx, attempt=3) and later != ctx
+    assert f"idempotency_key={ctx.idempotency_key!r}" in repr(ctx)
+    assert make_ctx(step_path="0/1", idempotency_key="given") != make_ctx(step_path="0/1")
+    with pytest.raises(AttributeError):
+        ctx.idempotency_key = "other"  # type: ignore[misc]
+    assert ctx.idempotency_key == make_idempotency_key("e", "0/1")
 
 
 @given(st.text(), st.text(), st.integers(1, 50))

@@ -76,6 +76,32 @@ async def test_store_allocates_increasing_txs(store: Storage, factory: StoreFact
     assert await store.submit(AppendRequest("a1", 3, [], "paused")) == []
 
 
+async def test_txs_of_deleted_executions_are_never_allocated_again(
+    store: Storage, factory: StoreFactory
+) -> None:
+    await store.commit(started(factory, "kept", owner=None))
+    # The newest txs belong to executions that are then deleted and pruned.
+    for eid in ("deleted", "pruned"):
+        await store.commit(started(factory, eid, owner=None, count=2))
+    gone = [e.tx for eid in ("deleted", "pruned") for e in await store.read_events(eid)]
+    await store.commit(follow(factory, "deleted", 2, None, status="completed"))
+    await store.commit(follow(factory, "pruned", 2, None, status="completed"))
+    gone += [e.tx for eid in ("deleted", "pruned") for e in await store.read_events(eid)][-2:]
+    assert await store.delete_execution("deleted")
+    assert await store.prune(finished_before=1 << 60) == ["pruned"]
+    (after,) = await store.commit(follow(factory, "kept", 1, None))
+    assert after > max(gone)
+    if factory.durable:  # and after reopening the store
+        await store.close()
+        again = factory.make()
+        await again.open()
+        try:
+            (later,) = await again.commit(follow(factory, "kept", 2, None))
+            assert later > after
+        finally:
+            await again.close()
+
+
 async def test_concurrent_allocations_are_unique(store: Storage, factory: StoreFactory) -> None:
     async def drive(i: int) -> list[int]:
         txs = await store.commit(started(factory, f"c{i}", owner=None, count=2))

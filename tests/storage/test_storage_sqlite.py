@@ -113,6 +113,46 @@ async def test_newest_first_pages_walk_an_index(sq: StoreFactory, where: str) ->
     assert "TEMP B-TREE" not in text and "INDEX" in text, text
 
 
+async def test_v5_store_gets_the_partial_retention_index(sq: StoreFactory) -> None:
+    """Version 6 indexes only finished executions by age; a version 5 store
+    (its index over every execution) is carried forward with its rows."""
+    await _filled(sq, executions=0)
+    conn = _raw(sq.path)
+    conn.execute("DROP INDEX executions_finished")
+    conn.execute("CREATE INDEX executions_finished ON executions (status, updated_at)")
+    conn.execute("UPDATE schema_version SET version = 5")
+    for eid, status in (("old-done", "completed"), ("old-running", "running")):
+        conn.execute(
+            "INSERT INTO executions (execution_id, workflow_id, workflow_version, status,"
+            " parent_id, created_at, updated_at, version)"
+            " VALUES (?, 'wf', '1', ?, NULL, 10, 20, 0)",
+            (eid, status),
+        )
+    conn.close()
+
+    s = sq.make()
+    await s.open()
+    try:
+        assert await s.prune(finished_before=21) == ["old-done"]
+        assert [r.execution_id for r in await s.list_executions()] == ["old-running"]
+    finally:
+        await s.close()
+    conn = _raw(sq.path)
+    assert conn.execute("SELECT version FROM schema_version").fetchone()[0] == SCHEMA_VERSION
+    (sql,) = conn.execute(
+        "SELECT sql FROM sqlite_master WHERE name = 'executions_finished'"
+    ).fetchone()
+    assert "WHERE status IN (" in sql
+    # Retention's query (finished ones by age) still walks it.
+    plan = conn.execute(
+        "EXPLAIN QUERY PLAN SELECT e.execution_id FROM executions e WHERE e.status IN"
+        " ('cancelled', 'compensated', 'completed', 'failed', 'timed_out')"
+        " AND e.updated_at < 5 ORDER BY e.updated_at, e.execution_id LIMIT 10"
+    ).fetchall()
+    conn.close()
+    assert "executions_finished" in " | ".join(str(row[-1]) for row in plan)
+
+
 async def test_newer_schema_is_refused(sq: StoreFactory) -> None:
     await _filled(sq)
     conn = _raw(sq.path)

@@ -87,12 +87,31 @@ def make_idempotency_key(execution_id: str, step_path: str) -> str:
     return digest[:32]
 
 
+class _IdempotencyKey:
+    """The ``idempotency_key`` field of :class:`ActivityContext`: computed on
+    first read (a sha256 that most activities never ask for), unless given."""
+
+    def __get__(self, ctx: ActivityContext | None, owner: type | None = None) -> str:
+        if ctx is None:
+            return ""  # the field's default: computed from the context when read
+        key: str = ctx.__dict__.get("_idempotency_key", "")
+        if not key:
+            key = make_idempotency_key(ctx.execution_id, ctx.step_path)
+            ctx.__dict__["_idempotency_key"] = key
+        return key
+
+    def __set__(self, ctx: ActivityContext, value: str) -> None:
+        # Only the dataclass's __init__ gets here (the class is frozen).
+        ctx.__dict__["_idempotency_key"] = value
+
+
 @dataclass(frozen=True)
 class ActivityContext:
     """What an activity attempt knows about where it runs.
 
     ``attempt`` is 1-based. ``idempotency_key`` is stable per (execution,
-    step path): see :func:`make_idempotency_key`. ``deadline`` is the
+    step path): see :func:`make_idempotency_key` (computed when first read,
+    unless one is given). ``deadline`` is the
     :func:`time.monotonic` instant by which this attempt must finish, or
     ``None``. ``info`` carries extras such as the workflow version.
     """
@@ -102,16 +121,13 @@ class ActivityContext:
     step_path: str
     activity: str
     attempt: int = 1
-    idempotency_key: str = ""
+    idempotency_key: _IdempotencyKey = _IdempotencyKey()
     deadline: float | None = None
     info: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
     def __post_init__(self) -> None:
         if self.attempt < 1:
             raise ValueError(f"ActivityContext.attempt is 1-based, got {self.attempt}")
-        if not self.idempotency_key:
-            key = make_idempotency_key(self.execution_id, self.step_path)
-            object.__setattr__(self, "idempotency_key", key)
 
     def remaining(self) -> float | None:
         """Seconds left before ``deadline`` (never negative), or ``None``."""

@@ -1634,9 +1634,12 @@ class WorkflowEngine:
         """
         await self._ensure_started()
         try:
-            status, outputs, error = await asyncio.wait_for(
-                self._await_terminal(execution_id), timeout
-            )
+            if timeout is None:
+                status, outputs, error = await self._await_terminal(execution_id)
+            else:
+                status, outputs, error = await asyncio.wait_for(
+                    self._await_terminal(execution_id), timeout
+                )
         except TimeoutError:
             raise WaitTimeoutError(
                 f"execution {execution_id!r} did not finish within {timeout} s",

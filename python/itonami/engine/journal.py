@@ -29,6 +29,8 @@ from .clock import Clock, to_micros
 __all__ = ["Journal", "JournalBroken"]
 
 _EMPTY = b"{}"
+#: A core row as a StoredEvent (the named tuple's own constructor of a tuple).
+_stored = StoredEvent._make
 #: Kinds that may open or close a wait (only commits holding one re-derive
 #: the event-wait index).
 _WAIT_KINDS = frozenset(
@@ -95,6 +97,7 @@ class Journal:
         # execution this engine does not own).
         self.owner = owner
         self.epoch = epoch
+        self._last_fence: Fence | None = None
         self._lease_seconds = lease_seconds
         self._needs = needs
         #: The node a balancer chose, for the first commit of an unowned execution.
@@ -146,7 +149,7 @@ class Journal:
             [(k, s, a, _EMPTY if d is None else orjson.dumps(d)) for k, s, a, d in events],
             to_micros(self.clock.now()),
         )
-        stored = [StoredEvent(*row) for row in rows]
+        stored = list(map(_stored, rows))
         self.version = stored[-1].version
         self.status = status
         self._pending.extend(stored)
@@ -224,7 +227,7 @@ class Journal:
             # Transaction ids come from the store, so they are unique and
             # increasing across every process that shares it.
             allocate_tx=True,
-            fence=None if self.owner is None else Fence(self.owner, self.epoch),
+            fence=self._fence(),
             lease_seconds=self._lease_seconds,
         )
         if self.ack_inbox_upto is not None:
@@ -257,6 +260,15 @@ class Journal:
         if not fut.done():
             fut.add_done_callback(self._committed)
         return fut
+
+    def _fence(self) -> Fence | None:
+        """The fence of the lease held now (one object while it does not change)."""
+        fence = self._last_fence
+        if self.owner is None:
+            return None
+        if fence is None or fence.owner != self.owner or fence.epoch != self.epoch:
+            fence = self._last_fence = Fence(self.owner, self.epoch)
+        return fence
 
     def _committed(self, fut: asyncio.Future[list[int]]) -> None:
         if self._flushing is not fut:

@@ -32,7 +32,6 @@ from ..activities import (
     ActivityContext,
     context_deadline,
     describe_error,
-    make_idempotency_key,
     redact,
     run_activity,
 )
@@ -655,7 +654,7 @@ class Run:
             )
             # The durability barrier before a side effect: everything recorded so
             # far (the previous step's result included) is committed first.
-            await self.flush()
+            await self.journal.flush()
             self.log(
                 logging.DEBUG, "activity %r started", node.activity_ref, node=node, attempt=attempt
             )
@@ -738,7 +737,6 @@ class Run:
             step_path=node.path,
             activity=node.activity_ref,
             attempt=attempt,
-            idempotency_key=make_idempotency_key(self.execution_id, node.path),
             # The activity's own budget (ActivityContext.remaining(), the HTTP
             # activity's time limit).
             deadline=context_deadline(clock.now(), deadline),

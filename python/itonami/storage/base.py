@@ -338,23 +338,23 @@ def check_request(req: AppendRequest) -> None:
         raise StorageError(f"append to {eid}: status must be a non-empty string")
     if req.expected_version == 0 and not req.workflow_id:
         raise StorageError(f"append to {eid}: the first append of an execution needs workflow_id")
+    want = req.expected_version
     for i, ev in enumerate(req.events):
-        want = req.expected_version + 1 + i
-        if not isinstance(ev, StoredEvent):
-            raise StorageError(f"append to {eid}: event #{i} is not a StoredEvent")
-        if ev.version != want:
-            raise StorageError(
-                f"append to {eid}: event #{i} has version {ev.version}, expected {want} "
-                "(versions must follow expected_version without gaps)"
-            )
-        if not isinstance(ev.tx, int) or ev.tx <= 0:
-            raise StorageError(f"append to {eid}: version {want} has invalid tx {ev.tx!r}")
-        if not isinstance(ev.timestamp, int):
-            raise StorageError(f"append to {eid}: version {want} has a non-integer timestamp")
-        if not isinstance(ev.kind, str) or not ev.kind:
-            raise StorageError(f"append to {eid}: version {want} has an empty kind")
-        if not isinstance(ev.hash, bytes) or not isinstance(ev.encoded, bytes):
-            raise StorageError(f"append to {eid}: version {want}: hash and encoded must be bytes")
+        want += 1
+        # The common case in one expression; _check_event names what is wrong.
+        if (
+            type(ev) is StoredEvent
+            and ev.version == want
+            and type(ev.tx) is int
+            and ev.tx > 0
+            and type(ev.timestamp) is int
+            and type(ev.kind) is str
+            and ev.kind
+            and type(ev.hash) is bytes
+            and type(ev.encoded) is bytes
+        ):
+            continue
+        _check_event(eid, i, want, ev)
     for step, fire_at in req.timers_set.items():
         if not isinstance(step, str) or not isinstance(fire_at, int):
             raise StorageError(f"append to {eid}: timer {step!r} needs a str step and int fire_at")
@@ -377,6 +377,25 @@ def check_request(req: AppendRequest) -> None:
     for name in (*req.waits_set, *req.waits_cleared):
         if not isinstance(name, str) or not name:
             raise StorageError(f"append to {eid}: event wait types must be non-empty strings")
+
+
+def _check_event(eid: str, i: int, want: int, ev: Any) -> None:
+    """Event ``#i`` of an append to ``eid``, which should have version ``want``."""
+    if not isinstance(ev, StoredEvent):
+        raise StorageError(f"append to {eid}: event #{i} is not a StoredEvent")
+    if ev.version != want:
+        raise StorageError(
+            f"append to {eid}: event #{i} has version {ev.version}, expected {want} "
+            "(versions must follow expected_version without gaps)"
+        )
+    if not isinstance(ev.tx, int) or ev.tx <= 0:
+        raise StorageError(f"append to {eid}: version {want} has invalid tx {ev.tx!r}")
+    if not isinstance(ev.timestamp, int):
+        raise StorageError(f"append to {eid}: version {want} has a non-integer timestamp")
+    if not isinstance(ev.kind, str) or not ev.kind:
+        raise StorageError(f"append to {eid}: version {want} has an empty kind")
+    if not isinstance(ev.hash, bytes) or not isinstance(ev.encoded, bytes):
+        raise StorageError(f"append to {eid}: version {want}: hash and encoded must be bytes")
 
 
 def check_fence(execution_id: str, fence: Fence) -> None:

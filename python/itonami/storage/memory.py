@@ -173,8 +173,9 @@ class MemoryStorage(Storage):
             StoredEvent(ev.version, tx, ev.timestamp, ev.kind, ev.hash, ev.encoded)
             for ev, tx in zip(req.events, txs, strict=True)
         ]
-        if txs:
-            self._tx_counter = max(self._tx_counter, *txs)
+        top = max(txs) if txs else 0
+        if top > self._tx_counter:
+            self._tx_counter = top
         last_ts = req.events[-1].timestamp if req.events else None
         if rec is None:
             assert req.workflow_id is not None  # check_request guarantees it
@@ -200,9 +201,9 @@ class MemoryStorage(Storage):
             req.expected_version + len(req.events),
         )
         self._events.setdefault(eid, []).extend(events)
-        for tx in txs:
-            self._txs.add(tx)
-            self._max_tx = max(self._max_tx, tx)
+        self._txs.update(txs)
+        if top > self._max_tx:
+            self._max_tx = top
         if own is None:
             own = self._own[eid] = _Own()
             if fence is not None:

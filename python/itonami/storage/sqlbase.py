@@ -112,6 +112,9 @@ WAKE = _Token("WAKE")
 Op = Generator[Any, Any, T]
 
 _TERMINAL = tuple(sorted(TERMINAL_STATUSES))
+#: The predicate of the partial index ``executions_finished``, spelled with
+#: literals: a query uses that index only when it states the same predicate.
+_FINISHED = f"status IN ({', '.join(repr(s) for s in _TERMINAL)})"
 
 #: Every table holding rows of an execution; retention deletes from each.
 _EXECUTION_TABLES = (
@@ -260,13 +263,24 @@ def migrations(
             # The node a balancer chose for an unowned execution.
             ("ALTER TABLE executions ADD COLUMN preferred TEXT",),
         ),
+        (
+            6,
+            (
+                # Only finished executions are in the retention index, so a
+                # commit of a running one (a new updated_at) does not write it.
+                "DROP INDEX executions_finished",
+                "CREATE INDEX executions_finished ON executions (status, updated_at)"
+                f" WHERE {_FINISHED}",
+            ),
+        ),
     ]
     return [(v, stmts + more.get(v, ())) for v, stmts in out]
 
 
 @functools.cache
-def _select_for_append(for_update: str) -> str:
-    return "SELECT version, owner, epoch FROM executions WHERE execution_id = ?" + for_update
+def _select_for_append(for_update: str, tx_top: str) -> str:
+    top = f", {tx_top}" if tx_top else ""
+    return f"SELECT version, owner, epoch{top} FROM executions WHERE execution_id = ?{for_update}"
 
 
 @functools.cache
@@ -300,6 +314,10 @@ class SqlStorage(Storage):
     SKIP_LOCKED = ""
     #: The SQL function taking the larger of two values.
     GREATEST = "MAX"
+    #: An expression for the largest tx handed out so far, read with the
+    #: execution's row by an append that allocates txs (no statement of its
+    #: own); empty where txs come from ``_allocate`` alone (a sequence).
+    TX_TOP = ""
 
     # ------------------------------------------------------------------ driver hooks
 
@@ -394,7 +412,7 @@ class SqlStorage(Storage):
             now = yield NOW
             if set_ready and ready == READY_NOW:
                 ready = now
-        select = _select_for_append(self.FOR_UPDATE)
+        select = _select_for_append(self.FOR_UPDATE, self.TX_TOP if req.allocate_tx else "")
         row = yield Q(select, (eid,), "one")
         created = False
         if row is None and first:
@@ -450,7 +468,10 @@ class SqlStorage(Storage):
                 raise conflict(eid, req.expected_version, actual)
         txs = [e.tx for e in events]
         if events:
-            if req.allocate_tx:
+            if req.allocate_tx and row is not None and len(row) > 3:
+                top = int(row[3])  # TX_TOP, read in this transaction
+                txs = list(range(top + 1, top + 1 + len(events)))
+            elif req.allocate_tx:
                 txs = yield from self._allocate("tx", len(events))
             else:
                 yield from self._raise_floor("tx", max(txs))
@@ -503,7 +524,8 @@ class SqlStorage(Storage):
                 yield Q(f"DELETE FROM {table} WHERE execution_id = ?", (eid,))
         else:
             if req.needs is not None:
-                yield from self._set_needs(eid, req.needs)
+                # A row created just now has no needs to replace.
+                yield from self._set_needs(eid, req.needs, replace=not created)
             if req.waits_cleared:
                 yield Q(
                     "DELETE FROM event_waits WHERE execution_id = ? AND event_type = ?",
@@ -523,8 +545,11 @@ class SqlStorage(Storage):
             yield WAKE
         return txs
 
-    def _set_needs(self, execution_id: str, needs: Iterable[str]) -> Op[None]:
-        yield Q("DELETE FROM execution_needs WHERE execution_id = ?", (execution_id,))
+    def _set_needs(
+        self, execution_id: str, needs: Iterable[str], *, replace: bool = True
+    ) -> Op[None]:
+        if replace:
+            yield Q("DELETE FROM execution_needs WHERE execution_id = ?", (execution_id,))
         names = sorted(set(needs))
         if names:
             yield Q(
@@ -775,9 +800,9 @@ class SqlStorage(Storage):
     ) -> list[str]:
         """Delete one batch of old finished execution trees; the deleted ids."""
         check_prune(finished_before, workflow_id, limit)
-        terminal, params = self.in_list("e.status", _TERMINAL)
+        params: list[Any] = []
         query = (
-            f"SELECT e.execution_id FROM executions e WHERE {terminal} AND e.updated_at < ?"
+            f"SELECT e.execution_id FROM executions e WHERE e.{_FINISHED} AND e.updated_at < ?"
             " AND (e.parent_id IS NULL OR NOT EXISTS"
             "  (SELECT 1 FROM executions p WHERE p.execution_id = e.parent_id))"
         )

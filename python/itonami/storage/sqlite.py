@@ -23,9 +23,10 @@ Design:
   event loop: with ``writer="loop"`` a batch first tries to take the lock
   without waiting, and when another process holds it the batch is handed to
   a thread that waits up to ``busy_timeout`` (later batches queue behind
-  it). Transaction ids come from the ``counters`` table inside the write
-  transaction, so they are unique and increase in commit order across
-  processes.
+  it). Transaction ids are allocated inside the write transaction above
+  every stored tx and the ``counters`` row (raised before events are
+  deleted), so they are unique and increase in commit order across
+  processes, and a commit writes no counter page.
 * **Clock.** Lease expiry and ``ready_at`` use this process's wall clock:
   SQLite is shared by processes of one machine, which share the clock.
 * **Wake hints**: :meth:`SqliteStorage.wait_for_work` polls ``PRAGMA
@@ -167,6 +168,14 @@ class SqliteStorage(SqlStorage):
       busy engine this costs far more than the fsync it hides. Choose it for
       slow disks with an otherwise busy event loop.
     """
+
+    #: Txs are handed out above every stored tx and the counter row (which
+    #: holds the txs of deleted events): only read, so no commit writes the
+    #: counter's page.
+    TX_TOP = (
+        "MAX(COALESCE((SELECT MAX(tx) FROM events), 0),"
+        " COALESCE((SELECT value FROM counters WHERE name = 'tx'), 0))"
+    )
 
     def __init__(
         self,
@@ -688,17 +697,28 @@ class SqliteStorage(SqlStorage):
 
     def _allocate(self, counter: str, n: int) -> Op[list[int]]:
         if counter == "tx":
-            # Above every stored tx too (MAX over the tx index is one lookup),
-            # so appends with caller-given txs need not touch the counter.
-            query = (
-                "UPDATE counters SET value = MAX(value, (SELECT COALESCE(MAX(tx), 0) FROM events))"
-                " + ? WHERE name = ? RETURNING value"
-            )
-        else:
-            query = "UPDATE counters SET value = value + ? WHERE name = ? RETURNING value"
-        row = yield Q(query, (n, counter), "one")
+            # TX_TOP (MAX over the tx index is one lookup): the write lock
+            # makes the read and the events' insert one step.
+            row = yield Q(f"SELECT {self.TX_TOP}", (), "one")
+            top = int(row[0])
+            return list(range(top + 1, top + n + 1))
+        row = yield Q(
+            "UPDATE counters SET value = value + ? WHERE name = ? RETURNING value",
+            (n, counter),
+            "one",
+        )
         last = int(row[0])
         return list(range(last - n + 1, last + 1))
+
+    def _delete_rows(self, ids: Sequence[str]) -> Op[None]:
+        # Txs are allocated above the stored ones: before events go, the
+        # counter row keeps their txs from being handed out again.
+        yield Q(
+            "UPDATE counters SET value = MAX(value, (SELECT COALESCE(MAX(tx), 0) FROM events))"
+            " WHERE name = 'tx'",
+            (),
+        )
+        yield from super()._delete_rows(ids)
 
     def _raise_floor(self, counter: str, value: int) -> Op[None]:
         if counter != "tx":  # the tx allocation looks at the stored txs itself
