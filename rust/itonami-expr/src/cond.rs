@@ -48,7 +48,8 @@ impl Condition {
                 text.len()
             ));
         }
-        let program = match catch_unwind(|| stdlib().compile(text)) {
+        crate::check_operators(text, "a condition")?;
+        let program = match crate::with_stack(|| catch_unwind(|| stdlib().compile(text))) {
             Ok(Ok(program)) => program,
             Ok(Err(errors)) => return Err(errors.to_string()),
             Err(_) => return Err("the CEL parser failed on this expression".to_owned()),
@@ -79,7 +80,7 @@ impl Condition {
             }
             self.program.execute(&context)
         });
-        match catch_unwind(run) {
+        match crate::with_stack(|| catch_unwind(run)) {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(ExecutionError::NoSuchKey(key))) => Err(format!("missing key '{key}'")),
             Ok(Err(error)) => Err(error.to_string()),

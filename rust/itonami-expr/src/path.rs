@@ -228,7 +228,8 @@ impl Query {
     /// Parse `text`; the error says why it is not an RFC 9535 query.
     pub fn compile(text: &str) -> Result<Query, String> {
         check_blanks(text)?;
-        let ast = match catch_unwind(|| parse_json_path(text)) {
+        crate::check_operators(text, "a JSONPath query")?;
+        let ast = match crate::with_stack(|| catch_unwind(|| parse_json_path(text))) {
             Ok(parsed) => parsed.map_err(describe)?,
             Err(_) => return Err("the JSONPath parser failed on this query".to_owned()),
         };
@@ -268,7 +269,7 @@ impl Query {
     /// A panic of the evaluator is an error here, never an unwind past it.
     pub fn select(&self, doc: &Doc) -> Result<Vec<u32>, String> {
         let run = AssertUnwindSafe(|| js_path_process(&self.rest, doc));
-        match catch_unwind(run) {
+        match crate::with_stack(|| catch_unwind(run)) {
             Ok(Ok(found)) => Ok(found.into_iter().map(|r| r.val.origin).collect()),
             Ok(Err(error)) => Err(error.to_string()),
             Err(_) => Err("the JSONPath evaluator failed on this query".to_owned()),

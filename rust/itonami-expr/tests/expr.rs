@@ -180,6 +180,32 @@ fn condition_errors_are_messages() {
     assert!(Condition::compile(&"1 + ".repeat(20_000)).is_err());
 }
 
+/// Deep syntax trees that once overflowed the stack (an abort of the whole
+/// process): long chains are refused by the operator bound, and the deepest
+/// accepted ones compile and evaluate even on a thread with a small stack.
+#[test]
+fn deep_expressions_never_overflow_the_stack() {
+    let long_sum = format!("{}1 > 0", "1 + ".repeat(4_000));
+    let err = Condition::compile(&long_sum).unwrap_err();
+    assert!(err.contains("at most 500 operators"), "{err}");
+    let long_select = format!("{}b", "a.".repeat(20_000));
+    assert!(Condition::compile(&long_select).is_err());
+    let long_index = format!("${}", "[0]".repeat(1_000));
+    assert!(Query::compile(&long_index).is_err());
+    let small_stack = std::thread::Builder::new().stack_size(256 * 1024);
+    let worker = small_stack
+        .spawn(|| {
+            let sum = Condition::compile(&format!("{}1 > 0", "1 + ".repeat(240))).unwrap();
+            assert_eq!(sum.evaluate(vec![]), Ok(Cel::Bool(true)));
+            let index = Condition::compile(&format!("a{} > 0", "[0]".repeat(160))).unwrap();
+            assert!(index.evaluate(vec![]).is_err());
+            let query = Query::compile(&format!("${}", "[0]".repeat(240))).unwrap();
+            assert!(query.singular().is_some());
+        })
+        .unwrap();
+    worker.join().unwrap();
+}
+
 #[test]
 fn blanks_the_rfc_allows_are_kept() {
     for text in [
