@@ -76,15 +76,45 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
         s.drop()
 
 
+_SPAWNED: list[subprocess.Popen[str]] = []
+
+
+@pytest.fixture(autouse=True)
+def _reap() -> Iterator[None]:
+    """A failed test leaves no worker running (it would fail the next one)."""
+    yield
+    while _SPAWNED:
+        proc = _SPAWNED.pop()
+        if proc.poll() is None:
+            proc.kill()
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None and not pipe.closed:
+                pipe.close()
+        proc.wait(timeout=30)
+
+
 def spawn(store: Store, *args: str, ledger: Path) -> subprocess.Popen[str]:
     env = {**os.environ, "ITONAMI_LEDGER": str(ledger)}
-    return subprocess.Popen(
+    proc = subprocess.Popen(
         [sys.executable, str(WORKER), store.url, *args, *store.args()],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env=env,
     )
+    _SPAWNED.append(proc)
+    return proc
+
+
+def first_line(proc: subprocess.Popen[str]) -> str:
+    """The first line a worker prints (an execution id); its stderr when it
+    exits without one."""
+    assert proc.stdout is not None
+    line = proc.stdout.readline().strip()
+    if not line:
+        _, stderr = proc.communicate(timeout=60)
+        pytest.fail(f"the worker exited ({proc.returncode}) without printing: {stderr}")
+    return line
 
 
 def finish(
@@ -178,9 +208,7 @@ def test_a_signal_and_a_cancel_from_another_process_reach_the_owner(
     ledger = tmp_path / "ledger.jsonl"
     signalled = spawn(store, "waiter", ledger=ledger)
     cancelled = spawn(store, "waiter", ledger=ledger)
-    assert signalled.stdout is not None and cancelled.stdout is not None
-    one, two = signalled.stdout.readline().strip(), cancelled.stdout.readline().strip()
-    assert one and two
+    one, two = first_line(signalled), first_line(cancelled)
     sent = json.loads(finish(spawn(store, "signal", one, ledger=ledger)))
     assert sent["sent"] is True
     assert json.loads(finish(signalled).splitlines()[-1])["outcome"] == "completed"
@@ -205,8 +233,7 @@ def test_the_cli_signals_and_cancels_an_execution_a_service_owns(
     ledger = tmp_path / "ledger.jsonl"
     signalled = spawn(store, "waiter", ledger=ledger)
     cancelled = spawn(store, "waiter", ledger=ledger)
-    assert signalled.stdout is not None and cancelled.stdout is not None
-    one, two = signalled.stdout.readline().strip(), cancelled.stdout.readline().strip()
+    one, two = first_line(signalled), first_line(cancelled)
 
     def cli(*args: str) -> float:
         began = time.time()
