@@ -232,8 +232,12 @@ async def test_a_takeover_and_the_fenced_write_of_the_old_owner_are_counted(
     try:
         eid = await a.start_workflow(wf(act("pay", "p"), id="pay"), {})
         await asyncio.wait_for(running.wait(), 10)
-        assert a._lease_task is not None
-        a._lease_task.cancel()  # "a" pauses: its lease is no longer renewed
+        assert a._lease_task is not None and a._dispatch_task is not None
+        # "a" pauses: its lease is no longer renewed, and it takes no work (a
+        # running dispatch loop would claim its own expired lease and give it
+        # back unowned, which is not a takeover by "b").
+        a._lease_task.cancel()
+        a._dispatch_task.cancel()
         async with engine("b", fast) as b:
             got = await b.wait_for_completion(eid, timeout=10)
             assert got == {"result": 2}
