@@ -670,8 +670,9 @@ class WorkflowEngine:
             return
         try:
             self._prefetched.update(await self.storage.read_histories(heads))
-        except StorageError as e:
-            # The claims stand: each execution reads its own history instead.
+        except Exception as e:
+            # The claims stand whatever went wrong here (they must be admitted,
+            # not left to expire): each execution reads its own history instead.
             log.debug("reading the claimed executions' histories failed: %s", e)
 
     async def _register_node(self) -> None:

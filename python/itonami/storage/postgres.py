@@ -110,8 +110,10 @@ _EXEC_COLUMNS = (
 )
 
 _NOW_SQL = "SELECT (EXTRACT(EPOCH FROM clock_timestamp()) * 1000000)::bigint"
-# `_allocate("tx", n)` as one statement, for the pipelined bulk append.
-_DRAW_TXS_SQL = "SELECT nextval('itonami_tx_seq') AS v FROM generate_series(1, %s) ORDER BY v"
+# `n` values of a store-wide counter's sequence (`_allocate`, and the tx
+# draw of the pipelined bulk append, which sends it as a statement of its own).
+_DRAW_SQL = "SELECT nextval('itonami_{}_seq') AS v FROM generate_series(1, %s) ORDER BY v"
+_DRAW_TXS_SQL = _DRAW_SQL.format("tx")
 
 
 def _bulk_ok(req: AppendRequest) -> bool:
@@ -839,11 +841,7 @@ class PostgresStorage(SqlStorage):
         return out
 
     def _allocate(self, counter: str, n: int) -> Op[list[int]]:
-        rows = yield Q(
-            f"SELECT nextval('itonami_{counter}_seq') AS v FROM generate_series(1, ?) ORDER BY v",
-            (n,),
-            "all",
-        )
+        rows = yield Q(_DRAW_SQL.format(counter), (n,), "all")
         return [int(r[0]) for r in rows]
 
     def _raise_floor(self, counter: str, value: int) -> Op[None]:
