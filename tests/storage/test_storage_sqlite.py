@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -317,6 +318,60 @@ async def test_open_reader_does_not_block_the_writer(sq: StoreFactory) -> None:
         reader.close()
     finally:
         await s.close()
+
+
+def _hold_write_lock(path: Path) -> sqlite3.Connection:
+    """Another process's connection that holds a new file's write lock, as one
+    that is switching it to WAL or migrating it does."""
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")
+    holder.execute("PRAGMA user_version = 1")
+    return holder
+
+
+async def test_opening_waits_out_another_opener_of_a_new_file(
+    sq: StoreFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # SQLite refuses the WAL switch at once, without its busy handler, while
+    # another connection holds the write lock: two workers started together on
+    # a new store failed like this.
+    holder = _hold_write_lock(sq.path)
+    refused = threading.Event()
+    attempt = SqliteStorage._try_open_writer_connection
+
+    def counted(self: SqliteStorage) -> sqlite3.Connection:
+        try:
+            return attempt(self)
+        except Exception:
+            refused.set()
+            raise
+
+    monkeypatch.setattr(SqliteStorage, "_try_open_writer_connection", counted)
+    s = sq.make(busy_timeout=30)
+    opening = asyncio.create_task(s.open())
+    assert await asyncio.to_thread(refused.wait, 30), "the open never met the lock"
+    assert not opening.done()
+    holder.execute("COMMIT")
+    holder.close()
+    await asyncio.wait_for(opening, timeout=30)
+    try:
+        await s.append(request(sq, "e", 0, 1))
+        assert len(await s.read_events("e")) == 1
+    finally:
+        await s.close()
+
+
+async def test_opening_gives_up_on_a_lock_held_past_the_busy_timeout(sq: StoreFactory) -> None:
+    holder = _hold_write_lock(sq.path)
+    try:
+        s = sq.make(busy_timeout=0.2)
+        with pytest.raises(
+            StorageError, match=r"store\.db: SQLite error while opening: database is locked"
+        ):
+            await s.open()
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
 
 
 def test_open_storage_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

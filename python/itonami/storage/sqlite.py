@@ -127,11 +127,22 @@ def _is_busy(exc: BaseException) -> bool:
     if not isinstance(exc, sqlite3.OperationalError):
         return False
     code = getattr(exc, "sqlite_errorcode", None)
-    return code == _SQLITE_BUSY or "database is locked" in str(exc).lower()
+    # Extended codes (SQLITE_BUSY_RECOVERY, _SNAPSHOT, ...) keep the primary
+    # code in their low byte.
+    primary = code & 0xFF if isinstance(code, int) else None
+    return primary == _SQLITE_BUSY or "database is locked" in str(exc).lower()
 
 
 class _Busy(Exception):
     """Another process holds the write lock: wait for it off the event loop."""
+
+
+class _Locked(Exception):
+    """Opening met another process's lock; the open is tried again."""
+
+    def __init__(self, error: sqlite3.Error) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 def _now_us() -> int:
@@ -350,7 +361,25 @@ class SqliteStorage(SqlStorage):
     # ------------------------------------------------------------------ writer thread
 
     def _open_writer_connection(self) -> sqlite3.Connection:
-        """The write connection, in WAL mode with the chosen sync level, migrated."""
+        """The write connection, in WAL mode with the chosen sync level, migrated.
+
+        Switching a new file to WAL needs an exclusive lock, and SQLite answers
+        "database is locked" at once, without its busy handler, when another
+        process holds the file mid-switch or mid-migration. So processes that
+        open one new store together retry here, for up to the busy timeout.
+        """
+        deadline = time.monotonic() + self._busy_ms / 1000
+        pause = 0.002
+        while True:
+            try:
+                return self._try_open_writer_connection()
+            except _Locked as locked:
+                if time.monotonic() + pause > deadline:
+                    raise self._map_error(locked.error, "opening") from locked.error
+            time.sleep(pause)
+            pause = min(pause * 2, 0.1)
+
+    def _try_open_writer_connection(self) -> sqlite3.Connection:
         try:
             conn = self._connect(reader=False)
         except sqlite3.Error as exc:
@@ -365,6 +394,8 @@ class SqliteStorage(SqlStorage):
             self._migrate(conn)
         except BaseException as exc:
             conn.close()
+            if _is_busy(exc):
+                raise _Locked(exc) from exc
             if isinstance(exc, sqlite3.Error):
                 raise self._map_error(exc, "opening") from exc
             raise
