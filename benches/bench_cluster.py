@@ -106,7 +106,13 @@ finally:
 
 class Cluster:
     def __init__(
-        self, url: str, tmp: Path, n: int, profile: Path | None = None, **env: str
+        self,
+        url: str,
+        tmp: Path,
+        n: int,
+        profile: Path | None = None,
+        loop: str = "auto",
+        **env: str,
     ) -> None:
         self.url = url
         self.marks = tmp / f"marks-{uuid.uuid4().hex[:6]}.jsonl"
@@ -122,7 +128,8 @@ class Cluster:
                 start = ["-c", _PROFILED.format(out=str(profile / f"{node}.prof"))]
             self.procs[node] = subprocess.Popen(
                 [sys.executable, *start, "--db", url, "worker",
-                 "--activities", str(APP), "--node-id", node, "--capacity", "200"],
+                 "--activities", str(APP), "--node-id", node, "--capacity", "200",
+                 "--loop", loop],
                 env=environ,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
@@ -216,9 +223,11 @@ def skip_locked_rate(url: str, procs: int, rows: int) -> float:
 # ------------------------------------------------------------------ itonami
 
 
-async def throughput(workers: int, n: int, tmp: Path, profile: Path | None = None) -> float:
+async def throughput(
+    workers: int, n: int, tmp: Path, profile: Path | None = None, loop: str = "auto"
+) -> float:
     with database() as url:
-        cluster = Cluster(url, tmp, workers, profile)
+        cluster = Cluster(url, tmp, workers, profile, loop)
         try:
             engine = await client(url)
             await until_nodes(engine, workers)
