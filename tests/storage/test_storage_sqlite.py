@@ -374,6 +374,27 @@ async def test_opening_gives_up_on_a_lock_held_past_the_busy_timeout(sq: StoreFa
         holder.close()
 
 
+async def test_own_commits_are_not_taken_for_another_process(sq: StoreFactory) -> None:
+    # With the writer on the loop, wait_for_work asks the write connection,
+    # whose data_version moves only for other connections' commits: an
+    # engine's own steps do not send it looking for work.
+    a, b = sq.make(), sq.make()
+    await a.open()
+    await b.open()
+    try:
+        await a.append(request(sq, "e", 0, 1))
+        await a.wait_for_work(0)  # the first look only notes where things stand
+        for v in range(1, 4):
+            await a.append(request(sq, "e", v, 1))
+            assert await a.wait_for_work(0) is False
+        await b.append(request(sq, "f", 0, 1))
+        assert await a.wait_for_work(0) is True
+        assert await a.wait_for_work(0) is False
+    finally:
+        await a.close()
+        await b.close()
+
+
 def test_open_storage_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert isinstance(open_storage("memory"), MemoryStorage)
     rel = open_storage("sqlite:///data/x.db")

@@ -32,7 +32,9 @@ Design:
 * **Wake hints**: :meth:`SqliteStorage.wait_for_work` polls ``PRAGMA
   data_version`` (it changes when another connection committed) every
   ``poll_interval`` seconds, and returns at once for this store's own
-  commits that made work ready.
+  commits that made work ready. With ``writer="loop"`` it asks the write
+  connection, on the loop's thread, so the store's own commits are not
+  taken for another process's.
 * **Readers** use their own connections (a small pool served by a small
   thread pool). In WAL mode they read a consistent snapshot and never block
   the writer, nor it them.
@@ -235,6 +237,7 @@ class SqliteStorage(SqlStorage):
         self._watch: sqlite3.Connection | None = None
         self._watch_lock = threading.Lock()
         self._seen_version: int | None = None
+        self._seen_writer_version: int | None = None
         #: Batches that had to wait for another process's write lock.
         self.lock_waits = 0
 
@@ -840,17 +843,39 @@ class SqliteStorage(SqlStorage):
         pool = self._read_pool
         assert pool is not None
         while self._open:
-            if await loop.run_in_executor(pool, self._changed):
+            changed = self._others_committed()
+            if changed is None:  # the write connection is on another thread
+                changed = await loop.run_in_executor(pool, self._changed)
+            if changed:
                 return True
             left = deadline - loop.time()
             if left <= 0:
                 return False
             if await self._wakeup.wait(min(self.poll_interval, left)):
-                # Our own commit shows in data_version too: take it as seen.
-                if self._open:
+                if self._open and self._wconn is None:
+                    # Our own commit shows in the watch connection's
+                    # data_version too: take it as seen.
                     await loop.run_in_executor(pool, self._changed)
                 return True
         return False  # closed meanwhile
+
+    def _others_committed(self) -> bool | None:
+        """Whether another connection committed since the last check, asked of
+        the write connection on the loop's thread (None when it is not here).
+
+        A connection's data_version moves only for other connections'
+        commits, so this store's own commits wake nobody here and the check
+        needs no thread.
+        """
+        conn = self._wconn
+        if conn is None or self._lock_wait:
+            return None
+        try:
+            (version,) = conn.execute("PRAGMA data_version").fetchone()
+        except sqlite3.Error as exc:
+            raise self._map_error(exc, "checking for other processes' commits") from exc
+        seen, self._seen_writer_version = self._seen_writer_version, version
+        return seen is not None and version != seen
 
     def _changed(self) -> bool:
         """Whether another connection committed since the last check."""
