@@ -26,6 +26,10 @@ __all__ = [
     "replay_verified",
     "verify_proof",
     "event_kinds",
+    "pg_array_int8",
+    "pg_array_text",
+    "pg_array_bytea",
+    "pg_array_bool",
     "FORMAT_VERSION",
 ]
 
@@ -292,3 +296,19 @@ def replay_verified(execution_id: str, history: bytes, hashes: bytes) -> Executi
 def verify_proof(proof: InclusionProof, head_hash: bytes) -> bool: ...
 def event_kinds() -> list[tuple[int, str]]:
     """(code, name) of every event kind."""
+
+# PostgreSQL binary arrays (array_send's one-dimensional layout), for the
+# PostgreSQL storage's %b parameters. A wrong element type raises TypeError
+# naming its index; an element or array past 2**31 - 1 bytes, ValueError.
+
+def pg_array_int8(values: list[int | None]) -> bytes:
+    """An ``int8[]`` (oid 1016); an int outside int8 raises ``InvalidArgumentError``."""
+
+def pg_array_text(values: list[str | None]) -> bytes:
+    """A ``text[]`` (oid 1009), UTF-8."""
+
+def pg_array_bytea(values: list[bytes | bytearray | None]) -> bytes:
+    """A ``bytea[]`` (oid 1001)."""
+
+def pg_array_bool(values: list[bool | None]) -> bytes:
+    """A ``bool[]`` (oid 1000)."""

@@ -1,5 +1,6 @@
 //! The core of itonami: the event codec, the one reducer, the MVCC version
-//! store with its Merkle chain, snapshots and inclusion proofs. No Python here;
+//! store with its Merkle chain, snapshots and inclusion proofs, and the binary
+//! PostgreSQL arrays the PostgreSQL storage sends. No Python here;
 //! `itonami-py` binds it as `itonami._core`.
 //!
 //! The contract with the Python engine is `docs/core-contract.md`.
@@ -7,6 +8,7 @@
 pub mod canon;
 pub mod event;
 pub mod merkle;
+pub mod pgarray;
 pub mod proof;
 pub mod snapshot;
 pub mod state;

@@ -7,6 +7,7 @@
 use std::sync::{Arc, OnceLock};
 
 mod expr;
+mod pgarray;
 
 use itonami_core as core;
 use itonami_core::merkle::Hash;
@@ -970,6 +971,10 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(replay_verified, m)?)?;
     m.add_function(wrap_pyfunction!(verify_proof, m)?)?;
     m.add_function(wrap_pyfunction!(event_kinds, m)?)?;
+    m.add_function(wrap_pyfunction!(pgarray::pg_array_int8, m)?)?;
+    m.add_function(wrap_pyfunction!(pgarray::pg_array_text, m)?)?;
+    m.add_function(wrap_pyfunction!(pgarray::pg_array_bytea, m)?)?;
+    m.add_function(wrap_pyfunction!(pgarray::pg_array_bool, m)?)?;
     m.add("FORMAT_VERSION", core::event::FORMAT_VERSION)?;
     Ok(())
 }
