@@ -567,13 +567,13 @@ class PostgresStorage(SqlStorage):
         ids = [r.execution_id for r in reqs]
         select = (
             "SELECT execution_id, version, owner, epoch FROM executions"
-            " WHERE execution_id = ANY(%s) ORDER BY execution_id FOR UPDATE"
+            " WHERE execution_id = ANY(%b::text[]) ORDER BY execution_id FOR UPDATE"
         )
         # Sent together, run in order: the clock and the txs are read after
         # the rows are locked (txs increase per execution), in one round trip.
         # Txs are drawn for every request that asks; a refused one leaves a
         # gap (txs are unique and increasing, not dense).
-        locked = await conn.execute(select, (ids,))
+        locked = await conn.execute(select, (_texts(ids),))
         clock = None
         if any(r.ready_at == READY_NOW or (r.fence and r.expected_version == 0) for r in reqs):
             clock = await conn.execute(_NOW_SQL)
@@ -621,8 +621,8 @@ class PostgresStorage(SqlStorage):
                 again = await self._fetchall(
                     conn,
                     "SELECT execution_id, version, owner, epoch FROM executions"
-                    " WHERE execution_id = ANY(%s) FOR UPDATE",
-                    (lost,),
+                    " WHERE execution_id = ANY(%b::text[]) FOR UPDATE",
+                    (_texts(lost),),
                 )
                 rows.update({eid: (int(v), owner, epoch) for eid, v, owner, epoch in again})
         outcomes: list[BaseException | list[int]] = []
@@ -735,8 +735,8 @@ class PostgresStorage(SqlStorage):
         renamed = [r for r in ok if r.needs is not None and r.status not in TERMINAL_STATUSES]
         if renamed:
             await conn.execute(
-                "DELETE FROM execution_needs WHERE execution_id = ANY(%s)",
-                ([r.execution_id for r in renamed],),
+                "DELETE FROM execution_needs WHERE execution_id = ANY(%b::text[])",
+                (_texts([r.execution_id for r in renamed]),),
             )
             pairs = [(r.execution_id, n) for r in renamed for n in sorted(set(r.needs or ()))]
             if pairs:
@@ -747,12 +747,13 @@ class PostgresStorage(SqlStorage):
                 )
         ended = [r.execution_id for r in ok if r.status in TERMINAL_STATUSES]
         if ended:
+            ended_ids = _texts(ended)
             for table in ("timers", "execution_needs", "event_waits", "inbox"):
                 await conn.execute(
-                    sql.SQL("DELETE FROM {} WHERE execution_id = ANY(%s)").format(
+                    sql.SQL("DELETE FROM {} WHERE execution_id = ANY(%b::text[])").format(
                         sql.Identifier(table)
                     ),
-                    (ended,),
+                    (ended_ids,),
                 )
         for i, r in enumerate(reqs):
             if isinstance(outcomes[i], list):
