@@ -301,14 +301,14 @@ def event_kinds() -> list[tuple[int, str]]:
 # PostgreSQL storage's %b parameters. A wrong element type raises TypeError
 # naming its index; an element or array past 2**31 - 1 bytes, ValueError.
 
-def pg_array_int8(values: list[int | None]) -> bytes:
+def pg_array_int8(values: list[int] | list[int | None]) -> bytes:
     """An ``int8[]`` (oid 1016); an int outside int8 raises ``InvalidArgumentError``."""
 
-def pg_array_text(values: list[str | None]) -> bytes:
+def pg_array_text(values: list[str] | list[str | None]) -> bytes:
     """A ``text[]`` (oid 1009), UTF-8."""
 
-def pg_array_bytea(values: list[bytes | bytearray | None]) -> bytes:
+def pg_array_bytea(values: list[bytes] | list[bytes | bytearray | None]) -> bytes:
     """A ``bytea[]`` (oid 1001)."""
 
-def pg_array_bool(values: list[bool | None]) -> bytes:
+def pg_array_bool(values: list[bool] | list[bool | None]) -> bytes:
     """A ``bool[]`` (oid 1000)."""

@@ -183,28 +183,28 @@ class _Unencodable(Exception):
     psycopg adapts each value and the server refuses only its request."""
 
 
-def _int8s(values: list[int | None]) -> _Int8Array:
+def _int8s(values: list[int] | list[int | None]) -> _Int8Array:
     try:
         return _Int8Array(_core.pg_array_int8(values))
     except (TypeError, ValueError) as exc:
         raise _Unencodable(str(exc)) from exc
 
 
-def _texts(values: list[str | None]) -> _TextArray:
+def _texts(values: list[str] | list[str | None]) -> _TextArray:
     try:
         return _TextArray(_core.pg_array_text(values))
     except (TypeError, ValueError) as exc:
         raise _Unencodable(str(exc)) from exc
 
 
-def _byteas(values: list[bytes | bytearray | None]) -> _ByteaArray:
+def _byteas(values: list[bytes] | list[bytes | bytearray | None]) -> _ByteaArray:
     try:
         return _ByteaArray(_core.pg_array_bytea(values))
     except (TypeError, ValueError) as exc:
         raise _Unencodable(str(exc)) from exc
 
 
-def _bools(values: list[bool | None]) -> _BoolArray:
+def _bools(values: list[bool] | list[bool | None]) -> _BoolArray:
     try:
         return _BoolArray(_core.pg_array_bool(values))
     except (TypeError, ValueError) as exc:
