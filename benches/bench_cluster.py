@@ -106,13 +106,7 @@ finally:
 
 class Cluster:
     def __init__(
-        self,
-        url: str,
-        tmp: Path,
-        n: int,
-        profile: Path | None = None,
-        loop: str = "auto",
-        **env: str,
+        self, url: str, tmp: Path, n: int, profile: Path | None = None, **env: str
     ) -> None:
         self.url = url
         self.marks = tmp / f"marks-{uuid.uuid4().hex[:6]}.jsonl"
@@ -128,8 +122,7 @@ class Cluster:
                 start = ["-c", _PROFILED.format(out=str(profile / f"{node}.prof"))]
             self.procs[node] = subprocess.Popen(
                 [sys.executable, *start, "--db", url, "worker",
-                 "--activities", str(APP), "--node-id", node, "--capacity", "200",
-                 "--loop", loop],
+                 "--activities", str(APP), "--node-id", node, "--capacity", "200"],
                 env=environ,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
@@ -223,11 +216,9 @@ def skip_locked_rate(url: str, procs: int, rows: int) -> float:
 # ------------------------------------------------------------------ itonami
 
 
-async def throughput(
-    workers: int, n: int, tmp: Path, profile: Path | None = None, loop: str = "auto"
-) -> float:
+async def throughput(workers: int, n: int, tmp: Path, profile: Path | None = None) -> float:
     with database() as url:
-        cluster = Cluster(url, tmp, workers, profile, loop)
+        cluster = Cluster(url, tmp, workers, profile)
         try:
             engine = await client(url)
             await until_nodes(engine, workers)

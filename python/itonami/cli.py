@@ -1446,13 +1446,6 @@ def build_app() -> typer.Typer:
         metrics_host: Annotated[
             str, typer.Option("--metrics-host", help="address the metrics server binds")
         ] = "127.0.0.1",
-        loop: Annotated[
-            str,
-            typer.Option(
-                "--loop",
-                help="event loop: auto (uvloop when installed, else asyncio), asyncio or uvloop",
-            ),
-        ] = "auto",
     ) -> None:
         """Run a worker node: claim and run the store's work until SIGTERM / Ctrl-C.
 
@@ -1463,7 +1456,7 @@ def build_app() -> typer.Typer:
         """
         _go(_worker(_db(ctx), activities, workflow, capacity, node_id, lease, balancer,
                     metrics_port, metrics_host),
-            on_interrupt=None, loop=loop)  # fmt: skip
+            on_interrupt=None)  # fmt: skip
 
     @app.command()
     def validate(
@@ -1602,47 +1595,11 @@ async def _later(make: Callable[[], Coroutine[Any, Any, int]]) -> int:
 _RESUMABLE = "interrupted (the execution resumes with `itonami resume`)"
 
 
-_LOOPS = ("auto", "asyncio", "uvloop")
-
-
-def _loop_factory(loop: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """The event loop a long-running command runs on (None: asyncio's own).
-
-    uvloop runs the same code with its scheduling in C: a worker spends a
-    tenth of its CPU in asyncio's Python scheduler otherwise.
-    """
-    if loop not in _LOOPS:
-        raise UsageError(f"--loop {loop!r}: choose one of {', '.join(_LOOPS)}")
-    if loop == "asyncio":
-        return None
-    try:
-        import uvloop
-    except ImportError:
-        if loop == "uvloop":
-            raise UsageError(
-                "--loop uvloop needs the uvloop package: pip install 'itonami[uvloop]'"
-            ) from None
-        return None
-    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
-    return factory
-
-
-def _go(
-    coro: Coroutine[Any, Any, int],
-    *,
-    on_interrupt: str | None = "interrupted",
-    loop: str = "asyncio",
-) -> None:
+def _go(coro: Coroutine[Any, Any, int], *, on_interrupt: str | None = "interrupted") -> None:
     """Run a command's coroutine and exit with its code; errors become one line."""
     code = EXIT_USAGE
     try:
-        try:
-            factory = _loop_factory(loop)
-        except BaseException:
-            coro.close()  # never awaited: say nothing of it
-            raise
-        with asyncio.Runner(loop_factory=factory) as runner:
-            code = runner.run(coro)
+        code = asyncio.run(coro)
     except BrokenPipeError:
         # The reader went away (`itonami history ID | head`): stop quietly,
         # and keep Python from complaining while it flushes stdout at exit.

@@ -82,8 +82,7 @@ async def run_worker(
             names = ", ".join(activities.names()) or "none"
             say(
                 f"itonami worker {engine.node_id} on {redact_url(storage)}: "
-                f"capacity {engine.capacity}, activities: {names}, "
-                f"event loop: {type(loop).__module__.partition('.')[0]}"
+                f"capacity {engine.capacity}, activities: {names}"
             )
             if server is not None:
                 say(
