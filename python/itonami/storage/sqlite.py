@@ -397,7 +397,7 @@ class SqliteStorage(SqlStorage):
             self._migrate(conn)
         except BaseException as exc:
             conn.close()
-            if _is_busy(exc):
+            if isinstance(exc, sqlite3.Error) and _is_busy(exc):
                 raise _Locked(exc) from exc
             if isinstance(exc, sqlite3.Error):
                 raise self._map_error(exc, "opening") from exc
