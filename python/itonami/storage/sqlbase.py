@@ -1030,14 +1030,18 @@ class SqlStorage(Storage):
         check_needs(node_id, caps)
         if limit <= 0:
             return []
+        return await self._claim(node_id, caps, limit, lease_us(lease_seconds), steal_us)
+
+    async def _claim(
+        self, node_id: str, caps: list[str], limit: int, lease: int, steal_us: int
+    ) -> list[Claim]:
+        """The claim's statements (a dialect may run them in one round trip)."""
         # A read first: a claim that finds nothing (most polls) never takes
         # the write lock or a write transaction. What the read misses, the
         # next poll or hint finds.
         if not await self._read_op(self._claimable_op):
             return []
-        return await self._write_op(
-            lambda: self._claim_op(node_id, caps, limit, lease_us(lease_seconds), steal_us)
-        )
+        return await self._write_op(lambda: self._claim_op(node_id, caps, limit, lease, steal_us))
 
     def _claimable_op(self) -> Op[bool]:
         """Whether any execution is ready and unowned (or its lease expired)."""
