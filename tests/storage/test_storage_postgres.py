@@ -123,6 +123,42 @@ async def test_commits_are_synchronous(schema: str) -> None:
         await s.close()
 
 
+async def test_the_writer_finds_rows_by_key_on_a_young_table(schema: str) -> None:
+    # Before statistics exist the planner scanned the whole executions table
+    # for the append's row locks; the writer's session prefers the indexes.
+    from itonami.storage import AppendRequest, StoredEvent
+    from itonami.storage.postgres import PostgresStorage
+
+    s = PostgresStorage(PG_URL, schema=schema)
+    await s.open()
+    try:
+        ids = [f"e{i:04d}" for i in range(600)]
+        for eid in ids:
+            await s.append(
+                AppendRequest(
+                    execution_id=eid,
+                    expected_version=0,
+                    events=[StoredEvent(1, 1, 1, "workflow_started", b"h" * 32, b"{}")],
+                    status="running",
+                    workflow_id="wf",
+                    allocate_tx=True,
+                )
+            )
+
+        async def plan(conn: Any) -> str:
+            cur = await conn.execute(
+                "EXPLAIN SELECT execution_id, version, owner, epoch FROM executions"
+                " WHERE execution_id = ANY(%s) ORDER BY execution_id FOR UPDATE",
+                (ids[::10],),
+            )
+            return "\n".join(row[0] for row in await cur.fetchall())
+
+        chosen = await s._write(plan)
+        assert "Index" in chosen and "Seq Scan" not in chosen, chosen
+    finally:
+        await s.close()
+
+
 # The schema of version 2 (before leases), as the previous release wrote it.
 V2_SCHEMA = (
     "CREATE TABLE schema_version (version INTEGER NOT NULL)",
