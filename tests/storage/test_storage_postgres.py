@@ -155,6 +155,14 @@ async def test_the_writer_finds_rows_by_key_on_a_young_table(schema: str) -> Non
 
         chosen = await s._write(plan)
         assert "Index" in chosen and "Seq Scan" not in chosen, chosen
+        # The claimer too: its UPDATE of the picked rows scanned the table.
+        await s.claim("n1", capabilities=[], limit=1)
+        assert s._claimer is not None
+        cur = await s._claimer.execute(
+            "EXPLAIN " + s._CLAIM_SQL, ("n1", 0, [], 64, "n1", 1_000_000)
+        )
+        claim_plan = "\n".join(row[0] for row in await cur.fetchall())
+        assert "Seq Scan" not in claim_plan, claim_plan
     finally:
         await s.close()
 

@@ -259,6 +259,9 @@ class PostgresStorage(SqlStorage):
         self._connect_timeout = connect_timeout
         self._where = redact(url)
         self._writer: Conn | None = None
+        # Claims run on a connection of their own, one at a time.
+        self._claimer: Conn | None = None
+        self._claim_lock = asyncio.Lock()
         self._readers: list[Conn] = []
         self._idle: asyncio.Queue[Conn] | None = None
         self._queue: asyncio.Queue[Any] | None = None
@@ -276,7 +279,8 @@ class PostgresStorage(SqlStorage):
 
     async def _connect(self, *, keyed: bool = False) -> Conn:
         """A new autocommit connection in the store's schema. ``keyed``: the
-        writer's, whose statements all find their rows by key (see below)."""
+        writer's or the claimer's, whose statements find their rows by key
+        (see below)."""
         # The URL is used as given (postgres:// is accepted by libpq as well).
         try:
             conn = await psycopg.AsyncConnection.connect(
@@ -302,7 +306,7 @@ class PostgresStorage(SqlStorage):
                     sql.SQL("SET search_path TO {}").format(sql.Identifier(self.schema))
                 )
             if keyed:
-                # Every statement of the writer finds its rows by key, but on
+                # Every statement of the writer and the claimer finds its rows by key, but on
                 # young tables (a new store; statistics not yet analyzed) the
                 # planner reckons a scan of the table cheaper than tens of
                 # index probes, and the scans grow with the table: that was
@@ -363,10 +367,10 @@ class PostgresStorage(SqlStorage):
         await self._close_connections()
 
     async def _close_connections(self) -> None:
-        for conn in [self._writer, *self._readers]:
+        for conn in [self._writer, self._claimer, *self._readers]:
             if conn is not None:
                 await conn.close()
-        self._writer = None
+        self._writer = self._claimer = None
         self._readers.clear()
         self._idle = None
 
@@ -800,9 +804,7 @@ class PostgresStorage(SqlStorage):
         self._queue.put_nowait(_Op(fn, fut, is_append, req))
         return await fut
 
-    async def _read(self, fn: Callable[[Conn], Awaitable[T]], *, repeatable: bool = True) -> T:
-        """Run ``fn`` on a pooled autocommit connection; once more on a new
-        connection when the server dropped this one, if ``repeatable``."""
+    async def _read(self, fn: Callable[[Conn], Awaitable[T]]) -> T:
         self._check_open()
         assert self._idle is not None
         idle = self._idle
@@ -822,10 +824,9 @@ class PostgresStorage(SqlStorage):
                 except psycopg.Error as exc:
                     # A connection the server dropped (a restart) shows only
                     # when used: a read is safe to repeat once on a new one.
-                    if attempt == 2 or not repeatable or not (conn.closed or conn.broken):
-                        doing = "reading" if repeatable else "writing"
+                    if attempt == 2 or not (conn.closed or conn.broken):
                         raise StorageError(
-                            f"PostgreSQL at {self._where}: error while {doing}: {exc}"
+                            f"PostgreSQL at {self._where}: error while reading: {exc}"
                         ) from exc
             raise AssertionError("unreachable")  # pragma: no cover
         finally:
@@ -949,17 +950,28 @@ class PostgresStorage(SqlStorage):
     async def _claim(
         self, node_id: str, caps: list[str], limit: int, lease: int, steal_us: int
     ) -> list[Claim]:
-        # One round trip: the statement alone, autocommitted on a pooled
-        # connection (no BEGIN/COMMIT, no read first: a claim that finds
+        # One round trip: the statement alone, autocommitted on a connection
+        # of its own (no BEGIN/COMMIT, no read first: a claim that finds
         # nothing writes nothing; no wait behind the writer's group commit).
-        # A dispatch spent four round trips here before.
+        # A dispatch spent four round trips here before. The connection is
+        # keyed like the writer's: on a young table the planner scanned all
+        # of executions to update the picked rows.
         params = (node_id, steal_us, _texts(caps), limit, node_id, lease)
-
-        async def run(conn: Conn) -> list[Any]:
-            return await self._fetchall(conn, self._CLAIM_SQL, params)
-
-        # Not repeated on a dropped connection: the server may have run it.
-        rows = await self._read(run, repeatable=False)
+        async with self._claim_lock:
+            self._check_open()
+            conn = self._claimer
+            if conn is None or conn.closed or conn.broken:
+                if conn is not None:
+                    await conn.close()
+                conn = self._claimer = await self._connect(keyed=True)
+            try:
+                # Not repeated on a dropped connection: the server may have
+                # run it (its leases then expire unused).
+                rows = await self._fetchall(conn, self._CLAIM_SQL, params)
+            except psycopg.Error as exc:
+                raise StorageError(
+                    f"PostgreSQL at {self._where}: error while claiming: {exc}"
+                ) from exc
         # RETURNING keeps no order: oldest ready first, as the shared claim.
         rows = sorted(rows, key=lambda r: (r[8], r[0]))
         return [self._claim_row(row, row[6], row[7], row[5] is not None) for row in rows]
