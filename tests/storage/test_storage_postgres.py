@@ -319,3 +319,55 @@ async def test_a_value_the_array_encoder_refuses_fails_only_its_request(schema: 
         assert len(await s.read_events("b")) == 2
     finally:
         await s.close()
+
+
+async def test_a_running_executions_commits_rewrite_its_row_in_place(schema: str) -> None:
+    """Schema 7: no index holds a column that a running execution's commits
+    change, and pages keep room, so those commits are HOT updates (no new
+    entry in each of the table's indexes)."""
+    import time
+
+    import psycopg
+
+    from itonami.storage import AppendRequest, StoredEvent
+
+    s = open_storage(PG_URL, schema=schema)
+    await s.open()
+    try:
+        version = 0
+        for n, status in ((1, "running"), *[(2, "running")] * 20, (1, "completed")):
+            events = [
+                StoredEvent(version + 1 + i, 1, 10 + version + i, "step_started", b"h" * 32, b"{}")
+                for i in range(n)
+            ]
+            req = AppendRequest("e", version, events, status, workflow_id="wf", allocate_tx=True)
+            await s.append(req)
+            version += n
+        assert await s.prune(finished_before=1) == []  # finished at 10 + version - 1
+    finally:
+        await s.close()  # its backend flushes its statistics as it exits
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
+        (options,) = conn.execute(
+            "SELECT reloptions FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = %s AND c.relname = 'executions'",
+            (schema,),
+        ).fetchone()
+        assert "fillfactor=80" in options
+        finished_at, updated_at = conn.execute(
+            f'SELECT finished_at, updated_at FROM "{schema}".executions'  # type: ignore[call-overload]
+        ).fetchone()
+        assert finished_at == updated_at is not None
+        deadline = time.monotonic() + 30
+        while True:
+            updated, hot = conn.execute(
+                "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables"
+                " WHERE schemaname = %s AND relname = 'executions'",
+                (schema,),
+            ).fetchone()
+            if updated >= 22 or time.monotonic() > deadline:
+                break
+            conn.execute("SELECT pg_stat_clear_snapshot()")
+    # The first commit inserts the row and updates it (the bulk path's
+    # shape); 20 commits of the running execution; the last changes status.
+    assert updated == 22
+    assert hot >= 20, (updated, hot)

@@ -120,6 +120,7 @@ async def test_v5_store_gets_the_partial_retention_index(sq: StoreFactory) -> No
     await _filled(sq, executions=0)
     conn = _raw(sq.path)
     conn.execute("DROP INDEX executions_finished")
+    conn.execute("ALTER TABLE executions DROP COLUMN finished_at")
     conn.execute("CREATE INDEX executions_finished ON executions (status, updated_at)")
     conn.execute("UPDATE schema_version SET version = 5")
     for eid, status in (("old-done", "completed"), ("old-running", "running")):
@@ -140,18 +141,74 @@ async def test_v5_store_gets_the_partial_retention_index(sq: StoreFactory) -> No
         await s.close()
     conn = _raw(sq.path)
     assert conn.execute("SELECT version FROM schema_version").fetchone()[0] == SCHEMA_VERSION
-    (sql,) = conn.execute(
-        "SELECT sql FROM sqlite_master WHERE name = 'executions_finished'"
-    ).fetchone()
-    assert "WHERE status IN (" in sql
-    # Retention's query (finished ones by age) still walks it.
+    conn.close()
+
+
+async def test_v6_store_indexes_when_executions_finished(sq: StoreFactory) -> None:
+    """Version 7 keeps the finishing time in a column of its own, written
+    once, for retention's index; a version 6 store's finished executions get
+    theirs from updated_at, and nothing else changes."""
+    await _filled(sq, executions=0)
+    conn = _raw(sq.path)
+    conn.execute("DROP INDEX executions_finished")
+    conn.execute("ALTER TABLE executions DROP COLUMN finished_at")
+    conn.execute(
+        "CREATE INDEX executions_finished ON executions (status, updated_at)"
+        " WHERE status IN ('cancelled', 'compensated', 'completed', 'failed', 'timed_out')"
+    )
+    conn.execute("UPDATE schema_version SET version = 6")
+    for eid, status, updated in (("done", "completed", 20), ("later", "failed", 40),
+                                 ("running", "running", 10)):  # fmt: skip
+        conn.execute(
+            "INSERT INTO executions (execution_id, workflow_id, workflow_version, status,"
+            " parent_id, created_at, updated_at, version)"
+            " VALUES (?, 'wf', '1', ?, NULL, 5, ?, 0)",
+            (eid, status, updated),
+        )
+    conn.close()
+
+    s = sq.make()
+    await s.open()
+    try:
+        assert await s.prune(finished_before=21) == ["done"]
+        assert sorted(r.execution_id for r in await s.list_executions()) == ["later", "running"]
+    finally:
+        await s.close()
+    conn = _raw(sq.path)
+    assert conn.execute("SELECT version FROM schema_version").fetchone()[0] == SCHEMA_VERSION
+    assert dict(conn.execute("SELECT execution_id, finished_at FROM executions")) == {
+        "later": 40,
+        "running": None,
+    }
+    # Retention's query (finished ones by age) walks the index.
     plan = conn.execute(
-        "EXPLAIN QUERY PLAN SELECT e.execution_id FROM executions e WHERE e.status IN"
-        " ('cancelled', 'compensated', 'completed', 'failed', 'timed_out')"
-        " AND e.updated_at < 5 ORDER BY e.updated_at, e.execution_id LIMIT 10"
+        "EXPLAIN QUERY PLAN SELECT e.execution_id FROM executions e"
+        " WHERE e.finished_at IS NOT NULL AND e.finished_at < 5"
+        " ORDER BY e.finished_at, e.execution_id LIMIT 10"
     ).fetchall()
     conn.close()
     assert "executions_finished" in " | ".join(str(row[-1]) for row in plan)
+
+
+async def test_finished_at_is_written_once_by_the_commit_that_ends_an_execution(
+    sq: StoreFactory,
+) -> None:
+    s = sq.make()
+    await s.open()
+    try:
+        await s.append(request(sq, "a", 0, 2))
+        await s.append(request(sq, "a", 2, 1, status="completed"))
+        await s.append(request(sq, "b", 0, 1, status="failed"))  # ends in its first commit
+        await s.append(request(sq, "c", 0, 3))
+    finally:
+        await s.close()
+    conn = _raw(sq.path)
+    rows = {r[0]: r[1:] for r in conn.execute(
+        "SELECT execution_id, finished_at, updated_at FROM executions")}  # fmt: skip
+    conn.close()
+    assert rows["a"][0] == rows["a"][1] is not None
+    assert rows["b"][0] == rows["b"][1] is not None
+    assert rows["c"][0] is None
 
 
 async def test_newer_schema_is_refused(sq: StoreFactory) -> None:
