@@ -159,7 +159,7 @@ async def test_the_writer_finds_rows_by_key_on_a_young_table(schema: str) -> Non
         await s.claim("n1", capabilities=[], limit=1)
         assert s._claimer is not None
         cur = await s._claimer.execute(
-            "EXPLAIN " + s._CLAIM_SQL, ("n1", 0, [], 64, "n1", 1_000_000)
+            "EXPLAIN " + s._CLAIM_SQL, ("n1", 0, [], 64, "n1", 1_000_000, 64)
         )
         claim_plan = "\n".join(row[0] for row in await cur.fetchall())
         assert "Seq Scan" not in claim_plan, claim_plan

@@ -223,6 +223,26 @@ async def test_claim_respects_limit_and_order(store: Storage, factory: StoreFact
     assert [c.execution_id for c in rest] == ["r1", "r0"]
 
 
+async def test_a_claim_may_bring_the_short_histories(store: Storage, factory: StoreFactory) -> None:
+    base = now_us() - 10_000_000
+    for i, count in enumerate((3, 5, 2)):
+        await store.commit(
+            started(factory, f"h{i}", owner=None, ready_at=base + i * 1000, count=count)
+        )
+    got = await store.claim("n1", capabilities=[], limit=10, history_upto=3)
+    assert [(c.execution_id, c.version) for c in got] == [("h0", 3), ("h1", 5), ("h2", 2)]
+    if factory.kind.startswith("postgres"):
+        # PostgreSQL reads them in the claim's statement; the others leave
+        # them to the caller.
+        assert [c.history is not None for c in got] == [True, False, True]
+    for c in got:
+        if c.history is not None:
+            assert list(c.history) == await store.read_events(c.execution_id)
+    for bad in (-1, "3", True, 2.0):
+        with pytest.raises(StorageError, match="history_upto"):
+            await store.claim("n1", capabilities=[], history_upto=bad)  # type: ignore[arg-type]
+
+
 async def test_concurrent_claims_never_share(store: Storage, factory: StoreFactory) -> None:
     for i in range(30):
         await store.commit(started(factory, f"q{i}", owner=None))

@@ -176,6 +176,8 @@ class Claim:
 
     ``reassigned`` is True when the lease was taken from another owner whose
     lease had expired. ``lease_expires_at`` is in µs of the store's clock.
+    ``history``: the execution's events 1..``version``, when the claim read
+    them with it (see :meth:`Storage.claim`'s ``history_upto``), else None.
     """
 
     execution_id: str
@@ -186,6 +188,7 @@ class Claim:
     status: str
     lease_expires_at: int
     reassigned: bool = False
+    history: tuple[StoredEvent, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -410,6 +413,12 @@ def check_lease_seconds(lease_seconds: float) -> None:
     """Refuse a lease that is not a positive number of seconds."""
     if not isinstance(lease_seconds, (int, float)) or not lease_seconds > 0:
         raise StorageError(f"a lease must last > 0 seconds, got {lease_seconds!r}")
+
+
+def check_history_upto(history_upto: int) -> None:
+    """Refuse a claim's history bound that is not an int >= 0."""
+    if type(history_upto) is not int or history_upto < 0:
+        raise StorageError(f"history_upto must be an int >= 0, got {history_upto!r}")
 
 
 def check_needs(execution_id: str, needs: Iterable[str]) -> None:
@@ -837,6 +846,7 @@ class Storage(ABC):
         limit: int = 1,
         lease_seconds: float = 30.0,
         steal_after: float = 2.0,
+        history_upto: int = 0,
     ) -> list[Claim]:
         """Take up to ``limit`` executions that have work to do now.
 
@@ -847,6 +857,11 @@ class Storage(ABC):
         as owner, its epoch + 1, a lease of ``lease_seconds`` and no
         preference; taking an expired lease counts as a reassignment.
         Concurrent claimers never get the same execution.
+
+        ``history_upto``: a backend that can read the events of the claimed
+        executions of at most that many versions in the same round trip
+        puts them in :attr:`Claim.history` (PostgreSQL does); others leave
+        it None, and the caller reads them itself.
         """
 
     @abstractmethod

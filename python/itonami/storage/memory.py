@@ -34,6 +34,7 @@ from itonami.storage.base import (
     check_deletable,
     check_event_rows,
     check_fence,
+    check_history_upto,
     check_lease_seconds,
     check_message,
     check_needs,
@@ -466,11 +467,13 @@ class MemoryStorage(Storage):
         limit: int = 1,
         lease_seconds: float = 30.0,
         steal_after: float = 2.0,
+        history_upto: int = 0,
     ) -> list[Claim]:
         """Take up to ``limit`` ready, unowned (or expired) executions this node can run."""
         self._check_open()
         check_node_id(node_id)
         check_lease_seconds(lease_seconds)
+        check_history_upto(history_upto)  # the events are a read away: none here
         caps = set(capabilities)
         check_needs(node_id, caps)
         now = self.clock()

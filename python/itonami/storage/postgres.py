@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from itonami import _core
-from itonami.errors import StorageError
+from itonami.errors import CorruptStorageError, StorageError
 from itonami.storage.base import (
     READY_NOW,
     TERMINAL_STATUSES,
@@ -56,6 +56,7 @@ from itonami.storage.base import (
     AppendRequest,
     Claim,
     Wakeup,
+    check_event_rows,
     check_request,
     conflict,
     fenced,
@@ -942,18 +943,29 @@ class PostgresStorage(SqlStorage):
         " AND (e.preferred IS NULL OR e.preferred = %s OR e.ready_at <= c.now - %s)"
         " AND NOT EXISTS (SELECT 1 FROM execution_needs n"
         "  WHERE n.execution_id = e.execution_id AND NOT (n.capability = ANY(%b::text[])))"
-        " ORDER BY e.ready_at, e.execution_id LIMIT %s FOR UPDATE OF e SKIP LOCKED)"
-        " UPDATE executions x SET owner = %s, epoch = x.epoch + 1,"
+        " ORDER BY e.ready_at, e.execution_id LIMIT %s FOR UPDATE OF e SKIP LOCKED),"
+        " claimed AS (UPDATE executions x SET owner = %s, epoch = x.epoch + 1,"
         " lease_expires_at = c.now + %s, preferred = NULL FROM picked, c"
         " WHERE x.execution_id = picked.execution_id"
         " RETURNING x.execution_id, x.workflow_id, x.workflow_version, x.version, x.status,"
         " picked.old_owner, x.epoch, x.lease_expires_at, x.ready_at,"
         " CASE WHEN picked.old_owner IS NOT NULL"
-        "  THEN nextval('itonami_reassignments_seq') END"
+        "  THEN nextval('itonami_reassignments_seq') END AS counted)"
+        # With each claimed execution of at most %s versions, its events.
+        " SELECT cl.*, ev.version, ev.tx, ev.timestamp, ev.kind, ev.hash, ev.encoded"
+        " FROM claimed cl LEFT JOIN events ev ON ev.execution_id = cl.execution_id"
+        " AND cl.version <= %s AND ev.version <= cl.version"
+        " ORDER BY cl.ready_at, cl.execution_id, ev.version"
     )
 
     async def _claim(
-        self, node_id: str, caps: list[str], limit: int, lease: int, steal_us: int
+        self,
+        node_id: str,
+        caps: list[str],
+        limit: int,
+        lease: int,
+        steal_us: int,
+        history_upto: int = 0,
     ) -> list[Claim]:
         # One round trip: the statement alone, autocommitted on a connection
         # of its own (no BEGIN/COMMIT, no read first: a claim that finds
@@ -961,7 +973,7 @@ class PostgresStorage(SqlStorage):
         # A dispatch spent four round trips here before. The connection is
         # keyed like the writer's: on a young table the planner scanned all
         # of executions to update the picked rows.
-        params = (node_id, steal_us, _texts(caps), limit, node_id, lease)
+        params = (node_id, steal_us, _texts(caps), limit, node_id, lease, history_upto)
         async with self._claim_lock:
             self._check_open()
             conn = self._claimer
@@ -977,9 +989,26 @@ class PostgresStorage(SqlStorage):
                 raise StorageError(
                     f"PostgreSQL at {self._where}: error while claiming: {exc}"
                 ) from exc
-        # RETURNING keeps no order: oldest ready first, as the shared claim.
-        rows = sorted(rows, key=lambda r: (r[8], r[0]))
-        return [self._claim_row(row, row[6], row[7], row[5] is not None) for row in rows]
+        # Oldest ready first, as the shared claim; one row per event (or one
+        # with no event) of each claimed execution, in version order.
+        heads: dict[str, tuple[Any, ...]] = {}
+        events: dict[str, list[tuple[Any, ...]]] = {}
+        for row in rows:
+            eid = row[0]
+            if eid not in heads:
+                heads[eid] = row
+                events[eid] = []
+            if row[10] is not None:
+                events[eid].append(row[10:])
+        out = []
+        for eid, row in heads.items():
+            history = None
+            if 0 < row[3] <= history_upto:
+                # Damaged rows are left to the caller's own read to report.
+                with contextlib.suppress(CorruptStorageError):
+                    history = tuple(check_event_rows(eid, events[eid], 0, row[3]))
+            out.append(self._claim_row(row, row[6], row[7], row[5] is not None, history))
+        return out
 
     def _allocate(self, counter: str, n: int) -> Op[list[int]]:
         rows = yield Q(_DRAW_SQL.format(counter), (n,), "all")

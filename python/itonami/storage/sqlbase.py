@@ -56,6 +56,7 @@ from itonami.storage.base import (
     check_deletable,
     check_event_rows,
     check_fence,
+    check_history_upto,
     check_lease_seconds,
     check_message,
     check_needs,
@@ -1025,7 +1026,14 @@ class SqlStorage(Storage):
 
     # ------------------------------------------------------------------ leases
 
-    def _claim_row(self, row: Sequence[Any], epoch: int, expires: int, reassigned: bool) -> Claim:
+    def _claim_row(
+        self,
+        row: Sequence[Any],
+        epoch: int,
+        expires: int,
+        reassigned: bool,
+        history: tuple[StoredEvent, ...] | None = None,
+    ) -> Claim:
         eid, workflow_id, workflow_version, version, status = row[:5]
         return Claim(
             execution_id=eid,
@@ -1036,6 +1044,7 @@ class SqlStorage(Storage):
             status=status,
             lease_expires_at=expires,
             reassigned=reassigned,
+            history=history,
         )
 
     async def claim(
@@ -1046,21 +1055,32 @@ class SqlStorage(Storage):
         limit: int = 1,
         lease_seconds: float = 30.0,
         steal_after: float = 2.0,
+        history_upto: int = 0,
     ) -> list[Claim]:
         """Take up to ``limit`` ready, unowned (or expired) executions this node can run."""
         check_node_id(node_id)
         check_lease_seconds(lease_seconds)
+        check_history_upto(history_upto)
         steal_us = max(0, math.ceil(steal_after * 1_000_000))
         caps = sorted(set(capabilities))
         check_needs(node_id, caps)
         if limit <= 0:
             return []
-        return await self._claim(node_id, caps, limit, lease_us(lease_seconds), steal_us)
+        return await self._claim(
+            node_id, caps, limit, lease_us(lease_seconds), steal_us, history_upto
+        )
 
     async def _claim(
-        self, node_id: str, caps: list[str], limit: int, lease: int, steal_us: int
+        self,
+        node_id: str,
+        caps: list[str],
+        limit: int,
+        lease: int,
+        steal_us: int,
+        history_upto: int = 0,
     ) -> list[Claim]:
-        """The claim's statements (a dialect may run them in one round trip)."""
+        """The claim's statements (a dialect may run them in one round trip,
+        reading the short histories with them)."""
         # A read first: a claim that finds nothing (most polls) never takes
         # the write lock or a write transaction. What the read misses, the
         # next poll or hint finds.
