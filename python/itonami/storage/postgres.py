@@ -187,32 +187,28 @@ class _Unencodable(Exception):
     psycopg adapts each value and the server refuses only its request."""
 
 
-def _int8s(values: list[int] | list[int | None]) -> _Int8Array:
+def _encoded(encode: Callable[[Any], bytes], values: list[Any]) -> bytes:
+    """``encode(values)``, its refusal as :class:`_Unencodable`."""
     try:
-        return _Int8Array(_core.pg_array_int8(values))
+        return encode(values)
     except (TypeError, ValueError) as exc:
         raise _Unencodable(str(exc)) from exc
+
+
+def _int8s(values: list[int] | list[int | None]) -> _Int8Array:
+    return _Int8Array(_encoded(_core.pg_array_int8, values))
 
 
 def _texts(values: list[str] | list[str | None]) -> _TextArray:
-    try:
-        return _TextArray(_core.pg_array_text(values))
-    except (TypeError, ValueError) as exc:
-        raise _Unencodable(str(exc)) from exc
+    return _TextArray(_encoded(_core.pg_array_text, values))
 
 
 def _byteas(values: list[bytes] | list[bytes | bytearray | None]) -> _ByteaArray:
-    try:
-        return _ByteaArray(_core.pg_array_bytea(values))
-    except (TypeError, ValueError) as exc:
-        raise _Unencodable(str(exc)) from exc
+    return _ByteaArray(_encoded(_core.pg_array_bytea, values))
 
 
 def _bools(values: list[bool] | list[bool | None]) -> _BoolArray:
-    try:
-        return _BoolArray(_core.pg_array_bool(values))
-    except (TypeError, ValueError) as exc:
-        raise _Unencodable(str(exc)) from exc
+    return _BoolArray(_encoded(_core.pg_array_bool, values))
 
 
 def _bulk_ok(req: AppendRequest) -> bool:
@@ -920,13 +916,10 @@ class PostgresStorage(SqlStorage):
             " VALUES (?, ?, ?, ?)"
         )
 
-    # The claim in single statements: the clock is read once in the
-    # statement (a CTE: clock_timestamp() is volatile, so it is evaluated
-    # once there rather than per row, and the ready index stays usable).
-    _CLOCK_CTE = f"WITH c AS ({_NOW_SQL} AS now) "
-
     # Pick (FOR UPDATE SKIP LOCKED), lease, count the takeovers and return,
-    # in one statement. Sequences are not transactional, so counting in
+    # in one statement. The clock is read once, in a CTE (clock_timestamp()
+    # is volatile: evaluated there rather than per row, the ready index
+    # stays usable). Sequences are not transactional, so counting in
     # RETURNING is as safe as a statement of its own.
     #
     # The claim commits without waiting for its WAL flush (synchronous_commit
