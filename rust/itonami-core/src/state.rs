@@ -352,6 +352,12 @@ impl Touched {
         self.len() == 0
     }
 
+    /// Forgets the entries, so one `Touched` serves a whole fold.
+    pub fn clear(&mut self) {
+        self.len = 0;
+        self.more.clear();
+    }
+
     /// The entries, in the order recorded.
     pub fn iter(&self) -> impl Iterator<Item = &(Category, usize)> {
         self.inline[..self.len].iter().chain(self.more.iter())

@@ -25,7 +25,7 @@ use crate::event::{frame_into, frames, DecodeError, Event, EventKind, EventRef};
 use crate::merkle::Hash;
 use crate::proof::InclusionProof;
 use crate::snapshot;
-use crate::state::{ExecutionState, HashedState, ReduceError};
+use crate::state::{ExecutionState, HashedState, ReduceError, Touched};
 
 /// The largest version or tx the store accepts or hands out.
 ///
@@ -451,15 +451,21 @@ impl Execution {
             return Ok(start);
         }
         let mut state = Arc::try_unwrap(start).unwrap_or_else(|shared| (*shared).clone());
+        let mut touched = Touched::new();
         for v in from..version {
             let i = (v - self.base_version) as usize;
             let event = EventRef::decode_trusted(self.event_bytes(i), 0, v as usize)?;
-            state.apply_ref(event).map_err(|error| StoreError::Reduce {
-                index: v as usize,
-                error,
-            })?;
-            state.tx = self.meta.get(i).map_or(0, |m| m.tx);
+            touched.clear();
+            state
+                .apply_tracked(event, &mut touched)
+                .map_err(|error| StoreError::Reduce {
+                    index: v as usize,
+                    error,
+                })?;
         }
+        // The tx of the newest version folded (`version - 1` is its index).
+        let last = (version - 1 - self.base_version) as usize;
+        state.tx = self.meta.get(last).map_or(0, |m| m.tx);
         Ok(Arc::new(state))
     }
 
@@ -1451,11 +1457,13 @@ impl VersionStore {
 /// Folds a history into a state without hashing.
 pub fn replay(id: &str, history: &[u8]) -> Result<ExecutionState, StoreError> {
     let mut state = ExecutionState::new(id);
+    let mut touched = Touched::new();
     for (index, frame) in frames(history).enumerate() {
         let (offset, body) = frame?;
         let event = EventRef::decode(body, offset + 4, index)?;
+        touched.clear();
         state
-            .apply_ref(event)
+            .apply_tracked(event, &mut touched)
             .map_err(|error| StoreError::Reduce { index, error })?;
     }
     Ok(state)
