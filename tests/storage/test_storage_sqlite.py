@@ -539,3 +539,28 @@ async def test_v2_store_is_carried_forward_to_leases(sq: StoreFactory) -> None:
     conn = _raw(sq.path)
     assert conn.execute("SELECT version FROM schema_version").fetchone()[0] == SCHEMA_VERSION
     conn.close()
+
+
+async def test_an_append_sets_the_status_only_when_it_changes(sq: StoreFactory) -> None:
+    # SQLite rewrites an index entry for every column an UPDATE's SET names,
+    # changed or not: a running execution's commit must leave `status` out,
+    # or each one rewrites its `executions_status` entry (a WAL page).
+    s = sq.make()
+    await s.open()
+    updates: list[str] = []
+    try:
+        assert isinstance(s, SqliteStorage) and s._wconn is not None
+        s._wconn.set_trace_callback(
+            lambda sql: updates.append(sql) if sql.startswith("UPDATE executions") else None
+        )
+        await s.append(request(sq, "e", 0, 2))
+        await s.append(request(sq, "e", 2, 1))  # running -> running
+        running = await s.get_execution("e")
+        await s.append(request(sq, "e", 3, 1, status="completed"))
+        done = await s.get_execution("e")
+    finally:
+        s._wconn.set_trace_callback(None)  # type: ignore[union-attr]
+        await s.close()
+    assert [("status =" in u) for u in updates] == [False, True]
+    assert running is not None and (running.status, running.version) == ("running", 3)
+    assert done is not None and (done.status, done.version) == ("completed", 4)

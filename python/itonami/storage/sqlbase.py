@@ -297,13 +297,25 @@ def migrations(
 @functools.cache
 def _select_for_append(for_update: str, tx_top: str) -> str:
     top = f", {tx_top}" if tx_top else ""
-    return f"SELECT version, owner, epoch{top} FROM executions WHERE execution_id = ?{for_update}"
+    return (
+        f"SELECT version, owner, epoch, status{top} FROM executions"
+        f" WHERE execution_id = ?{for_update}"
+    )
 
 
 @functools.cache
-def _update_for_append(terminal: bool, set_ready: bool, ack: bool, greatest: str) -> str:
-    """The UPDATE of an append to an existing execution (one text per shape, cached)."""
-    sets = ["status = ?", "version = ?", "updated_at = COALESCE(?, updated_at)"]
+def _update_for_append(
+    terminal: bool, set_ready: bool, ack: bool, greatest: str, set_status: bool = True
+) -> str:
+    """The UPDATE of an append to an existing execution (one text per shape, cached).
+
+    ``status`` is set only when it changes: SQLite rewrites an index entry
+    for every column a SET names, changed or not, so a running execution's
+    commit would rewrite its ``executions_status`` entry each time (a WAL
+    page per commit).
+    """
+    sets = ["status = ?"] if set_status else []
+    sets += ["version = ?", "updated_at = COALESCE(?, updated_at)"]
     if terminal:
         sets += [
             "finished_at = COALESCE(?, updated_at)",
@@ -491,8 +503,8 @@ class SqlStorage(Storage):
                 raise conflict(eid, req.expected_version, actual)
         txs = [e.tx for e in events]
         if events:
-            if req.allocate_tx and row is not None and len(row) > 3:
-                top = int(row[3])  # TX_TOP, read in this transaction
+            if req.allocate_tx and row is not None and len(row) > 4:
+                top = int(row[4])  # TX_TOP, read in this transaction
                 txs = list(range(top + 1, top + 1 + len(events)))
             elif req.allocate_tx:
                 txs = yield from self._allocate("tx", len(events))
@@ -515,7 +527,9 @@ class SqlStorage(Storage):
                     f"append to {eid}: an event's version or tx is already stored ({exc})"
                 ) from exc
         if not created:
-            params: list[Any] = [req.status, new_version, last_ts]
+            set_status = row is None or row[3] != req.status
+            params: list[Any] = [req.status] if set_status else []
+            params += [new_version, last_ts]
             if terminal:
                 params.append(last_ts)  # finished_at
             if set_ready:
@@ -524,7 +538,7 @@ class SqlStorage(Storage):
                 params.append(req.ack_inbox_upto)
             params.append(eid)
             update = _update_for_append(
-                terminal, set_ready, req.ack_inbox_upto is not None, self.GREATEST
+                terminal, set_ready, req.ack_inbox_upto is not None, self.GREATEST, set_status
             )
             yield Q(update, params)
         if req.timers_cleared:
