@@ -20,7 +20,7 @@ from itonami.storage import (
     default_storage_url,
     open_storage,
 )
-from itonami.storage.sqlite import SCHEMA_VERSION
+from itonami.storage.sqlite import MIGRATIONS, SCHEMA_VERSION
 
 
 @pytest.fixture
@@ -281,7 +281,6 @@ async def test_garbled_pages_are_reported(sq: StoreFactory, offset: float) -> No
 @pytest.mark.parametrize(
     ("column", "value", "bad_version"),
     [
-        ("tx", "not-a-number", 2),
         ("timestamp", 1.5, 2),
         ("hash", "text instead of bytes", 2),
         ("encoded", 12345, 2),
@@ -564,3 +563,78 @@ async def test_an_append_sets_the_status_only_when_it_changes(sq: StoreFactory) 
     assert [("status =" in u) for u in updates] == [False, True]
     assert running is not None and (running.status, running.version) == ("running", 3)
     assert done is not None and (done.status, done.version) == ("completed", 4)
+
+
+async def test_a_tx_that_is_not_an_integer_cannot_be_stored(sq: StoreFactory) -> None:
+    # Events are keyed by tx (the table's rowid), so SQLite itself refuses
+    # the damage the type check used to find.
+    await _filled(sq)
+    conn = _raw(sq.path)
+    with pytest.raises(sqlite3.IntegrityError, match="datatype mismatch"):
+        conn.execute("UPDATE events SET tx = 'x' WHERE execution_id = 'e1' AND version = 2")
+    conn.close()
+    s = sq.make()
+    await s.open()
+    try:
+        assert len(await s.read_events("e1")) == 4
+        assert await s.integrity_check() == []
+    finally:
+        await s.close()
+
+
+def _store_at(path: Path, version: int) -> sqlite3.Connection:
+    """A store with the schema as this code's migrations left it at ``version``."""
+    conn = _raw(path)
+    conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    conn.execute("INSERT INTO schema_version VALUES (?)", (version,))
+    for v, statements in MIGRATIONS:
+        if v <= version:
+            for stmt in statements:
+                conn.execute(stmt)
+    return conn
+
+
+async def test_events_are_rekeyed_by_tx_and_damage_stops_the_upgrade(sq: StoreFactory) -> None:
+    conn = _store_at(sq.path, 7)
+    for eid, tx in (("a", 7), ("b", 3)):
+        conn.execute(
+            "INSERT INTO executions (execution_id, workflow_id, workflow_version, status,"
+            " created_at, updated_at, version, epoch) VALUES (?, 'wf', '1', 'running', 1, 1, 2, 0)",
+            (eid,),
+        )
+        for version in (1, 2):
+            conn.execute(
+                "INSERT INTO events VALUES (?, ?, ?, 10, 'step', ?, ?)",
+                (eid, version, tx + version, b"h" * 32, f"{eid}{version}".encode()),
+            )
+    conn.execute("UPDATE events SET tx = 'damaged' WHERE execution_id = 'b' AND version = 2")
+    conn.close()
+
+    s = sq.make()
+    with pytest.raises(CorruptStorageError, match="from version 7 to 8") as info:
+        await s.open()
+    assert "nothing was changed" in str(info.value)
+    conn = _raw(sq.path)
+    assert conn.execute("SELECT version FROM schema_version").fetchone() == (7,)
+    assert conn.execute("SELECT COUNT(*) FROM events").fetchone() == (4,)
+    conn.execute("UPDATE events SET tx = 5 WHERE execution_id = 'b' AND version = 2")
+    conn.close()
+
+    s = sq.make()
+    await s.open()
+    try:
+        for eid, txs in (("a", [8, 9]), ("b", [4, 5])):
+            got = await s.read_events(eid)
+            assert [(e.version, e.tx, e.encoded) for e in got] == [
+                (1, txs[0], f"{eid}1".encode()),
+                (2, txs[1], f"{eid}2".encode()),
+            ]
+        assert await s.integrity_check() == []
+    finally:
+        await s.close()
+    conn = _raw(sq.path)
+    assert conn.execute("SELECT version FROM schema_version").fetchone() == (SCHEMA_VERSION,)
+    columns = [row[1] for row in conn.execute("PRAGMA table_info(events)")]
+    pk = [row[1] for row in conn.execute("PRAGMA table_info(events)") if row[5]]
+    assert columns[0] == "tx" and pk == ["tx"]
+    conn.close()

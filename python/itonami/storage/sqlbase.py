@@ -290,6 +290,9 @@ def migrations(
                 " WHERE finished_at IS NOT NULL",
             ),
         ),
+        # SQLite keys its events table by tx (its dialect's statements); the
+        # other dialects have nothing to change.
+        (8, ()),
     ]
     return [(v, stmts + more.get(v, ())) for v, stmts in out]
 
