@@ -557,7 +557,9 @@ class SqliteStorage(SqlStorage):
         except _RedoCarefully:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
-            self._run_writes(conn, ops, careful=True)
+            # In the order the fast path ran them, so that redoing a batch
+            # cannot change which of its ops succeed.
+            self._run_writes(conn, [op for op, _ in together] + one_by_one, careful=True)
             return
         except _Busy:
             raise
