@@ -8,6 +8,10 @@ Design:
   A conflict is detected before its operation writes, so batches run without
   savepoints; any other failure rolls the batch back and runs it again with
   a ``SAVEPOINT`` around each operation, so one bad operation fails alone.
+  With ``bulk=True`` (the default) the batch's plain appends are written
+  together first: one read of their rows, one ``executemany`` per table;
+  inbox acks, event waits, an execution's later appends in the batch and
+  the other operations follow one by one, in submission order.
   Futures are settled only after the commit returned, so an awaited append
   is durable.
 * **Where the writes run** (``writer=``): ``"loop"`` (default) runs each
