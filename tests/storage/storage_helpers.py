@@ -20,8 +20,16 @@ from itonami.storage import AppendRequest, Storage, StoredEvent, open_storage
 PG_URL = os.environ.get("ITONAMI_TEST_POSTGRES_URL", "")
 PG_SKIP = "PostgreSQL tests need ITONAMI_TEST_POSTGRES_URL (run: source .ci/postgres.sh)"
 
-BACKENDS = ["memory", "sqlite", "sqlite-thread", "sqlite-memory", "postgres", "postgres-perop"]
-DURABLE_BACKENDS = ["sqlite", "sqlite-thread", "postgres", "postgres-perop"]
+BACKENDS = [
+    "memory",
+    "sqlite",
+    "sqlite-perop",
+    "sqlite-thread",
+    "sqlite-memory",
+    "postgres",
+    "postgres-perop",
+]
+DURABLE_BACKENDS = ["sqlite", "sqlite-perop", "sqlite-thread", "postgres", "postgres-perop"]
 
 
 def new_pg_schema() -> str:
@@ -64,6 +72,8 @@ class StoreFactory:
             return self._memory
         if self.kind == "sqlite":
             return open_storage(f"sqlite:///{self.path}", **options)
+        if self.kind == "sqlite-perop":  # every append through the shared SQL
+            return open_storage(f"sqlite:///{self.path}", bulk=False, **options)
         if self.kind == "sqlite-thread":
             return open_storage(f"sqlite:///{self.path}", writer="thread", **options)
         if self.kind == "sqlite-memory":

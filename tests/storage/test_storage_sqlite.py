@@ -3,20 +3,29 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import os
 import sqlite3
+import tempfile
 import threading
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from storage_helpers import StoreFactory, event, request
 
 from itonami.errors import CorruptStorageError, StorageError
 from itonami.storage import (
+    READY_NOW,
+    UNCHANGED,
     AppendRequest,
     Fence,
     MemoryStorage,
     SqliteStorage,
+    StoredEvent,
     default_storage_url,
     open_storage,
 )
@@ -638,3 +647,331 @@ async def test_events_are_rekeyed_by_tx_and_damage_stops_the_upgrade(sq: StoreFa
     pk = [row[1] for row in conn.execute("PRAGMA table_info(events)") if row[5]]
     assert columns[0] == "tx" and pk == ["tx"]
     conn.close()
+
+
+# ------------------------------------------------------------------ bulk group commits
+
+#: A fixed clock, so READY_NOW and leases read the same on both paths.
+NOW_US = 5_000_000
+
+
+def _sqlite(path: Path, *, bulk: bool) -> SqliteStorage:
+    return SqliteStorage(str(path), bulk=bulk, clock=lambda: NOW_US, durability="normal")
+
+
+def _dump(path: Path) -> dict[str, list[tuple]]:
+    """Every row an append writes, table by table, in key order."""
+    conn = _raw(path)
+    try:
+        return {
+            table: conn.execute(f"SELECT {columns} FROM {table} ORDER BY {order}").fetchall()
+            for table, columns, order in (
+                ("executions", "*", "execution_id"),
+                (
+                    "events",
+                    "execution_id, version, tx, timestamp, kind, hash, encoded",
+                    "execution_id, version",
+                ),
+                ("timers", "*", "execution_id, step"),
+                ("execution_needs", "*", "execution_id, capability"),
+                ("event_waits", "*", "execution_id, event_type"),
+                ("inbox", "*", "execution_id, seq"),
+                ("counters", "*", "name"),
+            )
+        }
+    finally:
+        conn.close()
+
+
+def _bulk_order(reqs: list[AppendRequest]) -> list[int]:
+    """The order in which the bulk path runs a group's appends: each
+    execution's first plain append, then the rest in submission order."""
+    first: list[int] = []
+    later: list[int] = []
+    seen: set[str] = set()
+    for i, r in enumerate(reqs):
+        plain = r.ack_inbox_upto is None and not r.waits_set and not r.waits_cleared
+        (first if plain and r.execution_id not in seen else later).append(i)
+        seen.add(r.execution_id)
+    return first + later
+
+
+def _outcome(result: object) -> object:
+    if isinstance(result, BaseException):
+        return (type(result).__name__, str(result))
+    return result
+
+
+async def _group(store: SqliteStorage, reqs: list[AppendRequest]) -> list[object]:
+    """Submit ``reqs`` in one group commit; each one's txs or (error type, message)."""
+    commits = store.commits
+    futures = [store.submit(r) for r in reqs]
+    results = await asyncio.gather(*futures, return_exceptions=True)
+    assert store.commits == commits + 1
+    return [_outcome(r) for r in results]
+
+
+async def _group_per_op(store: SqliteStorage, reqs: list[AppendRequest]) -> list[object]:
+    """The same group on the one-by-one path, in the bulk path's order."""
+    order = _bulk_order(reqs)
+    results = await _group(store, [reqs[i] for i in order])
+    out: list[object] = [None] * len(reqs)
+    for i, result in zip(order, results, strict=True):
+        out[i] = result
+    return out
+
+
+def _ev(eid: str, version: int, tx: int = 1) -> StoredEvent:
+    return event(eid, version, tx)
+
+
+def _mixed_setup() -> list[AppendRequest]:
+    """Appends, awaited one by one, that make the executions the group meets."""
+    return [
+        AppendRequest("old", 0, [_ev("old", 1), _ev("old", 2)], "running", workflow_id="wf",
+                      allocate_tx=True, needs=["cpu"], timers_set={"0": 50}),
+        AppendRequest("stale", 0, [_ev("stale", 1)], "running", workflow_id="wf",
+                      allocate_tx=True),
+        AppendRequest("owned", 0, [_ev("owned", 1)], "running", workflow_id="wf",
+                      allocate_tx=True, fence=Fence("node-a", 0)),
+        AppendRequest("acked", 0, [_ev("acked", 1)], "waiting", workflow_id="wf",
+                      allocate_tx=True, waits_set=["paid"]),
+        AppendRequest("ending", 0, [_ev("ending", 1)], "running", workflow_id="wf",
+                      allocate_tx=True, timers_set={"0": 70}, needs=["gpu"]),
+    ]  # fmt: skip
+
+
+def _mixed_group() -> list[AppendRequest]:
+    """One group: a fresh execution, a fresh owned one, appends to existing
+    ones (one ending), a conflict, a fence, and one the bulk path cannot take."""
+    return [
+        AppendRequest("new", 0, [_ev("new", 1), _ev("new", 2)], "running", workflow_id="wf",
+                      workflow_version="2", parent_id="old", allocate_tx=True,
+                      ready_at=READY_NOW, needs=["gpu", "cpu", "gpu"], preferred="node-c",
+                      timers_set={"0/1": 90}),
+        AppendRequest("new-owned", 0, [_ev("new-owned", 1)], "running", workflow_id="wf",
+                      allocate_tx=True, fence=Fence("node-a", 0), lease_seconds=2.5,
+                      preferred="node-c"),
+        AppendRequest("old", 2, [_ev("old", 3)], "running", allocate_tx=True,
+                      timers_cleared=["0"], timers_set={"1": 60}, needs=["gpu"], ready_at=123),
+        AppendRequest("stale", 0, [_ev("stale", 1)], "running", workflow_id="wf",
+                      allocate_tx=True),
+        AppendRequest("owned", 1, [_ev("owned", 2)], "running", allocate_tx=True,
+                      fence=Fence("node-b", 1)),
+        AppendRequest("acked", 1, [_ev("acked", 2)], "running", allocate_tx=True,
+                      ack_inbox_upto=1, waits_cleared=["paid"]),
+        AppendRequest("ending", 1, [_ev("ending", 2)], "completed", allocate_tx=True),
+        AppendRequest("old", 3, [_ev("old", 4)], "waiting", allocate_tx=True),
+    ]  # fmt: skip
+
+
+async def _run_mixed(path: Path, *, bulk: bool) -> tuple[list[object], int]:
+    store = _sqlite(path, bulk=bulk)
+    await store.open()
+    try:
+        for req in _mixed_setup():
+            await store.append(req)
+        await store.post_message("acked", "signal", "go", b"1")
+        group = _mixed_group()
+        results = await (_group(store, group) if bulk else _group_per_op(store, group))
+        fenced_writes = (await store.cluster_stats()).fenced_writes
+        assert await store.integrity_check() == []
+    finally:
+        await store.close()
+    return results, fenced_writes
+
+
+async def test_bulk_group_commit_gives_each_request_its_own_outcome(tmp_path: Path) -> None:
+    results, fenced_writes = await _run_mixed(tmp_path / "bulk.db", bulk=True)
+    new, new_owned, old, stale, owned, acked, ending, old_again = results
+    # Setup used txs 1-6; the bulk appends get theirs in request order, the
+    # appends that go one by one (an inbox ack, a second append to "old") after.
+    assert (new, new_owned, old, ending) == ([7, 8], [9], [10], [11])
+    assert stale == (
+        "ConflictError", "execution stale: expected version 0, but the stored version is 1"
+    )  # fmt: skip
+    assert owned[0] == "FencedError" and "owned by node-a at epoch 1" in str(owned[1])
+    assert (acked, old_again) == ([12], [13])
+    assert fenced_writes == 1
+
+    rows = _dump(tmp_path / "bulk.db")
+    cols = [
+        "execution_id", "workflow_id", "workflow_version", "status", "parent_id",
+        "created_at", "updated_at", "version", "owner", "epoch", "lease_expires_at",
+        "ready_at", "inbox_acked", "preferred", "finished_at",
+    ]  # fmt: skip
+    conn = _raw(tmp_path / "bulk.db")
+    execs = {
+        r[0]: dict(zip(cols, r, strict=True))
+        for r in conn.execute(f"SELECT {', '.join(cols)} FROM executions")
+    }
+    conn.close()
+    ts = {v: event("x", v, 1).timestamp for v in range(1, 5)}
+    assert execs["new"] == {
+        "execution_id": "new", "workflow_id": "wf", "workflow_version": "2", "status": "running",
+        "parent_id": "old", "created_at": ts[1], "updated_at": ts[2], "version": 2,
+        "owner": None, "epoch": 0, "lease_expires_at": None, "ready_at": NOW_US,
+        "inbox_acked": 0, "preferred": "node-c", "finished_at": None,
+    }  # fmt: skip
+    owned_row = execs["new-owned"]
+    assert (owned_row["owner"], owned_row["epoch"], owned_row["preferred"]) == ("node-a", 1, None)
+    assert owned_row["lease_expires_at"] == NOW_US + 2_500_000
+    assert (execs["old"]["version"], execs["old"]["status"]) == (4, "waiting")
+    assert execs["old"]["ready_at"] == 123  # set by the bulk append, kept by the next
+    assert (execs["stale"]["version"], execs["owned"]["version"]) == (1, 1)
+    assert (execs["acked"]["version"], execs["acked"]["inbox_acked"]) == (2, 1)
+    assert execs["ending"]["finished_at"] == ts[2] and execs["ending"]["owner"] is None
+    assert execs["ending"]["ready_at"] is None
+    assert [(r[0], r[1], r[2]) for r in rows["timers"]] == [
+        ("new", "0/1", 90), ("old", "1", 60)
+    ]  # fmt: skip
+    assert rows["execution_needs"] == [("new", "cpu"), ("new", "gpu"), ("old", "gpu")]
+    assert rows["event_waits"] == [] and rows["inbox"] == []
+    txs = [r[2] for r in rows["events"]]
+    assert sorted(txs) == list(range(1, 14))
+
+
+async def test_bulk_and_per_op_paths_store_the_same(tmp_path: Path) -> None:
+    bulk = await _run_mixed(tmp_path / "bulk.db", bulk=True)
+    per_op = await _run_mixed(tmp_path / "perop.db", bulk=False)
+    assert bulk == per_op
+    assert _dump(tmp_path / "bulk.db") == _dump(tmp_path / "perop.db")
+
+
+@contextlib.asynccontextmanager
+async def _store_with_a(path: Path) -> AsyncIterator[SqliteStorage]:
+    """An open bulk store holding execution "a" at version 1 (tx 1)."""
+    store = _sqlite(path, bulk=True)
+    await store.open()
+    try:
+        await store.append(AppendRequest("a", 0, [_ev("a", 1, 1)], "running", workflow_id="wf"))
+        yield store
+    finally:
+        await store.close()
+
+
+async def test_a_duplicate_event_in_a_bulk_fails_only_its_request(tmp_path: Path) -> None:
+    async with _store_with_a(tmp_path / "s.db") as store:
+        results = await _group(
+            store,
+            [
+                AppendRequest("b", 0, [_ev("b", 1, 2)], "running", workflow_id="wf"),
+                # tx 1 is stored already: the bulk insert of events fails,
+                # the batch is redone op by op and only this request fails.
+                AppendRequest("c", 0, [_ev("c", 1, 1)], "running", workflow_id="wf"),
+                AppendRequest("a", 1, [], "completed", allocate_tx=True),
+            ],
+        )
+        assert results[0] == [2] and results[2] == []
+        assert results[1][0] == "StorageError" and "already stored" in str(results[1][1])
+        assert await store.get_execution("c") is None
+        assert [e.tx for e in await store.read_events("b")] == [2]
+        rec = await store.get_execution("a")
+        assert rec is not None and rec.status == "completed"
+
+
+async def test_an_unexpected_bulk_failure_redoes_the_batch_carefully(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = SqliteStorage._bulk_append
+    calls: list[int] = []
+
+    def failing(self: SqliteStorage, conn: sqlite3.Connection, reqs: list) -> list:
+        calls.append(len(reqs))
+        real(self, conn, reqs)  # writes everything, then fails: all must be rolled back
+        raise RuntimeError("injected")
+
+    monkeypatch.setattr(SqliteStorage, "_bulk_append", failing)
+    async with _store_with_a(tmp_path / "s.db") as store:
+        results = await _group(
+            store,
+            [
+                AppendRequest("a", 1, [_ev("a", 2)], "running", allocate_tx=True),
+                AppendRequest("b", 0, [_ev("b", 1)], "running", workflow_id="wf",
+                              allocate_tx=True),
+                AppendRequest("a", 5, [_ev("a", 6)], "running", allocate_tx=True),
+            ],
+        )  # fmt: skip
+        assert calls == [1, 2]
+        assert results[:2] == [[2], [3]]
+        assert results[2][0] == "ConflictError"
+        assert [e.tx for e in await store.read_events("a")] == [1, 2]
+        assert await store.integrity_check() == []
+
+
+# One request of a random group: (execution, version offset from the stored
+# one, events, status, tx mode, fence, ready_at, needs, inbox ack, waits).
+_request_spec = st.tuples(
+    st.sampled_from(["a", "b", "c", "d"]),
+    st.sampled_from([-1, 0, 0, 0, 0, 1]),
+    st.integers(0, 2),
+    st.sampled_from(["running", "waiting", "completed"]),
+    st.sampled_from(["allocate", "allocate", "given", "stored"]),  # stored: a duplicate tx
+    st.sampled_from([None, None, "n1", "n2"]),
+    st.sampled_from([UNCHANGED, UNCHANGED, None, READY_NOW, 500]),
+    st.sampled_from([None, None, (), ("gpu",), ("gpu", "cpu")]),
+    st.sampled_from([None, None, None, 1]),
+    st.sampled_from([(), (), ("paid",)]),
+    st.dictionaries(st.sampled_from(["0", "0/1"]), st.integers(0, 1000), max_size=2),
+    st.lists(st.sampled_from(["0", "0/1"]), max_size=2, unique=True),
+)
+
+
+def _random_request(spec: tuple, version: int, tx: Iterator[int]) -> AppendRequest:
+    eid, offset, count, status, txs, owner, ready, needs, ack, waits, armed, cleared = spec
+    expected = max(0, version + offset)
+    given = txs == "given"
+    events = [
+        event(eid, expected + 1 + i, next(tx) if given else 1 if txs == "stored" else 999)
+        for i in range(count)
+    ]
+    fence = None
+    if owner is not None:
+        fence = Fence(owner, 0 if expected == 0 else 1)
+    return AppendRequest(
+        eid,
+        expected,
+        events,
+        status,
+        workflow_id="wf" if expected == 0 else None,
+        allocate_tx=txs == "allocate",
+        fence=fence,
+        ready_at=ready,
+        needs=needs,
+        ack_inbox_upto=ack,
+        waits_set=list(waits),
+        timers_set=dict(armed),
+        timers_cleared=list(cleared),
+    )
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(plan=st.lists(st.lists(_request_spec, min_size=1, max_size=8), min_size=1, max_size=5))
+def test_bulk_path_matches_the_per_op_path(plan: list[list[tuple]]) -> None:
+    """Random groups of appends give the same outcomes and stored rows on
+    both paths (the per-op one run in the order the bulk path runs them)."""
+
+    async def run(tmp: Path) -> None:
+        bulk, per_op = _sqlite(tmp / "bulk.db", bulk=True), _sqlite(tmp / "perop.db", bulk=False)
+        await bulk.open()
+        await per_op.open()
+        tx = itertools.count(1000)
+        try:
+            for round_ in plan:
+                versions: dict[str, int] = {}
+                for eid in {spec[0] for spec in round_}:
+                    rec = await bulk.get_execution(eid)
+                    versions[eid] = 0 if rec is None else rec.version
+                group = []
+                for spec in round_:
+                    req = _random_request(spec, versions[spec[0]], tx)
+                    versions[req.execution_id] = req.expected_version + len(req.events)
+                    group.append(req)
+                assert await _group(bulk, group) == await _group_per_op(per_op, group)
+                assert _dump(tmp / "bulk.db") == _dump(tmp / "perop.db")
+        finally:
+            await bulk.close()
+            await per_op.close()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        asyncio.run(run(Path(tmp)))

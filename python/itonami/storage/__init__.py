@@ -75,8 +75,8 @@ def open_storage(url: str, **options: Any) -> Storage:
     """Make the backend named by ``url`` (not yet opened: ``await s.open()``).
 
     ``options`` go to the backend's constructor (SQLite: ``durability``,
-    ``writer``, ``readers``, ``busy_timeout``, ``poll_interval``; PostgreSQL:
-    ``schema``). An unknown scheme
+    ``writer``, ``readers``, ``busy_timeout``, ``poll_interval``, ``bulk``;
+    PostgreSQL: ``schema``, ``bulk``). An unknown scheme
     raises ``ValueError`` naming the supported ones.
     """
     if not isinstance(url, str):

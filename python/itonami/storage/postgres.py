@@ -62,7 +62,7 @@ from itonami.storage.base import (
     fenced,
 )
 from itonami.storage.base import redact_url as redact
-from itonami.storage.sqlbase import NOW, WAKE, Op, Q, SqlStorage, lease_us, migrations
+from itonami.storage.sqlbase import NOW, WAKE, Op, Q, SqlStorage, bulk_ok, lease_us, migrations
 
 log = logging.getLogger("itonami.storage.postgres")
 
@@ -209,11 +209,6 @@ def _byteas(values: list[bytes] | list[bytes | bytearray | None]) -> _ByteaArray
 
 def _bools(values: list[bool] | list[bool | None]) -> _BoolArray:
     return _BoolArray(_encoded(_core.pg_array_bool, values))
-
-
-def _bulk_ok(req: AppendRequest) -> bool:
-    """Whether the bulk path can take ``req`` (all but inbox acks and event waits)."""
-    return req.ack_inbox_upto is None and not req.waits_set and not req.waits_cleared
 
 
 @dataclass(slots=True)
@@ -436,8 +431,8 @@ class PostgresStorage(SqlStorage):
 
     async def _run_batch(self, ops: list[_Op]) -> None:
         if self.bulk:
-            appends = [op for op in ops if op.req is not None and _bulk_ok(op.req)]
-            rest = [op for op in ops if not (op.req is not None and _bulk_ok(op.req))]
+            appends = [op for op in ops if op.req is not None and bulk_ok(op.req)]
+            rest = [op for op in ops if not (op.req is not None and bulk_ok(op.req))]
             # Other appends need the one-by-one path; other writes (claims,
             # renewals, messages) ride in the same transaction after the
             # bulk appends. Concurrent ops carry no order among themselves,

@@ -333,6 +333,109 @@ def _update_for_append(
     return f"UPDATE executions SET {', '.join(sets)} WHERE execution_id = ?"
 
 
+#: The INSERT of a new execution's row, written with its final values.
+INSERT_EXECUTION = (
+    f"INSERT INTO executions ({_EXEC_COLUMNS}, owner, epoch, lease_expires_at,"
+    " ready_at, inbox_acked, preferred, finished_at)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+#: The INSERT of an appended event (one parameter tuple per event).
+INSERT_EVENT = (
+    "INSERT INTO events (execution_id, version, tx, timestamp, kind, hash, encoded)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+#: The DELETE of a timer an append cleared: (execution_id, step).
+DELETE_TIMER = "DELETE FROM timers WHERE execution_id = ? AND step = ?"
+#: The upsert of a timer an append set: (execution_id, step, fire_at).
+UPSERT_TIMER = (
+    "INSERT INTO timers (execution_id, step, fire_at) VALUES (?, ?, ?)"
+    " ON CONFLICT (execution_id, step) DO UPDATE SET fire_at = excluded.fire_at"
+)
+#: The DELETE of an execution's capability names before new ones go in.
+DELETE_NEEDS = "DELETE FROM execution_needs WHERE execution_id = ?"
+#: The INSERT of one capability name an execution needs.
+INSERT_NEED = "INSERT INTO execution_needs (execution_id, capability) VALUES (?, ?)"
+#: The tables an execution's rows are deleted from when it finishes.
+ENDED_TABLES = ("timers", "execution_needs", "event_waits", "inbox")
+
+
+def bulk_ok(req: AppendRequest) -> bool:
+    """Whether a backend's bulk append can take ``req`` (all but inbox acks
+    and event waits, which go through :meth:`SqlStorage._append`)."""
+    return req.ack_inbox_upto is None and not req.waits_set and not req.waits_cleared
+
+
+def ready_value(req: AppendRequest, now: int) -> tuple[bool, int | None]:
+    """Whether the append sets ``ready_at``, and the value (READY_NOW is ``now``)."""
+    set_ready = req.status not in TERMINAL_STATUSES and req.ready_at != UNCHANGED
+    ready = req.ready_at if set_ready else None
+    if ready == READY_NOW:
+        ready = now
+    return set_ready, ready
+
+
+def needs_clock(req: AppendRequest) -> bool:
+    """Whether the append reads the store's clock (READY_NOW, or a first fenced append)."""
+    return (req.status not in TERMINAL_STATUSES and req.ready_at == READY_NOW) or (
+        req.expected_version == 0 and req.fence is not None
+    )
+
+
+def new_execution_row(req: AppendRequest, now: int, ready: int | None) -> tuple[Any, ...]:
+    """The parameters of :data:`INSERT_EXECUTION` for a first append."""
+    events = req.events
+    first_ts = events[0].timestamp if events else 0
+    last_ts = events[-1].timestamp if events else first_ts
+    terminal = req.status in TERMINAL_STATUSES
+    owner, epoch, expires = None, 0, None
+    if req.fence is not None:
+        epoch = 1
+        if not terminal:
+            owner, expires = req.fence.owner, now + lease_us(req.lease_seconds)
+    return (
+        req.execution_id,
+        req.workflow_id or "",
+        req.workflow_version or "",
+        req.status,
+        req.parent_id,
+        first_ts,
+        last_ts,
+        req.expected_version + len(events),
+        owner,
+        epoch,
+        expires,
+        ready,
+        req.ack_inbox_upto or 0,
+        None if owner is not None else req.preferred,
+        last_ts if terminal else None,
+    )
+
+
+def update_for_append(
+    req: AppendRequest,
+    set_ready: bool,
+    ready: int | None,
+    greatest: str,
+    *,
+    set_status: bool = True,
+) -> tuple[str, list[Any]]:
+    """The UPDATE of an append to an existing execution and its parameters
+    (``set_status``: the stored status differs from the request's)."""
+    terminal = req.status in TERMINAL_STATUSES
+    last_ts = req.events[-1].timestamp if req.events else None
+    params: list[Any] = [req.status] if set_status else []
+    params += [req.expected_version + len(req.events), last_ts]
+    if terminal:
+        params.append(last_ts)  # finished_at
+    if set_ready:
+        params.append(ready)
+    if req.ack_inbox_upto is not None:
+        params.append(req.ack_inbox_upto)
+    params.append(req.execution_id)
+    ack = req.ack_inbox_upto is not None
+    return _update_for_append(terminal, set_ready, ack, greatest, set_status), params
+
+
 def lease_us(lease_seconds: float) -> int:
     """A lease length in whole µs (at least 1)."""
     return max(1, math.ceil(lease_seconds * 1_000_000))
@@ -438,50 +541,18 @@ class SqlStorage(Storage):
         eid = req.execution_id
         events = req.events
         fence = req.fence
-        new_version = req.expected_version + len(events)
-        last_ts = events[-1].timestamp if events else None
         terminal = req.status in TERMINAL_STATUSES
-        set_ready = not terminal and req.ready_at != UNCHANGED
-        ready = req.ready_at if set_ready else None
         first = req.expected_version == 0
-        now = 0
-        if (set_ready and ready == READY_NOW) or (first and fence is not None):
-            now = yield NOW
-            if set_ready and ready == READY_NOW:
-                ready = now
+        now = (yield NOW) if needs_clock(req) else 0
+        set_ready, ready = ready_value(req, now)
         select = _select_for_append(self.FOR_UPDATE, self.TX_TOP if req.allocate_tx else "")
         row = yield Q(select, (eid,), "one")
         created = False
         if row is None and first:
-            first_ts = events[0].timestamp if events else 0
-            owner, epoch, expires = None, 0, None
-            if fence is not None:
-                epoch = 1
-                if not terminal:
-                    owner, expires = fence.owner, now + lease_us(req.lease_seconds)
             # The row is written with its final values: one statement, not two.
             inserted = yield Q(
-                f"INSERT INTO executions ({_EXEC_COLUMNS}, owner, epoch, lease_expires_at,"
-                " ready_at, inbox_acked, preferred, finished_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT (execution_id) DO NOTHING RETURNING version",
-                (
-                    eid,
-                    req.workflow_id or "",
-                    req.workflow_version or "",
-                    req.status,
-                    req.parent_id,
-                    first_ts,
-                    first_ts if last_ts is None else last_ts,
-                    new_version,
-                    owner,
-                    epoch,
-                    expires,
-                    ready,
-                    req.ack_inbox_upto or 0,
-                    None if owner is not None else req.preferred,
-                    (first_ts if last_ts is None else last_ts) if terminal else None,
-                ),
+                INSERT_EXECUTION + " ON CONFLICT (execution_id) DO NOTHING RETURNING version",
+                new_execution_row(req, now, ready),
                 "one",
             )
             if inserted is None:  # another connection created it meanwhile
@@ -515,8 +586,7 @@ class SqlStorage(Storage):
                 yield from self._raise_floor("tx", max(txs))
             try:
                 yield Q(
-                    "INSERT INTO events (execution_id, version, tx, timestamp, kind, hash, encoded)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    INSERT_EVENT,
                     [
                         (eid, e.version, tx, e.timestamp, e.kind, e.hash, e.encoded)
                         for e, tx in zip(events, txs, strict=True)
@@ -530,39 +600,21 @@ class SqlStorage(Storage):
                     f"append to {eid}: an event's version or tx is already stored ({exc})"
                 ) from exc
         if not created:
-            set_status = row is None or row[3] != req.status
-            params: list[Any] = [req.status] if set_status else []
-            params += [new_version, last_ts]
-            if terminal:
-                params.append(last_ts)  # finished_at
-            if set_ready:
-                params.append(ready)
-            if req.ack_inbox_upto is not None:
-                params.append(req.ack_inbox_upto)
-            params.append(eid)
-            update = _update_for_append(
-                terminal, set_ready, req.ack_inbox_upto is not None, self.GREATEST, set_status
+            yield Q(
+                *update_for_append(
+                    req, set_ready, ready, self.GREATEST, set_status=row[3] != req.status
+                )
             )
-            yield Q(update, params)
         if req.timers_cleared:
-            yield Q(
-                "DELETE FROM timers WHERE execution_id = ? AND step = ?",
-                [(eid, step) for step in req.timers_cleared],
-                "many",
-            )
+            yield Q(DELETE_TIMER, [(eid, step) for step in req.timers_cleared], "many")
         if req.timers_set:
-            yield Q(
-                "INSERT INTO timers (execution_id, step, fire_at) VALUES (?, ?, ?)"
-                " ON CONFLICT (execution_id, step) DO UPDATE SET fire_at = excluded.fire_at",
-                [(eid, step, at) for step, at in req.timers_set.items()],
-                "many",
-            )
+            yield Q(UPSERT_TIMER, [(eid, step, at) for step, at in req.timers_set.items()], "many")
         if req.ack_inbox_upto is not None:
             yield Q(
                 "DELETE FROM inbox WHERE execution_id = ? AND seq <= ?", (eid, req.ack_inbox_upto)
             )
         if terminal:
-            for table in ("timers", "execution_needs", "event_waits", "inbox"):
+            for table in ENDED_TABLES:
                 yield Q(f"DELETE FROM {table} WHERE execution_id = ?", (eid,))
         else:
             if req.needs is not None:
@@ -591,14 +643,10 @@ class SqlStorage(Storage):
         self, execution_id: str, needs: Iterable[str], *, replace: bool = True
     ) -> Op[None]:
         if replace:
-            yield Q("DELETE FROM execution_needs WHERE execution_id = ?", (execution_id,))
+            yield Q(DELETE_NEEDS, (execution_id,))
         names = sorted(set(needs))
         if names:
-            yield Q(
-                "INSERT INTO execution_needs (execution_id, capability) VALUES (?, ?)",
-                [(execution_id, name) for name in names],
-                "many",
-            )
+            yield Q(INSERT_NEED, [(execution_id, name) for name in names], "many")
 
     # ------------------------------------------------------------------ reads
 

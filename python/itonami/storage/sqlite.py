@@ -8,6 +8,10 @@ Design:
   A conflict is detected before its operation writes, so batches run without
   savepoints; any other failure rolls the batch back and runs it again with
   a ``SAVEPOINT`` around each operation, so one bad operation fails alone.
+  With ``bulk=True`` (the default) the batch's plain appends are written
+  together first: one read of their rows, one ``executemany`` per table;
+  inbox acks, event waits, an execution's later appends in the batch and
+  the other operations follow one by one, in submission order.
   Futures are settled only after the commit returned, so an awaited append
   is durable.
 * **Where the writes run** (``writer=``): ``"loop"`` (default) runs each
@@ -69,8 +73,34 @@ from typing import Any, TypeVar
 
 from itonami._failpoints import hit
 from itonami.errors import ConflictError, CorruptStorageError, StorageError
-from itonami.storage.base import AppendRequest, Wakeup, check_request
-from itonami.storage.sqlbase import NOW, WAKE, Op, Q, SqlStorage, migrations
+from itonami.storage.base import (
+    TERMINAL_STATUSES,
+    AppendRequest,
+    Wakeup,
+    check_request,
+    conflict,
+    fenced,
+)
+from itonami.storage.sqlbase import (
+    DELETE_NEEDS,
+    DELETE_TIMER,
+    ENDED_TABLES,
+    INSERT_EVENT,
+    INSERT_EXECUTION,
+    INSERT_NEED,
+    NOW,
+    UPSERT_TIMER,
+    WAKE,
+    Op,
+    Q,
+    SqlStorage,
+    bulk_ok,
+    migrations,
+    needs_clock,
+    new_execution_row,
+    ready_value,
+    update_for_append,
+)
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SqliteStorage"]
 
@@ -125,6 +155,8 @@ class _Op:
     loop: asyncio.AbstractEventLoop
     write: bool
     is_append: bool = False
+    #: An append's request: the bulk path may take it (see _bulk_append).
+    req: AppendRequest | None = None
     #: The thread that submitted the op (the loop's).
     thread: int = dataclasses.field(default_factory=threading.get_ident)
 
@@ -141,6 +173,10 @@ def _settle(fut: asyncio.Future[Any], result: Any, exc: BaseException | None) ->
         fut.set_result(result)
 
 
+#: Execution ids per ``IN (...)`` of the bulk append's read (well inside
+#: SQLite's variable limit, 999 before 3.32).
+_IN_CHUNK = 500
+
 _SQLITE_BUSY = 5
 _SQLITE_CORRUPT = 11
 _SQLITE_NOTADB = 26
@@ -148,6 +184,29 @@ _SQLITE_NOTADB = 26
 
 class _RedoCarefully(Exception):
     """An op failed after it may have written: redo the batch with savepoints."""
+
+
+def _split_bulk(ops: list[_Op]) -> tuple[list[tuple[_Op, AppendRequest]], list[_Op]]:
+    """The appends the bulk path takes (with their requests), and the other ops.
+
+    An execution's first append in the batch may go in bulk; a later one
+    goes one by one after the bulk, so it sees the first one's write, as in
+    submission order. Other writes run after the bulk appends, as on
+    PostgreSQL: concurrent ops carry no order among themselves, and an op
+    that must follow an append awaits it first.
+    """
+    together: list[tuple[_Op, AppendRequest]] = []
+    one_by_one: list[_Op] = []
+    seen: set[str] = set()
+    for op in ops:
+        req = op.req
+        if req is not None and req.execution_id not in seen and bulk_ok(req):
+            together.append((op, req))
+        else:
+            one_by_one.append(op)
+        if req is not None:
+            seen.add(req.execution_id)
+    return together, one_by_one
 
 
 def _is_busy(exc: BaseException) -> bool:
@@ -193,7 +252,10 @@ class SqliteStorage(SqlStorage):
     connections, default 2), ``busy_timeout`` (seconds to wait for another
     process holding the write lock, default 10; waited off the event loop),
     ``poll_interval`` (seconds between ``data_version`` checks of
-    :meth:`wait_for_work`, default 0.05), ``writer``:
+    :meth:`wait_for_work`, default 0.05), ``bulk`` (default True: the plain
+    appends of a group commit are written together, a statement per table;
+    False runs every append through the shared SQL one by one, which the
+    tests use to check both), ``writer``:
 
     - ``"loop"`` (default): writes run on the event loop's thread. Everything
       submitted during one turn of the loop is committed together at the end
@@ -226,8 +288,10 @@ class SqliteStorage(SqlStorage):
         writer: str = "loop",
         poll_interval: float = 0.05,
         clock: Callable[[], int] | None = None,
+        bulk: bool = True,
     ) -> None:
         super().__init__(url or f"sqlite:///{path}")
+        self.bulk = bulk
         if writer not in ("loop", "thread"):
             raise ValueError(f"writer must be 'loop' or 'thread', got {writer!r}")
         self.writer = writer
@@ -473,9 +537,13 @@ class SqliteStorage(SqlStorage):
         savepoints; any other failure rolls the batch back and runs it again
         with a savepoint around each op (``careful``). With ``nowait`` a lock
         held by another process raises :class:`_Busy` before anything ran.
+
+        With ``bulk`` the fast path first writes the appends it can take
+        together (:meth:`_bulk_append`), then runs the other ops one by one.
         """
         outcomes: list[tuple[_Op, Any, BaseException | None]] = []
         self._woke = False
+        together, one_by_one = _split_bulk(ops) if self.bulk and not careful else ([], ops)
         try:
             try:
                 conn.execute("BEGIN IMMEDIATE")
@@ -483,7 +551,17 @@ class SqliteStorage(SqlStorage):
                 if nowait and _is_busy(exc):
                     raise _Busy from exc
                 raise
-            for op in ops:
+            if together:
+                try:
+                    results = self._bulk_append(conn, [req for _, req in together])
+                except Exception as exc:
+                    raise _RedoCarefully from exc
+                for (op, _), res in zip(together, results, strict=True):
+                    if isinstance(res, ConflictError):
+                        outcomes.append((op, None, res))
+                    else:
+                        outcomes.append((op, res, None))
+            for op in one_by_one:
                 if careful:
                     conn.execute("SAVEPOINT op")
                 try:
@@ -508,7 +586,9 @@ class SqliteStorage(SqlStorage):
         except _RedoCarefully:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
-            self._run_writes(conn, ops, careful=True)
+            # In the order the fast path ran them, so that redoing a batch
+            # cannot change which of its ops succeed.
+            self._run_writes(conn, [op for op, _ in together] + one_by_one, careful=True)
             return
         except _Busy:
             raise
@@ -860,9 +940,119 @@ class SqliteStorage(SqlStorage):
                 loop,
                 write=True,
                 is_append=True,
+                req=req,
             )
         )
         return fut
+
+    def _bulk_append(
+        self, conn: sqlite3.Connection, reqs: list[AppendRequest]
+    ) -> list[list[int] | ConflictError]:
+        """Write the appends of one group commit together: each request's
+        txs, or its ConflictError / FencedError (which wrote nothing).
+
+        The same semantics as :meth:`SqlStorage._append` for each request,
+        with one read of the rows (and of the tx top) for the whole batch and
+        one ``executemany`` per table instead of a dozen statements per
+        request. Versions and fences are checked in Python from the rows
+        read under the write lock; txs are handed out in request order above
+        the top, as one-by-one appends would. The execution ids must be
+        distinct (see :func:`_split_bulk`). Any exception leaves the
+        transaction to be rolled back and redone one op at a time.
+        """
+        ids = [r.execution_id for r in reqs]
+        rows: dict[str, tuple[Any, Any, Any, Any]] = {}
+        for i in range(0, len(ids), _IN_CHUNK):
+            clause, params = self.in_list("execution_id", ids[i : i + _IN_CHUNK])
+            for eid, version, owner, epoch, status in conn.execute(
+                "SELECT execution_id, version, owner, epoch, status FROM executions"
+                f" WHERE {clause}",
+                params,
+            ):
+                rows[eid] = (version, owner, epoch, status)
+        now = self.clock() if any(needs_clock(r) for r in reqs) else 0
+        top = 0
+        if any(r.allocate_tx and r.events for r in reqs):
+            top = int(conn.execute(f"SELECT {self.TX_TOP}").fetchone()[0])
+        results: list[list[int] | ConflictError] = []
+        fenced_writes = 0
+        new_rows: list[tuple[Any, ...]] = []
+        events: list[tuple[Any, ...]] = []
+        updates: dict[str, list[list[Any]]] = {}
+        cleared: list[tuple[str, str]] = []
+        armed: list[tuple[str, str, int]] = []
+        ended: list[tuple[str]] = []
+        renamed: list[tuple[str]] = []
+        needs: list[tuple[str, str]] = []
+        for req in reqs:
+            eid = req.execution_id
+            fence = req.fence
+            row = rows.get(eid)
+            if row is None:
+                if req.expected_version != 0:
+                    results.append(conflict(eid, req.expected_version, 0))
+                    continue
+            else:
+                actual, owner, epoch, _ = row
+                if type(actual) is not int:
+                    raise CorruptStorageError(
+                        f"execution {eid}: stored version {actual!r} is not an integer",
+                        execution_id=eid,
+                    )
+                if fence is not None and (owner, epoch) != (fence.owner, fence.epoch):
+                    fenced_writes += 1
+                    results.append(fenced(eid, fence, owner, epoch))
+                    continue
+                if actual != req.expected_version:
+                    results.append(conflict(eid, req.expected_version, actual))
+                    continue
+            if req.allocate_tx:
+                txs = list(range(top + 1, top + 1 + len(req.events)))
+            else:
+                txs = [e.tx for e in req.events]
+            # The next request's top, as TX_TOP would read it after this insert.
+            top = max(top, *txs) if txs else top
+            results.append(txs)
+            events.extend(
+                (eid, e.version, tx, e.timestamp, e.kind, e.hash, e.encoded)
+                for e, tx in zip(req.events, txs, strict=True)
+            )
+            set_ready, ready = ready_value(req, now)
+            if row is None:
+                new_rows.append(new_execution_row(req, now, ready))
+            else:
+                sql, params = update_for_append(
+                    req, set_ready, ready, self.GREATEST, set_status=row[3] != req.status
+                )
+                updates.setdefault(sql, []).append(params)
+            cleared.extend((eid, step) for step in req.timers_cleared)
+            armed.extend((eid, step, at) for step, at in req.timers_set.items())
+            if req.status in TERMINAL_STATUSES:
+                ended.append((eid,))
+            elif req.needs is not None:
+                if row is not None:  # a row created just now has no needs to replace
+                    renamed.append((eid,))
+                needs.extend((eid, name) for name in sorted(set(req.needs)))
+            if set_ready and ready is not None and fence is None:
+                self._woke = True  # claimable by other processes now
+        if fenced_writes:
+            self._drive(conn, self._allocate("fenced_writes", fenced_writes))
+        # In the order _append writes one request's rows: the timers a
+        # terminal status deletes were set first, old needs go before new ones.
+        statements: list[tuple[str, Sequence[Sequence[Any]]]] = [
+            (INSERT_EXECUTION, new_rows),
+            (INSERT_EVENT, events),
+            *updates.items(),
+            (DELETE_TIMER, cleared),
+            (UPSERT_TIMER, armed),
+            *((f"DELETE FROM {table} WHERE execution_id = ?", ended) for table in ENDED_TABLES),
+            (DELETE_NEEDS, renamed),
+            (INSERT_NEED, needs),
+        ]
+        for sql, many in statements:
+            if many:
+                conn.executemany(sql, many)
+        return results
 
     # ------------------------------------------------------------------ wake hints
 
