@@ -405,3 +405,44 @@ async def test_map_items_from_a_wildcard_query(h: Harness) -> None:
     assert await h.engine.wait_for_completion(eid, timeout=10) == {
         "result": ["shipped A", "shipped B"]
     }
+
+
+# ----------------------------------------------------------- 8. results of blocked runs
+
+
+async def test_what_a_blocked_run_appended_last_is_durable(h: Harness) -> None:
+    # Both elements' activities fail while their sibling branches wait: the
+    # first failure's commit resolves at once on the memory store, and the
+    # second failure, appended after it with no barrier to follow (the run
+    # then blocks), must still reach the store, not stay in the core alone.
+
+    @h.registry.activity()
+    async def yields_then_fails() -> None:
+        await asyncio.sleep(0)  # each failure lands in a later turn of the loop
+        raise NonRetryableError("failed")
+
+    branches = {"op": "parallel", "branches": [act("yields_then_fails"), sig("go")]}
+    ir = wf(
+        {
+            "op": "map",
+            "items": "$.inputs.items",
+            "strategy": branches | {"completion_condition": {"at_least": 1}},
+        },
+        inputs=[{"name": "items", "type": "array", "default": [1, 2]}],
+    )
+    eid = await h.engine.start_workflow(ir, {})
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while True:
+        steps = (await h.engine.query(eid)).get("steps") or {}
+        if sum(step["status"] == "failed" for step in steps.values()) == 2:
+            break
+        assert loop.time() < deadline, f"both activities should have failed: {steps}"
+        await asyncio.sleep(0.001)
+    await assert_quiet(h)
+    live = await h.engine.query(eid)
+    stored = await h.engine.storage.read_events(eid)
+    failed = [e for e in stored if e.kind == "activity_failed"]
+    assert (len(stored), len(failed)) == (live["version"], 2)
+    rebuilt = await h.engine.rebuild_execution_from_events(eid)
+    assert (rebuilt.status, rebuilt.version) == ("running", live["version"])

@@ -166,7 +166,13 @@ class Journal:
     def _flush_soon(self) -> None:
         self._deferred = False
         if self.broken is None and self._flushing is None and self._pending:
-            self._submit()
+            fut = self._submit()
+            if fut.done():
+                # Committed on the spot (the memory store), so no done-callback
+                # was added: apply it now. Left for a flush that may never
+                # come (the run blocked), the commit would look in flight for
+                # good, and no later deferred append would ever be submitted.
+                self._committed(fut)
 
     async def emit(
         self, kind: str, step: str = "", attempt: int = 0, data: Any = None
