@@ -422,6 +422,7 @@ def update_for_append(
     """The UPDATE of an append to an existing execution and its parameters
     (``set_status``: the stored status differs from the request's)."""
     terminal = req.status in TERMINAL_STATUSES
+    ack = req.ack_inbox_upto is not None
     last_ts = req.events[-1].timestamp if req.events else None
     params: list[Any] = [req.status] if set_status else []
     params += [req.expected_version + len(req.events), last_ts]
@@ -429,10 +430,9 @@ def update_for_append(
         params.append(last_ts)  # finished_at
     if set_ready:
         params.append(ready)
-    if req.ack_inbox_upto is not None:
+    if ack:
         params.append(req.ack_inbox_upto)
     params.append(req.execution_id)
-    ack = req.ack_inbox_upto is not None
     return _update_for_append(terminal, set_ready, ack, greatest, set_status), params
 
 

@@ -6,35 +6,10 @@
 
 use std::time::Instant;
 
+mod common;
+
+use common::{start, tick};
 use itonami_core::{replay, Event, EventKind, StoreConfig, VersionStore};
-
-fn tick(v: u64) -> Event {
-    let path = format!("0/{}", ((v - 1) / 2) % 100);
-    if v % 2 == 1 {
-        let data = format!(r#"{{"fire_at":{v}}}"#);
-        Event::new(
-            EventKind::TimerScheduled,
-            path,
-            0,
-            data.as_bytes(),
-            v as i64,
-        )
-        .unwrap()
-    } else {
-        Event::new(EventKind::TimerFired, path, 0, b"{}", v as i64).unwrap()
-    }
-}
-
-fn start() -> Event {
-    Event::new(
-        EventKind::WorkflowStarted,
-        "",
-        0,
-        br#"{"workflow_id":"wf","workflow_version":"1","inputs":{"n":1}}"#,
-        0,
-    )
-    .unwrap()
-}
 
 fn rss() -> usize {
     let text = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();

@@ -5,6 +5,8 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
 
+mod common;
+
 use itonami_core::{Event, EventKind, StoreConfig, VersionStore};
 
 struct Counting;
@@ -84,28 +86,10 @@ fn main() {
             snapshot_retention: 0,
             ..StoreConfig::default()
         });
-        let start = Event::new(
-            EventKind::WorkflowStarted,
-            "",
-            0,
-            br#"{"inputs":{"n":1},"workflow_id":"wf","workflow_version":"1"}"#,
-            0,
-        )
-        .unwrap();
-        store.append("big", 0, start).unwrap();
+        store.append("big", 0, common::start()).unwrap();
         let mut v = 1;
         while v < versions {
-            let batch: Vec<Event> = (v..(v + 1000).min(versions))
-                .map(|v| {
-                    let path = format!("0/{}", ((v - 1) / 2) % 100);
-                    let (kind, data) = if v % 2 == 1 {
-                        (EventKind::TimerScheduled, format!(r#"{{"fire_at":{v}}}"#))
-                    } else {
-                        (EventKind::TimerFired, "{}".to_owned())
-                    };
-                    Event::new(kind, path, 0, data.as_bytes(), v as i64).unwrap()
-                })
-                .collect();
+            let batch: Vec<Event> = (v..(v + 1000).min(versions)).map(common::tick).collect();
             store.append_batch("big", v, &batch).unwrap();
             v += batch.len() as u64;
         }
