@@ -98,7 +98,8 @@ class MemoryStorage(Storage):
     def __init__(self, url: str = "memory", *, clock: Callable[[], int] | None = None) -> None:
         super().__init__(url)
         self.clock: Callable[[], int] = clock or _now_us
-        self._events: dict[str, list[StoredEvent]] = {}
+        # (version, tx, timestamp, kind, hash, encoded) rows, a StoredEvent's fields
+        self._events: dict[str, list[tuple[int, int, int, str, bytes, bytes]]] = {}
         self._executions: dict[str, ExecutionRecord] = {}
         self._snapshots: dict[str, dict[int, bytes]] = {}
         self._timers: dict[str, dict[str, int]] = {}  # execution -> step -> fire_at
@@ -162,46 +163,47 @@ class MemoryStorage(Storage):
         actual = rec.version if rec else 0
         if actual != req.expected_version:
             raise conflict(eid, req.expected_version, actual)
+        events = req.events
         if req.allocate_tx:
             first = self._tx_counter + 1
-            txs = list(range(first, first + len(req.events)))
+            txs = list(range(first, first + len(events)))
         else:
-            txs = [ev.tx for ev in req.events]
+            txs = [ev.tx for ev in events]
             for tx in txs:
                 if tx in self._txs:
                     raise StorageError(f"append to {eid}: tx {tx} is already used")
-        events = [
-            StoredEvent(ev.version, tx, ev.timestamp, ev.kind, ev.hash, ev.encoded)
-            for ev, tx in zip(req.events, txs, strict=True)
-        ]
+        # Kept as plain tuples: the garbage collector stops tracking a tuple of
+        # atoms, not a named tuple's, and every event ever appended stays here.
+        rows = [(e[0], tx, e[2], e[3], e[4], e[5]) for e, tx in zip(events, txs, strict=True)]
         top = max(txs) if txs else 0
         if top > self._tx_counter:
             self._tx_counter = top
-        last_ts = req.events[-1].timestamp if req.events else None
         if rec is None:
             assert req.workflow_id is not None  # check_request guarantees it
-            first_ts = req.events[0].timestamp if req.events else 0
-            rec = ExecutionRecord(
-                execution_id=eid,
-                workflow_id=req.workflow_id,
-                workflow_version=req.workflow_version or "",
-                status=req.status,
-                parent_id=req.parent_id,
-                created_at=first_ts,
-                updated_at=first_ts if last_ts is None else last_ts,
-                version=0,
+            first_ts = events[0].timestamp if events else 0
+            self._executions[eid] = ExecutionRecord(
+                eid,
+                req.workflow_id,
+                req.workflow_version or "",
+                req.status,
+                req.parent_id,
+                first_ts,
+                events[-1].timestamp if events else first_ts,
+                len(events),
             )
-        self._executions[eid] = ExecutionRecord(
-            rec.execution_id,
-            rec.workflow_id,
-            rec.workflow_version,
-            req.status,
-            rec.parent_id,
-            rec.created_at,
-            rec.updated_at if last_ts is None else last_ts,
-            req.expected_version + len(req.events),
-        )
-        self._events.setdefault(eid, []).extend(events)
+            self._events[eid] = rows
+        else:
+            self._executions[eid] = ExecutionRecord(
+                rec.execution_id,
+                rec.workflow_id,
+                rec.workflow_version,
+                req.status,
+                rec.parent_id,
+                rec.created_at,
+                events[-1].timestamp if events else rec.updated_at,
+                req.expected_version + len(events),
+            )
+            self._events.setdefault(eid, []).extend(rows)
         self._txs.update(txs)
         if top > self._max_tx:
             self._max_tx = top
@@ -256,10 +258,7 @@ class MemoryStorage(Storage):
         self._check_open()
         events = self._events.get(execution_id, [])
         end = None if limit is None else from_version + max(limit, 0)
-        rows = [
-            (e.version, e.tx, e.timestamp, e.kind, e.hash, e.encoded)
-            for e in events[from_version:end]
-        ]
+        rows = events[from_version:end]
         rec = self._executions.get(execution_id)
         head = rec.version if rec else None
         if head is not None and end is not None:
@@ -438,7 +437,7 @@ class MemoryStorage(Storage):
         """Own consistency checks over the dicts."""
         self._check_open()
         pairs = sorted(
-            ((eid, e.version) for eid, evs in self._events.items() for e in evs),
+            ((eid, e[0]) for eid, evs in self._events.items() for e in evs),
         )
         heads = {eid: r.version for eid, r in self._executions.items()}
         return find_history_problems(pairs, heads)
