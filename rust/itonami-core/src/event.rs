@@ -332,11 +332,21 @@ impl<'a> EventRef<'a> {
         if u32::from_le_bytes(data_len.try_into().ok()?) as usize != data_bytes.len() {
             return None;
         }
-        let step = std::str::from_utf8(step_bytes).ok()?;
         if check_json && !is_canonical_object(data_bytes) {
             return None;
         }
-        let data = std::str::from_utf8(data_bytes).ok()?;
+        // One UTF-8 check over step, data length and data together: the
+        // length's four bytes are ASCII while the data is shorter than 128
+        // bytes, and a slice of valid UTF-8 that starts and ends on char
+        // boundaries is valid UTF-8 itself. Short events pay one check
+        // instead of two; any other event checks its two parts apart.
+        let (step, data) = match std::str::from_utf8(bytes.get(19..)?) {
+            Ok(tail) => (tail.get(..step_len)?, tail.get(step_len + 4..)?),
+            Err(_) => (
+                std::str::from_utf8(step_bytes).ok()?,
+                std::str::from_utf8(data_bytes).ok()?,
+            ),
+        };
         Some(EventRef {
             kind,
             timestamp,
@@ -558,4 +568,72 @@ pub fn encode_history<'e>(
         frame_into(&buf, &mut out)?;
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{EventKind, EventRef, FORMAT_VERSION};
+    use proptest::prelude::*;
+
+    fn raw(step: &[u8], data: &[u8]) -> Vec<u8> {
+        let mut out = vec![FORMAT_VERSION];
+        out.extend_from_slice(&EventKind::TimerFired.code().to_le_bytes());
+        out.extend_from_slice(&7i64.to_le_bytes());
+        out.extend_from_slice(&0u32.to_le_bytes());
+        out.extend_from_slice(&(step.len() as u32).to_le_bytes());
+        out.extend_from_slice(step);
+        out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        out.extend_from_slice(data);
+        out
+    }
+
+    /// Steps and data that mix ASCII, multi-byte characters and stray bytes,
+    /// of lengths around the 128 bytes where the data length stops being
+    /// ASCII.
+    fn text() -> impl Strategy<Value = Vec<u8>> {
+        let piece = prop_oneof![
+            Just(b"a".to_vec()),
+            Just("\u{e9}".as_bytes().to_vec()),
+            Just("\u{1f600}".as_bytes().to_vec()),
+            Just(vec![0xc3]),
+            Just(vec![0xa9]),
+            Just(vec![0xff]),
+        ];
+        prop::collection::vec(piece, 0..90).prop_map(|p| p.concat())
+    }
+
+    proptest! {
+        /// Decoding accepts exactly the events whose step and data are each
+        /// valid UTF-8 (the data as a JSON string value here), and reads
+        /// them back unchanged, whatever the bytes between them.
+        #[test]
+        fn decode_checks_step_and_data_apart(step in text(), inner in text()) {
+            let mut data = br#"{"k":""#.to_vec();
+            data.extend(inner.iter().filter(|b| **b != b'"' && **b != b'\\'));
+            data.extend_from_slice(br#""}"#);
+            let bytes = raw(&step, &data);
+            let valid = std::str::from_utf8(&step).is_ok() && std::str::from_utf8(&data).is_ok();
+            match EventRef::decode(&bytes, 0, 0) {
+                Ok(event) => {
+                    prop_assert!(valid);
+                    prop_assert_eq!(event.step.as_bytes(), &step[..]);
+                    prop_assert_eq!(event.data.as_bytes(), &data[..]);
+                }
+                Err(_) => prop_assert!(!valid),
+            }
+        }
+    }
+
+    #[test]
+    fn a_step_completed_into_a_character_by_the_length_bytes_is_refused() {
+        // The step ends with a lead byte and the data length (169 = 0xa9)
+        // supplies its continuation: the bytes from the step on are valid
+        // UTF-8 together, the step alone is not.
+        let data = format!(r#"{{"k":"{}"}}"#, "a".repeat(169 - 8));
+        assert_eq!(data.len(), 169);
+        let bytes = raw(&[b'0', 0xc3], data.as_bytes());
+        assert!(std::str::from_utf8(&bytes[19..]).is_ok());
+        let err = EventRef::decode(&bytes, 0, 0).expect_err("a broken step decodes");
+        assert!(err.to_string().contains("step is not valid UTF-8"), "{err}");
+    }
 }
