@@ -503,34 +503,35 @@ impl<'a> Iterator for Frames<'a> {
     type Item = Result<(usize, &'a [u8]), DecodeError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.failed || self.pos >= self.bytes.len() {
+        if self.failed {
             return None;
         }
         let start = self.pos;
-        let remain = self.bytes.len() - start;
-        if remain < 4 {
-            self.failed = true;
-            return Some(Err(DecodeError::at(
-                format!("truncated history: length prefix needs 4 bytes, {remain} remain"),
-                start,
-                self.index,
-            )));
-        }
-        let mut len_bytes = [0u8; 4];
-        len_bytes.copy_from_slice(&self.bytes[start..start + 4]);
-        let len = u32::from_le_bytes(len_bytes) as usize;
-        if len > remain - 4 {
+        let rest = self.bytes.get(start..).filter(|r| !r.is_empty())?;
+        let Some((len_bytes, tail)) = rest.split_first_chunk::<4>() else {
             self.failed = true;
             return Some(Err(DecodeError::at(
                 format!(
-                    "truncated history: event needs {len} bytes, {} remain",
-                    remain - 4
+                    "truncated history: length prefix needs 4 bytes, {} remain",
+                    rest.len()
                 ),
                 start,
                 self.index,
             )));
-        }
-        let body = &self.bytes[start + 4..start + 4 + len];
+        };
+        let len = u32::from_le_bytes(*len_bytes) as usize;
+        let Some(body) = tail.get(..len) else {
+            self.failed = true;
+            return Some(Err(DecodeError::at(
+                format!(
+                    "truncated history: event needs {len} bytes, {} remain",
+                    tail.len()
+                ),
+                start,
+                self.index,
+            )));
+        };
+        // Within `bytes`: `body` ends at or before its end.
         self.pos = start + 4 + len;
         self.index += 1;
         Some(Ok((start, body)))

@@ -364,6 +364,30 @@ impl Touched {
     }
 }
 
+/// Where the reducer reports the entries an event changes: a [`Touched`]
+/// when the changed leaves are hashed, [`Untracked`] for a fold that needs
+/// only the state (replay, a state as of a tx), whose reports compile away.
+pub trait Track {
+    /// Records one changed entry.
+    fn push(&mut self, entry: (Category, usize));
+}
+
+impl Track for Touched {
+    #[inline]
+    fn push(&mut self, entry: (Category, usize)) {
+        Touched::push(self, entry);
+    }
+}
+
+/// Records nothing (see [`Track`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Untracked;
+
+impl Track for Untracked {
+    #[inline]
+    fn push(&mut self, _: (Category, usize)) {}
+}
+
 thread_local! {
     /// Scratch buffer of leaf contents, so hashing a leaf allocates nothing.
     static LEAF_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
@@ -571,16 +595,15 @@ impl ExecutionState {
 
     /// Applies one borrowed event (see [`apply`]).
     pub fn apply_ref(&mut self, event: EventRef<'_>) -> Result<(), ReduceError> {
-        let mut touched = Touched::new();
-        self.apply_tracked(event, &mut touched)
+        self.apply_tracked(event, &mut Untracked)
     }
 
     /// Applies one event and records which entries changed (the header
     /// always changes and is not listed).
-    pub fn apply_tracked(
+    pub fn apply_tracked<T: Track>(
         &mut self,
         event: EventRef<'_>,
-        touched: &mut Touched,
+        touched: &mut T,
     ) -> Result<(), ReduceError> {
         let reject = |message: String| ReduceError {
             kind: event.kind,
@@ -647,7 +670,7 @@ impl ExecutionState {
     }
 
     /// Index of the step at `path`, creating it (with `status`) if absent.
-    fn step_entry(&mut self, path: &str, status: StepStatus, touched: &mut Touched) -> usize {
+    fn step_entry<T: Track>(&mut self, path: &str, status: StepStatus, touched: &mut T) -> usize {
         let index = match self.steps.get_index_of(path) {
             Some(i) => i,
             None => {
@@ -686,7 +709,7 @@ impl ExecutionState {
         Ok(step)
     }
 
-    fn close_wait(&mut self, path: &str, touched: &mut Touched) {
+    fn close_wait<T: Track>(&mut self, path: &str, touched: &mut T) {
         if let Some((i, _, wait)) = self.waits.get_full_mut(path) {
             if wait.value.is_some() {
                 wait.value = None;
@@ -695,7 +718,7 @@ impl ExecutionState {
         }
     }
 
-    fn reduce(&mut self, ev: EventRef<'_>, touched: &mut Touched) -> Result<(), String> {
+    fn reduce<T: Track>(&mut self, ev: EventRef<'_>, touched: &mut T) -> Result<(), String> {
         use StepStatus as S;
         let path = ev.step;
         let ts = ev.timestamp;
@@ -1276,11 +1299,25 @@ pub fn apply(state: &mut ExecutionState, event: &Event) -> Result<(), ReduceErro
 }
 
 /// Checks a step path: `/`-separated non-empty segments of `[A-Za-z0-9_-]`.
+/// The bytes a step path's segments may hold: `[A-Za-z0-9_-]`.
+const SEGMENT_BYTE: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric() || c == b'_' || c == b'-';
+        b += 1;
+    }
+    table
+};
+
+#[inline]
 fn check_path(path: &str) -> Result<(), String> {
     if path.is_empty() {
         return Err("a step-level event needs a step path".into());
     }
-    // One pass over the bytes (every event of a replay comes through here).
+    // One pass over the bytes (every event of a replay comes through here),
+    // a table lookup per byte.
     let mut ok = true;
     let mut segment_empty = true;
     for &b in path.as_bytes() {
@@ -1288,7 +1325,7 @@ fn check_path(path: &str) -> Result<(), String> {
             ok &= !segment_empty;
             segment_empty = true;
         } else {
-            ok &= b.is_ascii_alphanumeric() || b == b'_' || b == b'-';
+            ok &= SEGMENT_BYTE[usize::from(b)];
             segment_empty = false;
         }
     }

@@ -25,7 +25,7 @@ use crate::event::{frame_into, frames, DecodeError, Event, EventKind, EventRef};
 use crate::merkle::Hash;
 use crate::proof::InclusionProof;
 use crate::snapshot;
-use crate::state::{ExecutionState, HashedState, ReduceError, Touched};
+use crate::state::{ExecutionState, HashedState, ReduceError, Untracked};
 
 /// The largest version or tx the store accepts or hands out.
 ///
@@ -465,13 +465,11 @@ impl Execution {
             return Ok(start);
         }
         let mut state = Arc::try_unwrap(start).unwrap_or_else(|shared| (*shared).clone());
-        let mut touched = Touched::new();
         for v in from..version {
             let i = (v - self.base_version) as usize;
             let event = EventRef::decode_trusted(self.event_bytes(i), 0, v as usize)?;
-            touched.clear();
             state
-                .apply_tracked(event, &mut touched)
+                .apply_tracked(event, &mut Untracked)
                 .map_err(|error| StoreError::Reduce {
                     index: v as usize,
                     error,
@@ -1477,13 +1475,11 @@ impl VersionStore {
 /// Folds a history into a state without hashing.
 pub fn replay(id: &str, history: &[u8]) -> Result<ExecutionState, StoreError> {
     let mut state = ExecutionState::new(id);
-    let mut touched = Touched::new();
     for (index, frame) in frames(history).enumerate() {
         let (offset, body) = frame?;
         let event = EventRef::decode(body, offset + 4, index)?;
-        touched.clear();
         state
-            .apply_tracked(event, &mut touched)
+            .apply_tracked(event, &mut Untracked)
             .map_err(|error| StoreError::Reduce { index, error })?;
     }
     Ok(state)
