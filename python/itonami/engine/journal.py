@@ -83,6 +83,8 @@ class Journal:
         self._first = first
         self._pending: list[StoredEvent] = []
         self._flushing: asyncio.Future[list[int]] | None = None
+        # Flushers waiting for the commit in flight; woken once it is taken in.
+        self._waiters: list[asyncio.Future[None]] = []
         self._flush_first = version
         self._flush_target = version
         self.broken: BaseException | None = None
@@ -198,7 +200,13 @@ class Journal:
                 # thread): apply it here, or this loop would never yield.
                 self._committed(fut)
                 continue
-            await asyncio.shield(fut)
+            # Woken by _committed, which already runs as the commit's
+            # done-callback: cheaper than shielding the commit (no outer
+            # future with two callbacks of its own), and as safe: cancelling
+            # this flusher cancels only its own waiter, never the commit.
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            await waiter
         if upto is None and self.broken is not None:
             raise self.broken
         if self._snapshot_due():
@@ -279,6 +287,15 @@ class Journal:
     def _committed(self, fut: asyncio.Future[list[int]]) -> None:
         if self._flushing is not fut:
             return
+        try:
+            self._take_in(fut)
+        finally:
+            waiters, self._waiters = self._waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    def _take_in(self, fut: asyncio.Future[list[int]]) -> None:
         self._flushing = None
         exc = (
             StorageError("the commit was cancelled (the store closed)")
