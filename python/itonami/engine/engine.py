@@ -415,6 +415,8 @@ class WorkflowEngine:
         self._consuming: set[str] = set()
         self._definitions: dict[tuple[str, str], WorkflowIR] = {}
         self._by_hash: dict[str, WorkflowIR] = {}
+        # Definition content hash -> what running it needs (see _needs_of).
+        self._needs: dict[str, list[str]] = {}
         self._latest: dict[str, WorkflowIR] = {}
         # Definitions whose sub-workflow references are all loaded.
         self._expanded: set[str] = set()
@@ -1411,6 +1413,14 @@ class WorkflowEngine:
         await start(ir, clean, execution_id, parent=None)
         return execution_id
 
+    def _needs_of(self, ir: WorkflowIR) -> list[str]:
+        """:func:`_needs` of ``ir``, worked out once per definition (a walk of
+        its whole tree, on every start before)."""
+        needs = self._needs.get(ir.content_hash)
+        if needs is None:
+            needs = self._needs[ir.content_hash] = _needs(ir)
+        return needs
+
     async def _submit(
         self,
         ir: WorkflowIR,
@@ -1425,7 +1435,7 @@ class WorkflowEngine:
         node (or, after ``steal_after``, any that can run it) claims it."""
         if not fresh and await self._exists(execution_id):
             return
-        needs = _needs(ir)
+        needs = self._needs_of(ir)
         journal = self._journal(
             execution_id,
             0,
@@ -1605,7 +1615,7 @@ class WorkflowEngine:
             execution_id,
             0,
             first=(ir.id, ir.version, (parent or {}).get("execution_id")),
-            needs=_needs(ir),
+            needs=self._needs_of(ir),
         )
         run = Run(self, journal, ir, execution_id, inputs, parent=parent)
         try:

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
+from operator import attrgetter
 from typing import Any
 
 import orjson
@@ -36,6 +37,7 @@ _stored = StoredEvent._make
 _WAIT_KINDS = frozenset(
     {"wait_started", "external_event_received", "step_completed", "step_failed", "step_cancelled"}
 )
+_KIND = attrgetter("kind")
 
 
 class JournalBroken(StorageError):
@@ -246,7 +248,7 @@ class Journal:
         )
         if self.ack_inbox_upto is not None:
             req.ack_inbox_upto, self.ack_inbox_upto = self.ack_inbox_upto, None
-        if any(e.kind in _WAIT_KINDS for e in events):
+        if not _WAIT_KINDS.isdisjoint(map(_KIND, events)):
             old = self._event_types
             if old is None:
                 old = set()  # re-sent for a revived run: setting is idempotent
