@@ -416,7 +416,7 @@ class WorkflowEngine:
         self._definitions: dict[tuple[str, str], WorkflowIR] = {}
         self._by_hash: dict[str, WorkflowIR] = {}
         # Definition content hash -> what running it needs (see _needs_of).
-        self._needs: dict[str, list[str]] = {}
+        self._needs_by_hash: dict[str, list[str]] = {}
         self._latest: dict[str, WorkflowIR] = {}
         # Definitions whose sub-workflow references are all loaded.
         self._expanded: set[str] = set()
@@ -1416,9 +1416,9 @@ class WorkflowEngine:
     def _needs_of(self, ir: WorkflowIR) -> list[str]:
         """:func:`_needs` of ``ir``, worked out once per definition (a walk of
         its whole tree, on every start before)."""
-        needs = self._needs.get(ir.content_hash)
+        needs = self._needs_by_hash.get(ir.content_hash)
         if needs is None:
-            needs = self._needs[ir.content_hash] = _needs(ir)
+            needs = self._needs_by_hash[ir.content_hash] = _needs(ir)
         return needs
 
     async def _submit(

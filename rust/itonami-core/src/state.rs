@@ -1298,7 +1298,6 @@ pub fn apply(state: &mut ExecutionState, event: &Event) -> Result<(), ReduceErro
     state.apply(event)
 }
 
-/// Checks a step path: `/`-separated non-empty segments of `[A-Za-z0-9_-]`.
 /// The bytes a step path's segments may hold: `[A-Za-z0-9_-]`.
 const SEGMENT_BYTE: [bool; 256] = {
     let mut table = [false; 256];
@@ -1311,6 +1310,7 @@ const SEGMENT_BYTE: [bool; 256] = {
     table
 };
 
+/// Checks a step path: `/`-separated non-empty segments of `[A-Za-z0-9_-]`.
 #[inline]
 fn check_path(path: &str) -> Result<(), String> {
     if path.is_empty() {
