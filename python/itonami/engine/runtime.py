@@ -931,7 +931,11 @@ class Run:
                 error = describe_error(e) | {"retryable": False}
                 await self.emit("step_failed", node.path, 0, {"error": error})
                 raise StepFailure(error) from e
-            await self.emit("decision_made", node.path, 0, {"branch": branch})
+            # Not a side effect, so no barrier of its own: the branch's first
+            # side effect commits it (or the end of this turn does). A crash
+            # before then leaves no trace of the choice, and the run decides
+            # again from the same recorded context.
+            self.append("decision_made", node.path, 0, {"branch": branch})
             self.log(logging.DEBUG, "decision took branch %r", branch, node=node)
         if branch is None:
             chosen = None
@@ -961,7 +965,8 @@ class Run:
             self.append("timer_fired", node.path, 0, {})
             self.journal.metrics.timer_fired()
             self.log(logging.DEBUG, "timer fired", node=node)
-            await self.emit("step_completed", node.path, 0, {"output": None})
+            # Like a decision, no barrier: the next side effect commits it.
+            self.append("step_completed", node.path, 0, {"output": None})
             scope.record(node, "completed", None)
             return None
 
