@@ -97,9 +97,9 @@ async def test_inputs_are_validated_with_defaults(h: Harness) -> None:
         await h.engine.start_workflow(ir, {})
 
 
-async def _commits_of_one_run(h: Harness, *steps: dict[str, Any]) -> tuple[str, list[list[str]]]:
+async def _commits_of_one_run(h: Harness, *steps: dict[str, Any]) -> list[list[str]]:
     """Run a sequence of ``steps`` (``noop`` is a registered activity) once
-    more after a warm-up; its id and the event kinds of each append handed to
+    more after a warm-up; the event kinds of each of its appends handed to
     the store (the engine's own background writes, lease renewals and claims,
     are not this execution's commits)."""
 
@@ -124,13 +124,13 @@ async def _commits_of_one_run(h: Harness, *steps: dict[str, Any]) -> tuple[str, 
     finally:
         del storage.submit
     assert (await h.engine.get_execution(eid)).status == "completed"
-    return eid, [kinds for owner, kinds in commits if owner == eid]
+    return [kinds for owner, kinds in commits if owner == eid]
 
 
 async def test_three_steps_take_four_commits_the_first_with_the_start(h: Harness) -> None:
     """workflow_started rides with the first step's barrier, not in a commit of
     its own: a step's result is durable before the next step runs, and nothing more."""
-    _, commits = await _commits_of_one_run(h, act("noop"), act("noop"), act("noop"))
+    commits = await _commits_of_one_run(h, act("noop"), act("noop"), act("noop"))
     assert len(commits) == 4
     assert commits[0] == ["workflow_started", "activity_scheduled", "activity_started"]
 
@@ -139,7 +139,7 @@ async def test_a_decision_rides_with_its_branchs_first_step(h: Harness) -> None:
     """A decision is no side effect, so it takes no barrier of its own: it is
     committed with the first step of the branch it chose."""
     decision = {"op": "decision", "conditions": [{"condition": "true", "branch": act("noop")}]}
-    _, commits = await _commits_of_one_run(h, act("noop"), act("noop"), decision)
+    commits = await _commits_of_one_run(h, act("noop"), act("noop"), decision)
     assert len(commits) == 4
     assert commits[2] == [
         "activity_completed",
@@ -153,7 +153,7 @@ async def test_a_fired_timer_rides_with_the_next_step(h: Harness) -> None:
     """The timer's schedule is committed before the run sleeps; its firing
     is committed with the next step's barrier, not in a commit of its own."""
     timer = {"op": "wait", "condition": {"type": "timer", "duration": 0}}
-    _, commits = await _commits_of_one_run(h, act("noop"), timer, act("noop"))
+    commits = await _commits_of_one_run(h, act("noop"), timer, act("noop"))
     assert commits[-2][:3] == ["timer_fired", "step_completed", "activity_scheduled"]
     assert len(commits) == 4
 
